@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Build llama.cpp's `llama-bench` from the llama.cpp sources vendored in the
+# llama-cpp-python sdist on PyPI. Idempotent; prints the binary path last.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+LLAMACPP_VERSION="${LLAMACPP_VERSION:-0.3.36}"
+WORK="${LLAMACPP_WORKDIR:-$ROOT/benches/.work/llamacpp}"
+JOBS="${JOBS:-2}"
+SRC_DIR="$WORK/llama_cpp_python-$LLAMACPP_VERSION"
+# AMX: -march=native enables ggml's AMX kernels when the CPU advertises AMX, but
+# on some VMs (e.g. Firecracker) the first `ldtilecfg` SIGSEGVs even though
+# CPUID lists amx_*. Candle does not use AMX either, so disable it by default
+# (LLAMACPP_AMX=1 keeps it).
+LLAMACPP_AMX="${LLAMACPP_AMX:-0}"
+EXTRA_FLAGS=""
+TAG=""
+if [[ "$LLAMACPP_AMX" != "1" ]]; then
+  EXTRA_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  TAG="-noamx"
+fi
+BUILD_DIR="$WORK/build-$LLAMACPP_VERSION$TAG"
+BIN="$BUILD_DIR/bin/llama-bench"
+
+if [[ -x "$BIN" ]]; then
+  echo "$BIN"
+  exit 0
+fi
+
+mkdir -p "$WORK"
+
+if ! command -v cmake >/dev/null 2>&1; then
+  echo "cmake not found; installing via apt-get" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y --no-install-recommends cmake >&2; then
+    apt-get update >&2
+    apt-get install -y --no-install-recommends cmake >&2
+  fi
+fi
+
+if [[ ! -d "$SRC_DIR" ]]; then
+  sdist="$(ls "$WORK"/llama_cpp_python-"$LLAMACPP_VERSION".tar.gz 2>/dev/null || true)"
+  if [[ -z "$sdist" ]]; then
+    python3 -m pip download --no-binary :all: --no-deps \
+      "llama-cpp-python==$LLAMACPP_VERSION" -d "$WORK" >&2
+    sdist="$(ls "$WORK"/llama_cpp_python-"$LLAMACPP_VERSION".tar.gz)"
+  fi
+  tar -xzf "$sdist" -C "$WORK"
+fi
+
+LLAMA_DIR="$SRC_DIR/vendor/llama.cpp"
+if [[ ! -f "$LLAMA_DIR/CMakeLists.txt" ]]; then
+  LLAMA_DIR="$(dirname "$(find "$SRC_DIR" -path '*llama.cpp/CMakeLists.txt' -print -quit)")"
+fi
+[[ -f "$LLAMA_DIR/CMakeLists.txt" ]] || { echo "vendored llama.cpp not found in $SRC_DIR" >&2; exit 1; }
+
+cmake -S "$LLAMA_DIR" -B "$BUILD_DIR" \
+  -DCMAKE_BUILD_TYPE=Release \
+  -DGGML_NATIVE=ON \
+  -DLLAMA_CURL=OFF \
+  -DBUILD_SHARED_LIBS=OFF \
+  -DGGML_CCACHE=OFF \
+  -DCMAKE_C_FLAGS="$EXTRA_FLAGS" \
+  -DCMAKE_CXX_FLAGS="$EXTRA_FLAGS" \
+  -DLLAMA_BUILD_TESTS=OFF \
+  -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_BUILD_SERVER=OFF \
+  -DLLAMA_BUILD_TOOLS=ON >&2
+cmake --build "$BUILD_DIR" --config Release --target llama-bench -j "$JOBS" >&2
+
+[[ -x "$BIN" ]] || { echo "build finished but $BIN is missing" >&2; exit 1; }
+echo "$BIN"

@@ -1,0 +1,27 @@
+//! Settings shared by every command: where data lives, which device, how many threads.
+//! Each is a flag with a `LANTERN_*` environment variable and a default that works.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::engine::device::DeviceRequest;
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Data directory (models, caches); default: $XDG_DATA_HOME/lantern.
+    #[arg(long, env = "LANTERN_HOME", global = true)]
+    pub home: Option<PathBuf>,
+    /// Compute device: cpu, cuda:N or metal (falls back to cpu with a message).
+    #[arg(long, env = "LANTERN_DEVICE", default_value = "cpu", global = true)]
+    pub device: DeviceRequest,
+    /// CPU threads for the engine (0: one per core).
+    #[arg(long, env = "LANTERN_THREADS", default_value_t = 0, global = true)]
+    pub threads: usize,
+}
+
+impl Config {
+    pub fn home(&self) -> PathBuf {
+        self.home.clone().unwrap_or_else(crate::library::home)
+    }
+}

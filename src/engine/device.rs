@@ -1,0 +1,83 @@
+//! Which compute device a model runs on, and what this build can use.
+
+use candle_core::Device;
+
+/// A device as users name it: `cpu`, `cuda:N` or `metal`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceRequest {
+    Cpu,
+    Cuda(usize),
+    Metal,
+}
+
+impl std::str::FromStr for DeviceRequest {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "metal" => Ok(Self::Metal),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}` (cpu, cuda:N, metal)")),
+        }
+    }
+}
+
+/// Open the asked device; when it is absent or not compiled in, fall back to the CPU and say why.
+pub fn open(request: &DeviceRequest) -> (Device, Option<String>) {
+    let attempt = match request {
+        DeviceRequest::Cpu => return (Device::Cpu, None),
+        DeviceRequest::Cuda(n) if candle_core::utils::cuda_is_available() => {
+            Device::new_cuda(*n).map_err(|e| e.to_string())
+        }
+        DeviceRequest::Cuda(_) => {
+            Err("this build has no CUDA support (build with --features cuda)".into())
+        }
+        DeviceRequest::Metal if candle_core::utils::metal_is_available() => {
+            Device::new_metal(0).map_err(|e| e.to_string())
+        }
+        DeviceRequest::Metal => {
+            Err("this build has no Metal support (build with --features metal)".into())
+        }
+    };
+    match attempt {
+        Ok(d) => (d, None),
+        Err(why) => (
+            Device::Cpu,
+            Some(format!("{request:?} unavailable: {why}; using the CPU")),
+        ),
+    }
+}
+
+/// Use `threads` worker threads for Lantern's and candle's CPU kernels (0: one per core).
+pub fn set_cpu_threads(threads: usize) {
+    if threads > 0 {
+        // candle's gemm reads RAYON_NUM_THREADS; our kernels run on rayon's global pool.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_falls_back() {
+        assert_eq!(
+            "cuda:1".parse::<DeviceRequest>(),
+            Ok(DeviceRequest::Cuda(1))
+        );
+        assert!("tpu".parse::<DeviceRequest>().is_err());
+        if !candle_core::utils::cuda_is_available() {
+            let (d, why) = open(&DeviceRequest::Cuda(0));
+            assert!(d.is_cpu());
+            assert!(why.unwrap().contains("using the CPU"));
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Per-sequence KV cache.
+//!
+//! One `KvCache` belongs to one sequence and holds every layer's keys and values as
+//! (kv_heads, capacity, head_dim) buffers. Appends write in place (`slice_set`); capacity doubles
+//! when full, so a long generation copies O(log n) times instead of every step as `Tensor::cat`
+//! would. Dropping the cache frees its memory.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+const MIN_CAPACITY: usize = 64;
+
+#[derive(Debug, Clone)]
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+}
+
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<LayerKv>>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        Self {
+            layers: vec![None; n_layers],
+            len: 0,
+            capacity: 0,
+        }
+    }
+
+    /// Tokens already in the cache: the position of the next token.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes held, for memory budgets.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|l| 2 * l.k.elem_count() * l.k.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// Forget everything from `len` on (the rest stays valid for a shared prefix).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Write `k`, `v` (kv_heads, t, head_dim) for `layer` at the current position and return the
+    /// whole history for that layer, including them. The position moves on only at `advance`,
+    /// once every layer has appended.
+    pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (heads, t, dim) = k.dims3()?;
+        let needed = self.len + t;
+        let slot = &mut self.layers[layer];
+        let grow = match slot {
+            None => true,
+            Some(l) => l.k.dim(1)? < needed,
+        };
+        if grow {
+            let capacity = needed
+                .next_power_of_two()
+                .max(MIN_CAPACITY)
+                .max(self.capacity);
+            let (dtype, device): (DType, Device) = (k.dtype(), k.device().clone());
+            let new_k = Tensor::zeros((heads, capacity, dim), dtype, &device)?;
+            let new_v = Tensor::zeros((heads, capacity, dim), dtype, &device)?;
+            if let Some(old) = slot.as_ref() {
+                if self.len > 0 {
+                    new_k.slice_set(&old.k.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                    new_v.slice_set(&old.v.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                }
+            }
+            self.capacity = self.capacity.max(capacity);
+            *slot = Some(LayerKv { k: new_k, v: new_v });
+        }
+        let l = slot.as_ref().expect("allocated above");
+        l.k.slice_set(&k.contiguous()?, 1, self.len)?;
+        l.v.slice_set(&v.contiguous()?, 1, self.len)?;
+        Ok((l.k.narrow(1, 0, needed)?, l.v.narrow(1, 0, needed)?))
+    }
+
+    /// Move the position on by `t` tokens after a forward pass.
+    pub fn advance(&mut self, t: usize) {
+        self.len += t;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_grow_and_keep_history() {
+        let mut cache = KvCache::new(1);
+        let mut all = Vec::new();
+        for step in 0..70u32 {
+            let t = if step == 0 { 5 } else { 1 };
+            let vals: Vec<f32> = (0..2 * t * 3)
+                .map(|i| (step * 100 + i as u32) as f32)
+                .collect();
+            let k = Tensor::from_vec(vals.clone(), (2, t, 3), &Device::Cpu).unwrap();
+            let (ks, _) = cache.append(0, &k, &k).unwrap();
+            cache.advance(t);
+            all.push(k);
+            assert_eq!(ks.dim(1).unwrap(), cache.len());
+        }
+        let expected = Tensor::cat(&all, 1).unwrap();
+        let (ks, _) = cache
+            .append(
+                0,
+                &Tensor::zeros((2, 1, 3), DType::F32, &Device::Cpu).unwrap(),
+                &Tensor::zeros((2, 1, 3), DType::F32, &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+        let got = ks.narrow(1, 0, cache.len()).unwrap();
+        let diff = (got - expected).unwrap().abs().unwrap().sum_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+}

@@ -1,0 +1,331 @@
+//! The pieces every architecture shares, written once: RMS norm, rotary embeddings, masks,
+//! attention over a flattened batch with per-sequence KV caches, and the gated MLP.
+//!
+//! A flattened batch is a (tokens, d_model) matrix holding the new tokens of every sequence one
+//! after another; `SeqSpan` says which rows belong to whom and where each starts in its sequence.
+//! Linear layers see the whole matrix at once (one pass over the weights for the whole batch);
+//! attention runs per sequence against that sequence's own cache.
+
+use candle_core::quantized::QTensor;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use crate::engine::kv::KvCache;
+use crate::engine::qmatmul::QLinear;
+
+/// Rows `start..start + len` of the flattened batch are tokens of one sequence whose first new
+/// token sits at position `pos`.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqSpan {
+    pub start: usize,
+    pub len: usize,
+    pub pos: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn new(weight: QTensor, eps: f64, device: &Device) -> Result<Self> {
+        Ok(Self {
+            weight: weight.dequantize(device)?,
+            eps: eps as f32,
+        })
+    }
+
+    /// Normalizes over the last dimension, whatever the rank.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+    }
+}
+
+/// How a model pairs the dimensions it rotates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeStyle {
+    /// Adjacent pairs (llama.cpp's "normal" rope; GGUF llama weights are permuted for it).
+    Interleaved,
+    /// First half with second half (GPT-NeoX, Qwen2, Gemma).
+    Halves,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    style: RopeStyle,
+}
+
+impl Rope {
+    /// `freq_factors` divide each frequency (Llama 3.1's `rope_freqs.weight`).
+    pub fn new(
+        head_dim: usize,
+        base: f64,
+        max_positions: usize,
+        style: RopeStyle,
+        freq_factors: Option<Vec<f32>>,
+        device: &Device,
+    ) -> Result<Self> {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| {
+                let f = 1.0 / base.powf(2.0 * i as f64 / head_dim as f64) as f32;
+                f / freq_factors
+                    .as_ref()
+                    .and_then(|ff| ff.get(i))
+                    .copied()
+                    .unwrap_or(1.0)
+            })
+            .collect();
+        let mut angles = Vec::with_capacity(max_positions * half);
+        for p in 0..max_positions {
+            angles.extend(inv_freq.iter().map(|f| p as f32 * f));
+        }
+        let angles = Tensor::from_vec(angles, (max_positions, half), device)?;
+        Ok(Self {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+            style,
+        })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.dim(0).unwrap_or(0)
+    }
+
+    /// `x`: (heads, t, head_dim) for positions `pos..pos + t`.
+    pub fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
+        let t = x.dim(1)?;
+        let cos = self.cos.narrow(0, pos, t)?;
+        let sin = self.sin.narrow(0, pos, t)?;
+        let x = x.unsqueeze(0)?.contiguous()?;
+        let y = match self.style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
+            RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
+        };
+        y.squeeze(0)
+    }
+}
+
+/// The additive mask for `t` new tokens at `pos` against `pos + t` cached ones: causal, and
+/// limited to the last `window` positions where the layer uses sliding-window attention.
+/// `None` when nothing is masked (a single token with no window in reach).
+fn attention_mask(
+    t: usize,
+    pos: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let total = pos + t;
+    let window_hides = window.is_some_and(|w| total > w);
+    if t == 1 && !window_hides {
+        return Ok(None);
+    }
+    let mut mask = vec![0f32; t * total];
+    for i in 0..t {
+        let q = pos + i;
+        for (j, m) in mask[i * total..(i + 1) * total].iter_mut().enumerate() {
+            let future = j > q;
+            let too_old = window.is_some_and(|w| q >= w && j <= q - w);
+            if future || too_old {
+                *m = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Ok(Some(Tensor::from_vec(mask, (t, total), device)?))
+}
+
+/// Self-attention with grouped KV heads.
+#[derive(Debug)]
+pub struct Attention {
+    pub wq: QLinear,
+    pub wk: QLinear,
+    pub wv: QLinear,
+    pub wo: QLinear,
+    /// Qwen2's QKV biases.
+    pub bias: Option<(Tensor, Tensor, Tensor)>,
+    /// Gemma 3's per-head norms on queries and keys, before rotation.
+    pub qk_norm: Option<(RmsNorm, RmsNorm)>,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f64,
+    pub window: Option<usize>,
+    /// Shared by the layers that use the same base (Gemma 3 has a local and a global one).
+    pub rope: Arc<Rope>,
+}
+
+impl Attention {
+    /// `x`: the flattened batch (tokens, d_model) → (tokens, d_model).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        spans: &[SeqSpan],
+        caches: &mut [&mut KvCache],
+        layer: usize,
+    ) -> Result<Tensor> {
+        let mut q = self.wq.forward(x)?;
+        let mut k = self.wk.forward(x)?;
+        let mut v = self.wv.forward(x)?;
+        if let Some((bq, bk, bv)) = &self.bias {
+            q = q.broadcast_add(bq)?;
+            k = k.broadcast_add(bk)?;
+            v = v.broadcast_add(bv)?;
+        }
+        let mut outputs = Vec::with_capacity(spans.len());
+        for (span, cache) in spans.iter().zip(caches.iter_mut()) {
+            let heads = |m: &Tensor, n: usize| -> Result<Tensor> {
+                m.narrow(0, span.start, span.len)?
+                    .reshape((span.len, n, self.head_dim))?
+                    .transpose(0, 1)?
+                    .contiguous()
+            };
+            let mut qs = heads(&q, self.n_heads)?;
+            let mut ks = heads(&k, self.n_kv_heads)?;
+            let vs = heads(&v, self.n_kv_heads)?;
+            if let Some((qn, kn)) = &self.qk_norm {
+                qs = qn.forward(&qs)?;
+                ks = kn.forward(&ks)?;
+            }
+            let qs = self.rope.apply(&qs, span.pos)?;
+            let ks = self.rope.apply(&ks, span.pos)?;
+            let (k_all, v_all) = cache.append(layer, &ks, &vs)?;
+            outputs.push(self.attend(&qs, &k_all, &v_all, span)?);
+        }
+        let out = if outputs.len() == 1 {
+            outputs.pop().expect("one output")
+        } else {
+            Tensor::cat(&outputs, 0)?
+        };
+        self.wo.forward(&out)
+    }
+
+    /// One sequence: `q` (heads, t, dim) against its whole history (kv_heads, total, dim).
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, span: &SeqSpan) -> Result<Tensor> {
+        let t = span.len;
+        let group = self.n_heads / self.n_kv_heads;
+        let total = k.dim(1)?;
+        // Query heads that share a KV head are stacked as rows, so K and V are never copied per
+        // head: (kv_heads, group * t, dim) · (kv_heads, dim, total).
+        let q = q.reshape((self.n_kv_heads, group * t, self.head_dim))?;
+        let scores = (q.matmul(&k.t()?)? * self.scale)?;
+        let scores = match attention_mask(t, span.pos, self.window, q.device())? {
+            None => scores,
+            Some(mask) => scores
+                .reshape((self.n_kv_heads, group, t, total))?
+                .broadcast_add(&mask)?
+                .reshape((self.n_kv_heads, group * t, total))?,
+        };
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        weights
+            .matmul(&v.contiguous()?)?
+            .reshape((self.n_heads, t, self.head_dim))?
+            .transpose(0, 1)?
+            .reshape((t, self.n_heads * self.head_dim))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    Silu,
+    /// tanh approximation, as Gemma uses.
+    Gelu,
+}
+
+/// `down(act(gate(x)) * up(x))`.
+#[derive(Debug)]
+pub struct GatedMlp {
+    pub gate: QLinear,
+    pub up: QLinear,
+    pub down: QLinear,
+    pub activation: Activation,
+}
+
+impl GatedMlp {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate.forward(x)?;
+        let gate = match self.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::Gelu => gate.gelu()?,
+        };
+        self.down.forward(&(gate * self.up.forward(x)?)?)
+    }
+}
+
+/// Token ids → embedding rows, dequantizing only the rows asked for.
+#[derive(Debug)]
+pub struct Embedding {
+    table: QTensor,
+    scale: Option<f64>,
+}
+
+impl Embedding {
+    pub fn new(table: QTensor, scale: Option<f64>) -> Self {
+        Self { table, scale }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.table.shape().dims()[0]
+    }
+
+    pub fn forward(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+        let ids = Tensor::new(ids, device)?;
+        let x = self.table.embedding(&ids)?.to_dtype(DType::F32)?;
+        match self.scale {
+            Some(s) => x * s,
+            None => Ok(x),
+        }
+    }
+}
+
+/// Rows of the flattened batch whose logits are wanted: the last of each sequence, or all of a
+/// sequence's rows when `all` is set for it (teacher-forced scoring).
+pub fn output_rows(spans: &[SeqSpan], all: &[bool], device: &Device) -> Result<Tensor> {
+    let mut rows = Vec::new();
+    for (s, &all) in spans.iter().zip(all) {
+        if all {
+            rows.extend((s.start..s.start + s.len).map(|r| r as u32));
+        } else {
+            rows.push((s.start + s.len - 1) as u32);
+        }
+    }
+    Tensor::new(rows.as_slice(), device)
+}
+
+/// Gather `rows` of `x` (tokens, d) → (rows, d).
+pub fn select_rows(x: &Tensor, rows: &Tensor) -> Result<Tensor> {
+    if rows.dim(0)? == x.dim(0)? {
+        return Ok(x.clone());
+    }
+    x.index_select(rows, 0)
+}
+
+/// Logits for every row of `x` (rows, vocab), as f32 on the CPU-visible device.
+pub fn lm_head(norm: &RmsNorm, head: &QLinear, x: &Tensor) -> Result<Tensor> {
+    head.forward(&norm.forward(x)?)?.to_dtype(DType::F32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_is_causal_and_windowed() {
+        let m = attention_mask(3, 2, None, &Device::Cpu).unwrap().unwrap();
+        let m = m.to_vec2::<f32>().unwrap();
+        assert_eq!(m[0][..3], [0.0, 0.0, 0.0]);
+        assert!(m[0][3].is_infinite() && m[1][4].is_infinite());
+        assert_eq!(m[2], vec![0.0; 5]);
+        assert!(attention_mask(1, 10, None, &Device::Cpu).unwrap().is_none());
+        let w = attention_mask(1, 10, Some(4), &Device::Cpu)
+            .unwrap()
+            .unwrap();
+        let w = w.to_vec2::<f32>().unwrap();
+        // Position 10 sees 7..=10.
+        assert!(w[0][6].is_infinite());
+        assert_eq!(w[0][7..], [0.0; 4]);
+    }
+}

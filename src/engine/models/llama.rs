@@ -1,0 +1,168 @@
+//! The llama family: Llama 2/3, SmolLM2, Mistral (as `llama` or `mistral` GGUFs) and Qwen2 (QKV
+//! biases, half-split rotary). Pre-norm blocks: `h = x + attn(norm(x)); y = h + mlp(norm(h))`.
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+
+use super::layers::{
+    Activation, Attention, Embedding, GatedMlp, RmsNorm, Rope, RopeStyle, SeqSpan,
+};
+use super::{linear, norm, output_head, Block, Meta, ModelError, ModelInfo, Transformer};
+use crate::engine::gguf::GgufFile;
+use crate::engine::kv::KvCache;
+
+/// Rotary tables are built for at most this many positions; longer contexts are refused.
+pub const MAX_CONTEXT: usize = 32_768;
+
+struct LlamaBlock {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    ffn_norm: RmsNorm,
+    mlp: GatedMlp,
+}
+
+impl Block for LlamaBlock {
+    fn forward(
+        &self,
+        x: &Tensor,
+        spans: &[SeqSpan],
+        caches: &mut [&mut KvCache],
+        layer: usize,
+    ) -> candle_core::Result<Tensor> {
+        let h = (x + self
+            .attn
+            .forward(&self.attn_norm.forward(x)?, spans, caches, layer)?)?;
+        &h + self.mlp.forward(&self.ffn_norm.forward(&h)?)?
+    }
+}
+
+pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError> {
+    let arch = gguf.architecture()?.to_string();
+    let meta = Meta {
+        gguf,
+        prefix: arch.clone(),
+    };
+    let n_layers = meta.usize("block_count")?;
+    let d_model = meta.usize("embedding_length")?;
+    let n_heads = meta.usize("attention.head_count")?;
+    let n_kv_heads = meta.usize("attention.head_count_kv").unwrap_or(n_heads);
+    let ffn = meta.usize("feed_forward_length")?;
+    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || d_model % n_heads != 0 {
+        return Err(ModelError::Inconsistent(format!(
+            "{n_heads} heads, {n_kv_heads} KV heads, d_model {d_model}"
+        )));
+    }
+    let head_dim = meta
+        .usize("attention.key_length")
+        .unwrap_or(d_model / n_heads);
+    let eps = meta.f64_or("attention.layer_norm_rms_epsilon", 1e-5);
+    let context_length = meta
+        .usize("context_length")
+        .unwrap_or(4096)
+        .min(MAX_CONTEXT);
+    let style = if arch == "qwen2" {
+        RopeStyle::Halves
+    } else {
+        RopeStyle::Interleaved
+    };
+    let freq_factors = if gguf.has_tensor("rope_freqs.weight") {
+        let t = gguf.qtensor("rope_freqs.weight", &Device::Cpu)?;
+        Some(
+            t.dequantize(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        )
+    } else {
+        None
+    };
+    let rope = Arc::new(Rope::new(
+        head_dim,
+        meta.f64_or("rope.freq_base", 10_000.0),
+        context_length,
+        style,
+        freq_factors,
+        device,
+    )?);
+
+    let embd = gguf.qtensor("token_embd.weight", device)?;
+    let vocab_size = embd.shape().dims()[0];
+    let mut blocks: Vec<Box<dyn Block>> = Vec::with_capacity(n_layers);
+    for i in 0..n_layers {
+        let p = |name: &str| format!("blk.{i}.{name}");
+        let bias = if gguf.has_tensor(&p("attn_q.bias")) {
+            let b = |name: &str| -> Result<Tensor, ModelError> {
+                Ok(gguf.qtensor(&p(name), device)?.dequantize(device)?)
+            };
+            Some((b("attn_q.bias")?, b("attn_k.bias")?, b("attn_v.bias")?))
+        } else {
+            None
+        };
+        let attn = Attention {
+            wq: linear(
+                gguf,
+                &p("attn_q.weight"),
+                (n_heads * head_dim, d_model),
+                device,
+            )?,
+            wk: linear(
+                gguf,
+                &p("attn_k.weight"),
+                (n_kv_heads * head_dim, d_model),
+                device,
+            )?,
+            wv: linear(
+                gguf,
+                &p("attn_v.weight"),
+                (n_kv_heads * head_dim, d_model),
+                device,
+            )?,
+            wo: linear(
+                gguf,
+                &p("attn_output.weight"),
+                (d_model, n_heads * head_dim),
+                device,
+            )?,
+            bias,
+            qk_norm: None,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            window: None,
+            rope: rope.clone(),
+        };
+        let mlp = GatedMlp {
+            gate: linear(gguf, &p("ffn_gate.weight"), (ffn, d_model), device)?,
+            up: linear(gguf, &p("ffn_up.weight"), (ffn, d_model), device)?,
+            down: linear(gguf, &p("ffn_down.weight"), (d_model, ffn), device)?,
+            activation: Activation::Silu,
+        };
+        blocks.push(Box::new(LlamaBlock {
+            attn_norm: norm(gguf, &p("attn_norm.weight"), eps, device)?,
+            attn,
+            ffn_norm: norm(gguf, &p("ffn_norm.weight"), eps, device)?,
+            mlp,
+        }));
+    }
+    let info = ModelInfo {
+        architecture: arch,
+        n_layers,
+        d_model,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        context_length,
+        vocab_size,
+    };
+    let head = output_head(gguf, vocab_size, d_model, device)?;
+    let out_norm = norm(gguf, "output_norm.weight", eps, device)?;
+    Ok(Transformer::assemble(
+        info,
+        Embedding::new(embd, None),
+        blocks,
+        out_norm,
+        head,
+        device,
+    ))
+}

@@ -1,0 +1,221 @@
+//! Model code. Every architecture has one shape: a config read from GGUF metadata, `load`, and a
+//! block `forward` over a flattened batch; the shared pieces live in `layers`.
+
+pub mod gemma3;
+pub mod layers;
+pub mod llama;
+
+use candle_core::{Device, Tensor};
+
+use super::gguf::{GgufError, GgufFile};
+use super::kv::KvCache;
+use crate::engine::qmatmul::QLinear;
+use layers::{Embedding, RmsNorm, SeqSpan};
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The file is unreadable or lacks what the architecture needs.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    /// No model code for this `general.architecture`.
+    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2, gemma3)")]
+    Unsupported(String),
+    /// A tensor has a shape the metadata does not explain.
+    #[error("inconsistent model: {0}")]
+    Inconsistent(String),
+    /// A sequence would run past the model's context window.
+    #[error("context length exceeded: {needed} tokens, the model holds {limit}")]
+    ContextExceeded { needed: usize, limit: usize },
+    /// A tensor operation failed.
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// What users and schedulers need to know about a loaded model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub context_length: usize,
+    pub vocab_size: usize,
+}
+
+/// One sequence's part of a forward pass.
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    /// Logits for every new token (scoring) rather than only the last (generation).
+    pub all_logits: bool,
+}
+
+/// A transformer block of some architecture.
+pub trait Block: Send + Sync {
+    fn forward(
+        &self,
+        x: &Tensor,
+        spans: &[SeqSpan],
+        caches: &mut [&mut KvCache],
+        layer: usize,
+    ) -> candle_core::Result<Tensor>;
+}
+
+/// Embedding, blocks, final norm and output head: the part all architectures share.
+pub struct Transformer {
+    pub info: ModelInfo,
+    embedding: Embedding,
+    blocks: Vec<Box<dyn Block>>,
+    norm: RmsNorm,
+    head: QLinear,
+    device: Device,
+}
+
+impl Transformer {
+    /// Open the right architecture for a GGUF file.
+    pub fn load(gguf: &GgufFile, device: &Device) -> Result<Self, ModelError> {
+        match gguf.architecture()? {
+            "llama" | "mistral" | "qwen2" => llama::load(gguf, device),
+            "gemma3" => gemma3::load(gguf, device),
+            other => Err(ModelError::Unsupported(other.to_string())),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.info.n_layers)
+    }
+
+    /// One forward pass over the new tokens of several sequences at once. Returns logits
+    /// (rows, vocab): one row per sequence, or one per token for sequences with `all_logits`,
+    /// in input order. Each cache moves on by its sequence's token count.
+    pub fn forward(&self, seqs: &mut [SeqInput]) -> Result<Tensor, ModelError> {
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut ids = Vec::new();
+        for s in seqs.iter() {
+            if s.tokens.is_empty() {
+                return Err(ModelError::Inconsistent("a sequence with no tokens".into()));
+            }
+            let needed = s.cache.len() + s.tokens.len();
+            if needed > self.info.context_length {
+                return Err(ModelError::ContextExceeded {
+                    needed,
+                    limit: self.info.context_length,
+                });
+            }
+            if let Some(&bad) = s
+                .tokens
+                .iter()
+                .find(|&&t| t as usize >= self.info.vocab_size)
+            {
+                return Err(ModelError::Inconsistent(format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    self.info.vocab_size
+                )));
+            }
+            spans.push(SeqSpan {
+                start: ids.len(),
+                len: s.tokens.len(),
+                pos: s.cache.len(),
+            });
+            ids.extend_from_slice(s.tokens);
+        }
+        let all: Vec<bool> = seqs.iter().map(|s| s.all_logits).collect();
+        let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
+        let mut x = self.embedding.forward(&ids, &self.device)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, &spans, &mut caches, i)?;
+        }
+        for (cache, span) in caches.iter_mut().zip(&spans) {
+            cache.advance(span.len);
+        }
+        let rows = layers::output_rows(&spans, &all, &self.device)?;
+        let x = layers::select_rows(&x, &rows)?;
+        Ok(layers::lm_head(&self.norm, &self.head, &x)?)
+    }
+}
+
+/// Metadata lookups under the architecture's prefix (`llama.block_count`, ...).
+pub(crate) struct Meta<'a> {
+    pub gguf: &'a GgufFile,
+    pub prefix: String,
+}
+
+impl Meta<'_> {
+    pub fn usize(&self, key: &str) -> Result<usize, GgufError> {
+        self.gguf.get_usize(&format!("{}.{key}", self.prefix))
+    }
+    pub fn f64(&self, key: &str) -> Result<f64, GgufError> {
+        self.gguf.get_f64(&format!("{}.{key}", self.prefix))
+    }
+    pub fn f64_or(&self, key: &str, default: f64) -> f64 {
+        self.f64(key).unwrap_or(default)
+    }
+}
+
+/// Build a `QLinear` from a named tensor, checking it has the expected shape.
+pub(crate) fn linear(
+    gguf: &GgufFile,
+    name: &str,
+    shape: (usize, usize),
+    device: &Device,
+) -> Result<QLinear, ModelError> {
+    let t = gguf.qtensor(name, device)?;
+    if t.shape().dims() != [shape.0, shape.1] {
+        return Err(ModelError::Inconsistent(format!(
+            "{name} has shape {:?}, expected {shape:?}",
+            t.shape().dims()
+        )));
+    }
+    Ok(QLinear::new(t)?)
+}
+
+pub(crate) fn norm(
+    gguf: &GgufFile,
+    name: &str,
+    eps: f64,
+    device: &Device,
+) -> Result<RmsNorm, ModelError> {
+    Ok(RmsNorm::new(gguf.qtensor(name, device)?, eps, device)?)
+}
+
+/// The output head: `output.weight`, or the embedding table when the model ties them.
+pub(crate) fn output_head(
+    gguf: &GgufFile,
+    vocab: usize,
+    d_model: usize,
+    device: &Device,
+) -> Result<QLinear, ModelError> {
+    let name = if gguf.has_tensor("output.weight") {
+        "output.weight"
+    } else {
+        "token_embd.weight"
+    };
+    linear(gguf, name, (vocab, d_model), device)
+}
+
+impl Transformer {
+    pub(crate) fn assemble(
+        info: ModelInfo,
+        embedding: Embedding,
+        blocks: Vec<Box<dyn Block>>,
+        norm: RmsNorm,
+        head: QLinear,
+        device: &Device,
+    ) -> Self {
+        Self {
+            info,
+            embedding,
+            blocks,
+            norm,
+            head,
+            device: device.clone(),
+        }
+    }
+}

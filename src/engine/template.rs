@@ -1,0 +1,289 @@
+//! Chat templates from GGUF metadata, rendered in a sandboxed minijinja.
+//!
+//! Templates come with downloaded models, so they are untrusted code: the environment has no
+//! loader (no file access), a fuel limit bounds execution, and every failure is an error that says
+//! what went wrong. Rendering matches Hugging Face's jinja2 setup (`trim_blocks`,
+//! `lstrip_blocks`, Python string methods through minijinja-contrib's pycompat).
+
+use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+use super::gguf::GgufFile;
+
+/// Enough for any real template on long conversations; stops a template that loops forever.
+const FUEL: u64 = 5_000_000;
+
+/// Used when a GGUF carries no template; the same text Google ships with Gemma 3 (string
+/// content only).
+const GEMMA_TEMPLATE: &str = "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}{%- for message in loop_messages -%}{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif -%}{%- if message['role'] == 'assistant' -%}{%- set role = 'model' -%}{%- else -%}{%- set role = message['role'] -%}{%- endif -%}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
+
+/// ChatML, the fallback for a GGUF without a template and without a known family.
+const CHATML_TEMPLATE: &str = "{%- for message in messages -%}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}";
+
+/// What can go wrong with a template.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// The template text does not parse.
+    #[error("chat template does not compile: {0}")]
+    Syntax(String),
+    /// The template raised an error itself (e.g. roles out of order).
+    #[error("chat template refused the conversation: {0}")]
+    Raised(String),
+    /// The template ran out of fuel or failed while rendering.
+    #[error("chat template failed: {0}")]
+    Render(String),
+}
+
+/// One message of a conversation, as templates see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A compiled chat template with the special tokens it may refer to.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+    /// True when the GGUF had no template and a built-in one stands in.
+    pub builtin: bool,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("builtin", &self.builtin)
+            .finish()
+    }
+}
+
+fn raise_exception(msg: String) -> Result<String, JinjaError> {
+    Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+}
+
+/// `strftime_now` for the formats templates use (`%d %b %Y`, `%Y-%m-%d`), from the system clock
+/// in UTC.
+fn strftime_now(format: String) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    let month = MONTHS[(m - 1) as usize];
+    format
+        .replace("%Y", &format!("{y:04}"))
+        .replace("%m", &format!("{m:02}"))
+        .replace("%d", &format!("{d:02}"))
+        .replace("%B", month)
+        .replace("%b", &month[..3])
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+impl ChatTemplate {
+    /// Compile a template's source.
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, TemplateError> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_fuel(Some(FUEL));
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        minijinja_contrib::add_to_environment(&mut env);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| TemplateError::Syntax(describe(&e)))?;
+        Ok(Self {
+            env,
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+            builtin: false,
+        })
+    }
+
+    /// The GGUF's `tokenizer.chat_template`, or the family's known template when it has none.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self, TemplateError> {
+        let tokens = gguf
+            .get_str_array("tokenizer.ggml.tokens")
+            .unwrap_or_default();
+        let token = |key: &str| {
+            gguf.get_usize(key)
+                .ok()
+                .and_then(|id| tokens.get(id))
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        };
+        let bos = token("tokenizer.ggml.bos_token_id");
+        let eos = token("tokenizer.ggml.eos_token_id");
+        match gguf.get_str("tokenizer.chat_template") {
+            Ok(source) => Self::new(source, &bos, &eos),
+            Err(_) => {
+                let arch = gguf.architecture().unwrap_or_default();
+                let source = if arch.starts_with("gemma") {
+                    GEMMA_TEMPLATE
+                } else {
+                    CHATML_TEMPLATE
+                };
+                let mut t = Self::new(source, &bos, &eos)?;
+                t.builtin = true;
+                Ok(t)
+            }
+        }
+    }
+
+    /// Render a conversation; with `add_generation_prompt` the text ends where the assistant's
+    /// reply begins.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| TemplateError::Render(describe(&e)))?;
+        tmpl.render(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        })
+        .map_err(|e| match e.kind() {
+            ErrorKind::InvalidOperation => TemplateError::Raised(describe(&e)),
+            _ => TemplateError::Render(describe(&e)),
+        })
+    }
+
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
+    }
+}
+
+fn describe(e: &JinjaError) -> String {
+    match e.detail() {
+        Some(d) => format!("{} ({d})", e.kind()),
+        None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chatml() -> ChatTemplate {
+        ChatTemplate::new(CHATML_TEMPLATE, "<s>", "</s>").unwrap()
+    }
+
+    #[test]
+    fn renders_chatml_with_generation_prompt() {
+        let out = chatml()
+            .render(&[ChatMessage::new("user", "Hi")], true)
+            .unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn raise_exception_is_a_clear_error() {
+        let t = ChatTemplate::new(GEMMA_TEMPLATE, "<bos>", "<eos>").unwrap();
+        let err = t
+            .render(
+                &[ChatMessage::new("user", "a"), ChatMessage::new("user", "b")],
+                true,
+            )
+            .unwrap_err();
+        assert!(matches!(err, TemplateError::Raised(_)), "{err}");
+        assert!(err.to_string().contains("alternate"), "{err}");
+    }
+
+    #[test]
+    fn gemma_template_maps_roles() {
+        let t = ChatTemplate::new(GEMMA_TEMPLATE, "<bos>", "<eos>").unwrap();
+        let out = t
+            .render(
+                &[
+                    ChatMessage::new("system", "Be brief."),
+                    ChatMessage::new("user", "Hi"),
+                ],
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+        );
+    }
+
+    #[test]
+    fn endless_templates_run_out_of_fuel() {
+        let t = ChatTemplate::new(
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert!(matches!(t.render(&[], true), Err(TemplateError::Render(_))));
+    }
+
+    #[test]
+    fn syntax_errors_do_not_panic() {
+        assert!(matches!(
+            ChatTemplate::new("{% for %}", "", ""),
+            Err(TemplateError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn python_string_methods_work() {
+        let t = ChatTemplate::new("{{ messages[0].content.strip().upper() }}", "", "").unwrap();
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "  hi ")], false)
+                .unwrap(),
+            "HI"
+        );
+    }
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_414), (2025, 11, 22));
+    }
+}

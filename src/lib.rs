@@ -1,0 +1,21 @@
+//! Lantern: serve and tune language models on your own machine.
+//!
+//! The map:
+//! - [`config`]: the settings every command shares (flags, `LANTERN_*` variables, defaults).
+//! - [`library`]: models on disk — the manifest of known models, what is installed, `pull`.
+//! - [`engine`]: everything that touches tensors. A GGUF file is opened and validated
+//!   ([`engine::gguf`]), its tokenizer ([`engine::tokenizer`]) and chat template
+//!   ([`engine::template`]) are built from its metadata, and the weights become a
+//!   [`engine::models::Transformer`] that runs a *flattened batch*: the new tokens of several
+//!   sequences in one matrix, each sequence with its own [`engine::kv::KvCache`]. Linear layers
+//!   use Lantern's SIMD kernels ([`engine::qmatmul`]).
+//! - The path of one generation ([`engine::generate`]): chat messages → template → token ids →
+//!   chunked prefill → decode loop (forward, [`engine::sampler`], [`engine::stops`]) → text
+//!   streamed out whole, with its figures.
+
+pub mod config;
+pub mod engine;
+pub mod library;
+
+pub use config::Config;
+pub use engine::ChatModel;

@@ -1,0 +1,33 @@
+//! Shared by the integration tests: the installed default models and the reference outputs.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use candle_core::Device;
+use lantern::library::Library;
+use lantern::ChatModel;
+
+pub fn reference_dir() -> PathBuf {
+    std::env::var_os("LANTERN_REFERENCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"))
+}
+
+pub fn reference() -> serde_json::Value {
+    let path = reference_dir().join("smollm2_q4_1_llamacpp.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// An installed model; the test setup (`models/fetch`) installs the defaults.
+pub fn model_path(name: &str) -> PathBuf {
+    Library::new(&lantern::library::home())
+        .resolve_gguf(name)
+        .unwrap_or_else(|e| panic!("{e} (the test setup runs models/fetch)"))
+}
+
+pub fn smollm2() -> &'static ChatModel {
+    static MODEL: OnceLock<ChatModel> = OnceLock::new();
+    MODEL.get_or_init(|| ChatModel::load(&model_path("smollm2"), &Device::Cpu).unwrap())
+}

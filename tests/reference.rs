@@ -1,0 +1,125 @@
+//! Correctness against llama.cpp on the default model (`shared/reference`, made with
+//! llama-cpp-python and an f32 KV cache): token ids, rendered chat text, teacher-forced
+//! distributions and free-running greedy text.
+
+mod common;
+
+use lantern::engine::generate::{generate, Event, GenerateRequest};
+use lantern::engine::models::SeqInput;
+use lantern::engine::sampler::{argmax, log_softmax, SamplingParams};
+use lantern::engine::template::ChatMessage;
+use serde_json::Value;
+
+fn messages(conv: &Value) -> Vec<ChatMessage> {
+    serde_json::from_value(conv["messages"].clone()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn rendered_chat_text_matches_jinja2() {
+    let model = common::smollm2();
+    for conv in common::reference()["conversations"].as_array().unwrap() {
+        let rendered = model.template.render(&messages(conv), true).unwrap();
+        assert_eq!(rendered, conv["rendered"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn token_ids_match_llama_cpp() {
+    let model = common::smollm2();
+    let reference = common::reference();
+    for conv in reference["conversations"].as_array().unwrap() {
+        let ours = model.chat_prompt(&messages(conv)).unwrap();
+        assert_eq!(ours, ids(&conv["prompt_ids"]), "{}", conv["rendered"]);
+    }
+    for raw in reference["raw_strings"].as_array().unwrap() {
+        let text = raw["text"].as_str().unwrap();
+        let special = model.tokenizer.encode(text, false).unwrap();
+        assert_eq!(special, ids(&raw["ids_special"]), "special: {text:?}");
+        let plain = model.tokenizer.encode_plain(text).unwrap();
+        assert_eq!(plain, ids(&raw["ids_plain"]), "plain: {text:?}");
+    }
+}
+
+#[test]
+fn teacher_forced_distributions_match_llama_cpp() {
+    let model = common::smollm2();
+    let (mut agree, mut decisive, mut delta_sum, mut n) = (0usize, 0usize, 0f64, 0usize);
+    for conv in common::reference()["conversations"].as_array().unwrap() {
+        let prompt = ids(&conv["prompt_ids"]);
+        let greedy = ids(&conv["greedy_ids"]);
+        let top5 = conv["top5_logprobs"].as_array().unwrap();
+        let mut tokens = prompt.clone();
+        tokens.extend_from_slice(&greedy[..greedy.len() - 1]);
+        let mut cache = model.transformer.new_cache();
+        let logits = model
+            .transformer
+            .forward(&mut [SeqInput {
+                tokens: &tokens,
+                cache: &mut cache,
+                all_logits: true,
+            }])
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for (i, expected) in top5.iter().enumerate() {
+            let row = &logits[prompt.len() - 1 + i];
+            let lp = log_softmax(row);
+            let best = expected[0][0].as_u64().unwrap() as u32;
+            let best_lp = expected[0][1].as_f64().unwrap();
+            let second_lp = expected[1][1].as_f64().unwrap();
+            delta_sum += (lp[best as usize] as f64 - best_lp).abs();
+            n += 1;
+            if best_lp - second_lp >= 0.05 {
+                decisive += 1;
+                agree += usize::from(argmax(row) == best);
+            }
+        }
+    }
+    let agreement = agree as f64 / decisive as f64;
+    let mean_delta = delta_sum / n as f64;
+    eprintln!("top-1 agreement {agreement:.4} over {decisive} decisive positions; mean |Δ logprob| {mean_delta:.4} over {n}");
+    assert!(agreement >= 0.99, "top-1 agreement {agreement}");
+    assert!(mean_delta <= 0.05, "mean |Δ logprob| {mean_delta}");
+}
+
+#[test]
+fn greedy_text_matches_llama_cpp_up_to_the_first_near_tie() {
+    let model = common::smollm2();
+    for conv in common::reference()["conversations"].as_array().unwrap() {
+        let stable_len = conv["stable_prefix_len"].as_u64().unwrap() as usize;
+        let expected = conv["stable_prefix_text"].as_str().unwrap();
+        if stable_len == 0 {
+            continue;
+        }
+        let request = GenerateRequest {
+            prompt: ids(&conv["prompt_ids"]),
+            max_tokens: stable_len,
+            sampling: SamplingParams::greedy(),
+            stop: Vec::new(),
+        };
+        let mut text = String::new();
+        let mut tokens = Vec::new();
+        generate(model, &request, |e| match e {
+            Event::Text(t) => text.push_str(t),
+            Event::Token(s) => tokens.push(s.token),
+        })
+        .unwrap();
+        assert_eq!(
+            tokens[..stable_len.min(tokens.len())],
+            ids(&conv["greedy_ids"])[..stable_len.min(tokens.len())],
+            "{expected:?}"
+        );
+        assert!(
+            text.starts_with(expected) || expected.starts_with(&text),
+            "ours: {text:?}\nllama.cpp: {expected:?}"
+        );
+    }
+}
