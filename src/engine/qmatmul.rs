@@ -4,8 +4,10 @@
 //! default model) and its quantized matmul does not reuse a weight block across the rows of a
 //! batch. Here, on the CPU, Q4_1 and Q8_0 weights are repacked once at load with f32 scales, the
 //! activations are quantized to 8 bits once per call, and every weight block that is loaded is
-//! used for up to `ROW_GROUP` activation rows. Wide inputs (prompt prefill) go to a real GEMM on
-//! weights dequantized per call instead, which beats integer dot products at that size.
+//! used for up to `ROW_GROUP` activation rows. Every output element is computed by the same code
+//! in the same order whatever the number of rows, so a sequence gets bit-identical logits whether
+//! it runs alone or in a batch (a GEMM on dequantized weights chooses its blocking by size, and
+//! the 8-bit rounding of activations turns those last-bit differences into visible ones).
 //! The SIMD path (AVX2 + FMA) is chosen at run time; a portable scalar path stays for other CPUs.
 //! Other devices and other weight types use candle's `QMatMul`.
 
@@ -17,9 +19,6 @@ use rayon::prelude::*;
 const QK: usize = 32;
 /// Activation rows that share one pass over the weights.
 const ROW_GROUP: usize = 4;
-/// From this many input rows on, dequantize + GEMM beats the integer kernel (measured with
-/// `benches/engine`).
-const GEMM_MIN_ROWS: usize = 24;
 
 /// A Q4_1 block with f32 scales (repacked from the GGUF's f16 ones, which cost 6% to convert).
 #[derive(Clone, Copy)]
@@ -102,8 +101,15 @@ impl QLinear {
     /// `x`: (rows, in_features) f32 → (rows, out_features).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.dim(0)?;
+        if std::env::var_os("SCRATCH_F32").is_some() {
+            let w = self.qtensor.dequantize(&Device::Cpu)?;
+            return x.contiguous()?.matmul(&w.t()?);
+        }
+        if std::env::var_os("SCRATCH_CANDLE").is_some() {
+            return self.fallback.forward(x);
+        }
         match &self.cpu {
-            Some(w) if rows < GEMM_MIN_ROWS && x.dtype() == DType::F32 => {
+            Some(w) if x.dtype() == DType::F32 => {
                 let x = x.contiguous()?;
                 let input = x.flatten_all()?.to_vec1::<f32>()?;
                 let mut out = vec![0f32; rows * self.out_features];
@@ -116,15 +122,6 @@ impl QLinear {
                     &mut out,
                 );
                 Tensor::from_vec(out, (rows, self.out_features), x.device())
-            }
-            Some(_) if x.dtype() == DType::F32 => {
-                // Round the activations to the same 8-bit grid the integer kernel uses, so a
-                // sequence gets the same logits whatever else shares its batch.
-                let x = x.contiguous()?;
-                let rounded = round_to_q8(&x.flatten_all()?.to_vec1::<f32>()?);
-                let x = Tensor::from_vec(rounded, x.shape(), x.device())?;
-                let w = self.qtensor.dequantize(&Device::Cpu)?;
-                x.matmul(&w.t()?)
             }
             Some(_) => self.fallback.forward(x),
             None => self.fallback.forward(x),
@@ -157,6 +154,8 @@ fn repack_q8_0(bytes: &[u8]) -> CpuWeights {
     )
 }
 
+/// ggml's `quantize_row_q8_1`: scales rounded through f16 as ggml stores them, so Lantern's
+/// products round exactly as llama.cpp's (and candle's) do.
 fn quantize_activations(x: &[f32]) -> Vec<ActBlock> {
     x.chunks_exact(QK)
         .map(|v| {
@@ -166,19 +165,11 @@ fn quantize_activations(x: &[f32]) -> Vec<ActBlock> {
             let qs: [i8; 32] = std::array::from_fn(|i| (v[i] * id).round() as i8);
             let sum: i32 = qs.iter().map(|&q| q as i32).sum();
             ActBlock {
-                d,
-                s: d * sum as f32,
+                d: f16::from_f32(d).to_f32(),
+                s: f16::from_f32(d * sum as f32).to_f32(),
                 qs,
             }
         })
-        .collect()
-}
-
-/// What `quantize_activations` keeps of `x`, back in f32.
-fn round_to_q8(x: &[f32]) -> Vec<f32> {
-    quantize_activations(x)
-        .iter()
-        .flat_map(|b| b.qs.map(|q| q as f32 * b.d))
         .collect()
 }
 
@@ -381,7 +372,7 @@ mod tests {
             .matmul(&q.dequantize(&Device::Cpu).unwrap().t().unwrap())
             .unwrap();
         let ours = QLinear::new(q).unwrap().forward(&x).unwrap();
-        let diff = (ours - &reference)
+        let diff = (&ours - &reference)
             .unwrap()
             .abs()
             .unwrap()
@@ -391,16 +382,17 @@ mod tests {
             .unwrap();
         // Only the 8-bit rounding of the activations separates the two.
         assert!(diff < 0.05, "{dtype:?} rows={rows}: max diff {diff}");
-        // And the integer kernel and the GEMM path agree on the same rounded activations.
-        let first = ours.narrow(0, 0, 1).unwrap();
+        // A row's result does not depend on the other rows of the batch.
         let alone = QLinear::new(QTensor::quantize(&w, dtype).unwrap())
             .unwrap()
-            .forward(&x.narrow(0, 0, 1).unwrap())
+            .forward(&x.narrow(0, rows - 1, 1).unwrap())
             .unwrap();
-        let diff = (first - alone).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(
-            diff.to_scalar::<f32>().unwrap() < 1e-4,
-            "{dtype:?} rows={rows}: batch-dependent"
+        let last = ours.narrow(0, rows - 1, 1).unwrap();
+        let diff = (last - alone).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(
+            diff.to_scalar::<f32>().unwrap(),
+            0.0,
+            "{dtype:?} rows={rows}"
         );
     }
 

@@ -154,7 +154,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
     let out_norm = norm(gguf, "output_norm.weight", eps, device)?;
     Ok(Transformer::assemble(
         info,
-        Embedding::new(embd, Some((d_model as f64).sqrt())),
+        Embedding::new(embd, Some((d_model as f64).sqrt()))?,
         blocks,
         out_norm,
         head,

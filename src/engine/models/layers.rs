@@ -6,7 +6,9 @@
 //! Linear layers see the whole matrix at once (one pass over the weights for the whole batch);
 //! attention runs per sequence against that sequence's own cache.
 
-use candle_core::quantized::QTensor;
+use std::borrow::Cow;
+
+use candle_core::quantized::{QStorage, QTensor};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -255,16 +257,32 @@ impl GatedMlp {
     }
 }
 
-/// Token ids → embedding rows, dequantizing only the rows asked for.
+/// Token ids → embedding rows, dequantizing only the rows asked for (candle's CPU
+/// `QTensor::embedding` dequantizes the whole table per call: 670 MB for Gemma 3's vocabulary).
 #[derive(Debug)]
 pub struct Embedding {
     table: QTensor,
+    /// The raw rows on the CPU, where rows are picked by hand.
+    cpu_rows: Option<(Vec<u8>, usize)>,
     scale: Option<f64>,
 }
 
 impl Embedding {
-    pub fn new(table: QTensor, scale: Option<f64>) -> Self {
-        Self { table, scale }
+    pub fn new(table: QTensor, scale: Option<f64>) -> Result<Self> {
+        let cpu_rows = if table.device().is_cpu() {
+            let (rows, hidden) = table.shape().dims2()?;
+            let row_bytes = hidden / table.dtype().block_size() * table.dtype().type_size();
+            let data = table.data()?.into_owned();
+            debug_assert_eq!(data.len(), rows * row_bytes);
+            Some((data, row_bytes))
+        } else {
+            None
+        };
+        Ok(Self {
+            table,
+            cpu_rows,
+            scale,
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -272,8 +290,26 @@ impl Embedding {
     }
 
     pub fn forward(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
-        let ids = Tensor::new(ids, device)?;
-        let x = self.table.embedding(&ids)?.to_dtype(DType::F32)?;
+        let x = match &self.cpu_rows {
+            Some((data, row_bytes)) => {
+                let hidden = self.table.shape().dims()[1];
+                let dtype = self.table.dtype();
+                let mut rows = Vec::with_capacity(ids.len());
+                for &id in ids {
+                    let at = id as usize * row_bytes;
+                    let bytes = data.get(at..at + row_bytes).ok_or_else(|| {
+                        candle_core::Error::Msg(format!("token id {id} outside the embedding"))
+                    })?;
+                    let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, dtype)?;
+                    rows.push(QTensor::new(storage, (1, hidden))?.dequantize(&Device::Cpu)?);
+                }
+                Tensor::cat(&rows, 0)?.to_device(device)?
+            }
+            None => self
+                .table
+                .embedding(&Tensor::new(ids, device)?)?
+                .to_dtype(DType::F32)?,
+        };
         match self.scale {
             Some(s) => x * s,
             None => Ok(x),

@@ -159,7 +159,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
     let out_norm = norm(gguf, "output_norm.weight", eps, device)?;
     Ok(Transformer::assemble(
         info,
-        Embedding::new(embd, None),
+        Embedding::new(embd, None)?,
         blocks,
         out_norm,
         head,
