@@ -129,6 +129,64 @@ impl QLinear {
     }
 }
 
+/// Several linear layers over the same input (Q, K and V; gate and up), run as one matrix when
+/// they share a weight type on the CPU: the input is quantized once and the threads are woken
+/// once, instead of once per layer.
+#[derive(Debug)]
+pub enum LinearGroup {
+    Fused { linear: QLinear, widths: Vec<usize> },
+    Separate(Vec<QLinear>),
+}
+
+impl LinearGroup {
+    pub fn new(parts: Vec<QTensor>) -> Result<Self> {
+        let fusable = parts.iter().all(|p| {
+            p.device().is_cpu()
+                && p.dtype() == parts[0].dtype()
+                && matches!(p.dtype(), GgmlDType::Q4_1 | GgmlDType::Q8_0)
+                && p.shape().dims().get(1) == parts[0].shape().dims().get(1)
+        });
+        if !fusable || parts.len() < 2 {
+            return Ok(Self::Separate(
+                parts.into_iter().map(QLinear::new).collect::<Result<_>>()?,
+            ));
+        }
+        let mut widths = Vec::with_capacity(parts.len());
+        let mut bytes = Vec::new();
+        for p in &parts {
+            widths.push(p.shape().dims2()?.0);
+            bytes.extend_from_slice(&p.data()?);
+        }
+        let k = parts[0].shape().dims2()?.1;
+        let storage = candle_core::quantized::QStorage::from_data(
+            std::borrow::Cow::Owned(bytes),
+            &Device::Cpu,
+            parts[0].dtype(),
+        )?;
+        let linear = QLinear::new(QTensor::new(storage, (widths.iter().sum::<usize>(), k))?)?;
+        Ok(Self::Fused { linear, widths })
+    }
+
+    /// One output per part, in order.
+    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Self::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
+            Self::Fused { linear, widths } => {
+                let y = linear.forward(x)?;
+                let mut at = 0;
+                widths
+                    .iter()
+                    .map(|&w| {
+                        let part = y.narrow(1, at, w);
+                        at += w;
+                        part
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 fn repack_q4_1(bytes: &[u8]) -> CpuWeights {
     CpuWeights::Q4_1(
         bytes
@@ -183,8 +241,9 @@ fn matmul_cpu(w: &CpuWeights, x: &[f32], rows: usize, k: usize, n: usize, out: &
     let acts = quantize_activations(x);
     let kb = k / QK;
     let threads = rayon::current_num_threads().max(1);
-    // A few chunks per thread balance the load without paying for many tiny tasks.
-    let chunk = n.div_ceil(threads * 4).max(16);
+    // A few chunks per thread balance the load without paying for many tiny tasks; a multiple of
+    // 4 columns keeps the widest kernel busy.
+    let chunk = (n.div_ceil(threads * 4).max(16) + 3) / 4 * 4;
     let out_ptr = OutPtr(out.as_mut_ptr());
     let kernel = select_kernel();
     (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
@@ -192,64 +251,150 @@ fn matmul_cpu(w: &CpuWeights, x: &[f32], rows: usize, k: usize, n: usize, out: &
         let cols = c * chunk..((c + 1) * chunk).min(n);
         for r0 in (0..rows).step_by(ROW_GROUP) {
             let nr = ROW_GROUP.min(rows - r0);
-            let act_rows: [&[ActBlock]; ROW_GROUP] = std::array::from_fn(|i| {
-                let r = r0 + i.min(nr - 1);
-                &acts[r * kb..(r + 1) * kb]
-            });
-            for j in cols.clone() {
-                let mut res = [0f32; ROW_GROUP];
-                match w {
-                    CpuWeights::Q4_1(b) => {
-                        kernel.q4_1(&b[j * kb..(j + 1) * kb], &act_rows, &mut res)
-                    }
-                    CpuWeights::Q8_0(b) => {
-                        kernel.q8_0(&b[j * kb..(j + 1) * kb], &act_rows, &mut res)
-                    }
-                }
-                for (i, v) in res.iter().enumerate().take(nr) {
-                    // SAFETY: column j belongs to this task alone; (r0 + i) < rows.
-                    unsafe { *out_ptr.0.add((r0 + i) * n + j) = *v };
-                }
+            let act = |i: usize| &acts[(r0 + i) * kb..(r0 + i + 1) * kb];
+            let tile = Tile {
+                w,
+                kb,
+                out: out_ptr,
+                n,
+                r0,
+            };
+            match nr {
+                1 => tile.run::<1>(kernel, [act(0)], cols.clone()),
+                2 => tile.run::<2>(kernel, [act(0), act(1)], cols.clone()),
+                3 => tile.run::<3>(kernel, [act(0), act(1), act(2)], cols.clone()),
+                _ => tile.run::<4>(kernel, [act(0), act(1), act(2), act(3)], cols.clone()),
             }
         }
     });
 }
+
+/// One task's share: some output columns for up to `ROW_GROUP` rows starting at `r0`.
+struct Tile<'a> {
+    w: &'a CpuWeights,
+    kb: usize,
+    out: OutPtr,
+    n: usize,
+    r0: usize,
+}
+
+impl Tile<'_> {
+    fn run<const NR: usize>(
+        &self,
+        kernel: Kernel,
+        acts: [&[ActBlock]; NR],
+        cols: std::ops::Range<usize>,
+    ) {
+        let kb = self.kb;
+        let mut j = cols.start;
+        // Several weight rows at once give the CPU independent accumulation chains.
+        while j + COLS <= cols.end {
+            let mut res = [[0f32; NR]; COLS];
+            match self.w {
+                CpuWeights::Q4_1(b) => {
+                    let w: [&[Q4_1Block]; COLS] =
+                        std::array::from_fn(|c| &b[(j + c) * kb..(j + c + 1) * kb]);
+                    kernel.q4_1::<COLS, NR>(&w, &acts, &mut res)
+                }
+                CpuWeights::Q8_0(b) => {
+                    let w: [&[Q8_0Block]; COLS] =
+                        std::array::from_fn(|c| &b[(j + c) * kb..(j + c + 1) * kb]);
+                    kernel.q8_0::<COLS, NR>(&w, &acts, &mut res)
+                }
+            }
+            self.store(j, &res);
+            j += COLS;
+        }
+        while j < cols.end {
+            let mut res = [[0f32; NR]; 1];
+            match self.w {
+                CpuWeights::Q4_1(b) => {
+                    kernel.q4_1::<1, NR>(&[&b[j * kb..(j + 1) * kb]], &acts, &mut res)
+                }
+                CpuWeights::Q8_0(b) => {
+                    kernel.q8_0::<1, NR>(&[&b[j * kb..(j + 1) * kb]], &acts, &mut res)
+                }
+            }
+            self.store(j, &res);
+            j += 1;
+        }
+    }
+
+    fn store<const C: usize, const NR: usize>(&self, j: usize, res: &[[f32; NR]; C]) {
+        for (c, col) in res.iter().enumerate() {
+            for (r, v) in col.iter().enumerate() {
+                // SAFETY: columns j..j+C belong to this task alone; r0 + r < rows.
+                unsafe { *self.out.0.add((self.r0 + r) * self.n + j + c) = *v };
+            }
+        }
+    }
+}
+
+/// Weight rows per kernel call.
+const COLS: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kernel {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX-512 VNNI on 256-bit registers: one `vpdpbusd` per block instead of two instructions.
+    #[cfg(target_arch = "x86_64")]
+    Vnni,
 }
 
 fn select_kernel() -> Kernel {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        return Kernel::Avx2;
+    {
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        if avx2
+            && std::is_x86_feature_detected!("avx512vnni")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::env::var_os("LANTERN_NO_VNNI").is_none()
+        {
+            return Kernel::Vnni;
+        }
+        if avx2 {
+            return Kernel::Avx2;
+        }
     }
     Kernel::Scalar
 }
 
-type Rows<'a> = [&'a [ActBlock]; ROW_GROUP];
+type Rows<'a, const NR: usize> = [&'a [ActBlock]; NR];
 
 impl Kernel {
     #[inline]
-    fn q4_1(self, w: &[Q4_1Block], a: &Rows, out: &mut [f32; ROW_GROUP]) {
+    fn q4_1<const C: usize, const NR: usize>(
+        self,
+        w: &[&[Q4_1Block]; C],
+        a: &Rows<NR>,
+        out: &mut [[f32; NR]; C],
+    ) {
         match self {
             Kernel::Scalar => scalar::q4_1(w, a, out),
-            // SAFETY: chosen only when the CPU reports AVX2 and FMA.
+            // SAFETY: chosen only when the CPU reports these features.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::q4_1(w, a, out) },
+            Kernel::Avx2 => unsafe { x86::q4_1_avx2(w, a, out) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni => unsafe { x86::q4_1_vnni(w, a, out) },
         }
     }
 
     #[inline]
-    fn q8_0(self, w: &[Q8_0Block], a: &Rows, out: &mut [f32; ROW_GROUP]) {
+    fn q8_0<const C: usize, const NR: usize>(
+        self,
+        w: &[&[Q8_0Block]; C],
+        a: &Rows<NR>,
+        out: &mut [[f32; NR]; C],
+    ) {
         match self {
             Kernel::Scalar => scalar::q8_0(w, a, out),
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::q8_0(w, a, out) },
+            Kernel::Avx2 => unsafe { x86::q8_0_avx2(w, a, out) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni => unsafe { x86::q8_0_vnni(w, a, out) },
         }
     }
 }
@@ -257,35 +402,47 @@ impl Kernel {
 mod scalar {
     use super::*;
 
-    pub(super) fn q4_1(w: &[Q4_1Block], a: &Rows, out: &mut [f32; ROW_GROUP]) {
-        for (r, acts) in a.iter().enumerate() {
-            let mut sum = 0f32;
-            for (wb, ab) in w.iter().zip(acts.iter()) {
-                let mut isum = 0i32;
-                for i in 0..16 {
-                    isum += (wb.qs[i] & 0x0F) as i32 * ab.qs[i] as i32;
-                    isum += (wb.qs[i] >> 4) as i32 * ab.qs[i + 16] as i32;
+    pub(super) fn q4_1<const C: usize, const NR: usize>(
+        w: &[&[Q4_1Block]; C],
+        a: &Rows<NR>,
+        out: &mut [[f32; NR]; C],
+    ) {
+        for c in 0..C {
+            for r in 0..NR {
+                let mut sum = 0f32;
+                for (wb, ab) in w[c].iter().zip(a[r].iter()) {
+                    let mut isum = 0i32;
+                    for i in 0..16 {
+                        isum += (wb.qs[i] & 0x0F) as i32 * ab.qs[i] as i32;
+                        isum += (wb.qs[i] >> 4) as i32 * ab.qs[i + 16] as i32;
+                    }
+                    sum += wb.d * ab.d * isum as f32 + wb.m * ab.s;
                 }
-                sum += wb.d * ab.d * isum as f32 + wb.m * ab.s;
+                out[c][r] = sum;
             }
-            out[r] = sum;
         }
     }
 
-    pub(super) fn q8_0(w: &[Q8_0Block], a: &Rows, out: &mut [f32; ROW_GROUP]) {
-        for (r, acts) in a.iter().enumerate() {
-            let mut sum = 0f32;
-            for (wb, ab) in w.iter().zip(acts.iter()) {
-                let isum: i32 = (0..32).map(|i| wb.qs[i] as i32 * ab.qs[i] as i32).sum();
-                sum += wb.d * ab.d * isum as f32;
+    pub(super) fn q8_0<const C: usize, const NR: usize>(
+        w: &[&[Q8_0Block]; C],
+        a: &Rows<NR>,
+        out: &mut [[f32; NR]; C],
+    ) {
+        for c in 0..C {
+            for r in 0..NR {
+                let mut sum = 0f32;
+                for (wb, ab) in w[c].iter().zip(a[r].iter()) {
+                    let isum: i32 = (0..32).map(|i| wb.qs[i] as i32 * ab.qs[i] as i32).sum();
+                    sum += wb.d * ab.d * isum as f32;
+                }
+                out[c][r] = sum;
             }
-            out[r] = sum;
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
@@ -297,53 +454,121 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// u8 × i8 products summed to 8 i32 lanes, as f32.
+    /// u8 × i8 products summed to 8 i32 lanes, as f32 (AVX2).
     #[inline(always)]
-    unsafe fn dot_u8_i8(w: __m256i, a: __m256i) -> __m256 {
+    unsafe fn dot_avx2(w: __m256i, a: __m256i) -> __m256 {
         let p16 = _mm256_maddubs_epi16(w, a);
         _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn q4_1(w: &[Q4_1Block], a: &Rows, out: &mut [f32; ROW_GROUP]) {
+    /// The same with one VNNI instruction.
+    #[inline(always)]
+    unsafe fn dot_vnni(w: __m256i, a: __m256i) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a))
+    }
+
+    #[inline(always)]
+    unsafe fn q4_1_body<const C: usize, const NR: usize>(
+        w: &[&[Q4_1Block]; C],
+        a: &Rows<NR>,
+        out: &mut [[f32; NR]; C],
+        dot: impl Fn(__m256i, __m256i) -> __m256,
+    ) {
         let mask = _mm_set1_epi8(0x0F);
-        let mut acc = [_mm256_setzero_ps(); ROW_GROUP];
-        let mut offset = [0f32; ROW_GROUP];
-        for (b, wb) in w.iter().enumerate() {
-            let raw = _mm_loadu_si128(wb.qs.as_ptr() as *const __m128i);
-            let lo = _mm_and_si128(raw, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-            let wq = _mm256_set_m128i(hi, lo);
-            for r in 0..ROW_GROUP {
-                let ab = a[r].get_unchecked(b);
-                let aq = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
-                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * ab.d), dot_u8_i8(wq, aq), acc[r]);
-                offset[r] += wb.m * ab.s;
+        let mut acc = [[_mm256_setzero_ps(); NR]; C];
+        let mut offset = [[0f32; NR]; C];
+        let blocks = a[0].len();
+        for b in 0..blocks {
+            let mut aq = [_mm256_setzero_si256(); NR];
+            for r in 0..NR {
+                aq[r] = _mm256_loadu_si256(a[r].get_unchecked(b).qs.as_ptr() as *const __m256i);
+            }
+            for c in 0..C {
+                let wb = w[c].get_unchecked(b);
+                let raw = _mm_loadu_si128(wb.qs.as_ptr() as *const __m128i);
+                let lo = _mm_and_si128(raw, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                let wq = _mm256_set_m128i(hi, lo);
+                for r in 0..NR {
+                    let ab = a[r].get_unchecked(b);
+                    acc[c][r] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(wb.d * ab.d), dot(wq, aq[r]), acc[c][r]);
+                    offset[c][r] += wb.m * ab.s;
+                }
             }
         }
-        for r in 0..ROW_GROUP {
-            out[r] = hsum(acc[r]) + offset[r];
+        for c in 0..C {
+            for r in 0..NR {
+                out[c][r] = hsum(acc[c][r]) + offset[c][r];
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn q8_0_body<const C: usize, const NR: usize>(
+        w: &[&[Q8_0Block]; C],
+        a: &Rows<NR>,
+        out: &mut [[f32; NR]; C],
+        dot: impl Fn(__m256i, __m256i) -> __m256,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); NR]; C];
+        let blocks = a[0].len();
+        for b in 0..blocks {
+            for c in 0..C {
+                let wb = w[c].get_unchecked(b);
+                let wq = _mm256_loadu_si256(wb.qs.as_ptr() as *const __m256i);
+                // The unsigned operand must be |w|: move w's sign onto a.
+                let wabs = _mm256_sign_epi8(wq, wq);
+                for r in 0..NR {
+                    let ab = a[r].get_unchecked(b);
+                    let aq = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+                    let asgn = _mm256_sign_epi8(aq, wq);
+                    acc[c][r] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(wb.d * ab.d), dot(wabs, asgn), acc[c][r]);
+                }
+            }
+        }
+        for c in 0..C {
+            for r in 0..NR {
+                out[c][r] = hsum(acc[c][r]);
+            }
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn q8_0(w: &[Q8_0Block], a: &Rows, out: &mut [f32; ROW_GROUP]) {
-        let mut acc = [_mm256_setzero_ps(); ROW_GROUP];
-        for (b, wb) in w.iter().enumerate() {
-            let wq = _mm256_loadu_si256(wb.qs.as_ptr() as *const __m256i);
-            // maddubs needs an unsigned left side: move w's sign onto a.
-            let wabs = _mm256_sign_epi8(wq, wq);
-            for r in 0..ROW_GROUP {
-                let ab = a[r].get_unchecked(b);
-                let aq = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
-                let asgn = _mm256_sign_epi8(aq, wq);
-                acc[r] =
-                    _mm256_fmadd_ps(_mm256_set1_ps(wb.d * ab.d), dot_u8_i8(wabs, asgn), acc[r]);
-            }
-        }
-        for r in 0..ROW_GROUP {
-            out[r] = hsum(acc[r]);
-        }
+    pub(super) unsafe fn q4_1_avx2<const C: usize, const NR: usize>(
+        w: &[&[Q4_1Block]; C],
+        a: &Rows<NR>,
+        out: &mut [[f32; NR]; C],
+    ) {
+        q4_1_body(w, a, out, |x, y| dot_avx2(x, y))
+    }
+
+    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+    pub(super) unsafe fn q4_1_vnni<const C: usize, const NR: usize>(
+        w: &[&[Q4_1Block]; C],
+        a: &Rows<NR>,
+        out: &mut [[f32; NR]; C],
+    ) {
+        q4_1_body(w, a, out, |x, y| dot_vnni(x, y))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn q8_0_avx2<const C: usize, const NR: usize>(
+        w: &[&[Q8_0Block]; C],
+        a: &Rows<NR>,
+        out: &mut [[f32; NR]; C],
+    ) {
+        q8_0_body(w, a, out, |x, y| dot_avx2(x, y))
+    }
+
+    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+    pub(super) unsafe fn q8_0_vnni<const C: usize, const NR: usize>(
+        w: &[&[Q8_0Block]; C],
+        a: &Rows<NR>,
+        out: &mut [[f32; NR]; C],
+    ) {
+        q8_0_body(w, a, out, |x, y| dot_vnni(x, y))
     }
 }
 
@@ -404,6 +629,31 @@ mod tests {
     }
 
     #[test]
+    fn fused_groups_equal_separate_layers() {
+        let x = Tensor::from_vec(random(3 * 64, 9), (3, 64), &Device::Cpu).unwrap();
+        let parts: Vec<QTensor> = [(32, 10), (64, 11)]
+            .iter()
+            .map(|&(n, seed)| {
+                let w = Tensor::from_vec(random(n * 64, seed), (n, 64), &Device::Cpu).unwrap();
+                QTensor::quantize(&w, GgmlDType::Q4_1).unwrap()
+            })
+            .collect();
+        let separate: Vec<Tensor> = parts
+            .iter()
+            .map(|p| {
+                let q = QTensor::quantize(&p.dequantize(&Device::Cpu).unwrap(), GgmlDType::Q4_1);
+                QLinear::new(q.unwrap()).unwrap().forward(&x).unwrap()
+            })
+            .collect();
+        let group = LinearGroup::new(parts).unwrap();
+        assert!(matches!(group, LinearGroup::Fused { .. }));
+        for (a, b) in group.forward(&x).unwrap().iter().zip(&separate) {
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        }
+    }
+
+    #[test]
     fn q8_0_matches_dequantized_matmul() {
         for rows in [1, 4, 7, 30] {
             check(GgmlDType::Q8_0, rows);
@@ -413,7 +663,7 @@ mod tests {
     #[test]
     fn scalar_and_simd_kernels_agree() {
         let w = QTensor::quantize(
-            &Tensor::from_vec(random(64, 3), (1, 64), &Device::Cpu).unwrap(),
+            &Tensor::from_vec(random(4 * 64, 3), (4, 64), &Device::Cpu).unwrap(),
             GgmlDType::Q4_1,
         )
         .unwrap();
@@ -421,12 +671,27 @@ mod tests {
             unreachable!()
         };
         let acts = quantize_activations(&random(64, 4));
-        let rows: Rows = [&acts, &acts, &acts, &acts];
-        let (mut a, mut b) = ([0f32; 4], [0f32; 4]);
-        Kernel::Scalar.q4_1(&blocks, &rows, &mut a);
-        select_kernel().q4_1(&blocks, &rows, &mut b);
-        for i in 0..4 {
-            assert!((a[i] - b[i]).abs() < 1e-4, "{a:?} vs {b:?}");
+        let acts2 = quantize_activations(&random(64, 5));
+        let w4: [&[Q4_1Block]; 4] = std::array::from_fn(|c| &blocks[c * 2..(c + 1) * 2]);
+        let rows: Rows<2> = [&acts, &acts2];
+        let mut expected = [[0f32; 2]; 4];
+        Kernel::Scalar.q4_1::<4, 2>(&w4, &rows, &mut expected);
+        let mut kernels = vec![select_kernel()];
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            kernels.push(Kernel::Avx2);
+        }
+        for k in kernels {
+            let mut got = [[0f32; 2]; 4];
+            k.q4_1::<4, 2>(&w4, &rows, &mut got);
+            for c in 0..4 {
+                for r in 0..2 {
+                    assert!(
+                        (got[c][r] - expected[c][r]).abs() < 1e-4,
+                        "{k:?}: {got:?} vs {expected:?}"
+                    );
+                }
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use super::layers::{
     Activation, Attention, Embedding, GatedMlp, RmsNorm, Rope, RopeStyle, SeqSpan,
 };
 use super::llama::MAX_CONTEXT;
-use super::{linear, norm, output_head, Block, Meta, ModelError, ModelInfo, Transformer};
+use super::{group, linear, norm, output_head, Block, Meta, ModelError, ModelInfo, Transformer};
 use crate::engine::gguf::GgufFile;
 use crate::engine::kv::KvCache;
 
@@ -85,22 +85,13 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
         let p = |name: &str| format!("blk.{i}.{name}");
         let global = (i + 1) % SLIDING_WINDOW_PATTERN == 0;
         let attn = Attention {
-            wq: linear(
+            qkv: group(
                 gguf,
-                &p("attn_q.weight"),
-                (n_heads * head_dim, d_model),
-                device,
-            )?,
-            wk: linear(
-                gguf,
-                &p("attn_k.weight"),
-                (n_kv_heads * head_dim, d_model),
-                device,
-            )?,
-            wv: linear(
-                gguf,
-                &p("attn_v.weight"),
-                (n_kv_heads * head_dim, d_model),
+                &[
+                    (&p("attn_q.weight"), (n_heads * head_dim, d_model)),
+                    (&p("attn_k.weight"), (n_kv_heads * head_dim, d_model)),
+                    (&p("attn_v.weight"), (n_kv_heads * head_dim, d_model)),
+                ],
                 device,
             )?,
             wo: linear(
@@ -126,8 +117,14 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             },
         };
         let mlp = GatedMlp {
-            gate: linear(gguf, &p("ffn_gate.weight"), (ffn, d_model), device)?,
-            up: linear(gguf, &p("ffn_up.weight"), (ffn, d_model), device)?,
+            gate_up: group(
+                gguf,
+                &[
+                    (&p("ffn_gate.weight"), (ffn, d_model)),
+                    (&p("ffn_up.weight"), (ffn, d_model)),
+                ],
+                device,
+            )?,
             down: linear(gguf, &p("ffn_down.weight"), (d_model, ffn), device)?,
             activation: Activation::Gelu,
         };

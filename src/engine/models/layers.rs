@@ -14,7 +14,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor};
 
 use crate::engine::kv::KvCache;
-use crate::engine::qmatmul::QLinear;
+use crate::engine::qmatmul::{LinearGroup, QLinear};
 
 /// Rows `start..start + len` of the flattened batch are tokens of one sequence whose first new
 /// token sits at position `pos`.
@@ -143,9 +143,8 @@ fn attention_mask(
 /// Self-attention with grouped KV heads.
 #[derive(Debug)]
 pub struct Attention {
-    pub wq: QLinear,
-    pub wk: QLinear,
-    pub wv: QLinear,
+    /// Q, K and V projections.
+    pub qkv: LinearGroup,
     pub wo: QLinear,
     /// Qwen2's QKV biases.
     pub bias: Option<(Tensor, Tensor, Tensor)>,
@@ -169,9 +168,10 @@ impl Attention {
         caches: &mut [&mut KvCache],
         layer: usize,
     ) -> Result<Tensor> {
-        let mut q = self.wq.forward(x)?;
-        let mut k = self.wk.forward(x)?;
-        let mut v = self.wv.forward(x)?;
+        let mut qkv = self.qkv.forward(x)?.into_iter();
+        let (Some(mut q), Some(mut k), Some(mut v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+            candle_core::bail!("the QKV group has three parts");
+        };
         if let Some((bq, bk, bv)) = &self.bias {
             q = q.broadcast_add(bq)?;
             k = k.broadcast_add(bk)?;
@@ -223,7 +223,7 @@ impl Attention {
         };
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
         weights
-            .matmul(&v.contiguous()?)?
+            .matmul(v)?
             .reshape((self.n_heads, t, self.head_dim))?
             .transpose(0, 1)?
             .reshape((t, self.n_heads * self.head_dim))
@@ -240,20 +240,23 @@ pub enum Activation {
 /// `down(act(gate(x)) * up(x))`.
 #[derive(Debug)]
 pub struct GatedMlp {
-    pub gate: QLinear,
-    pub up: QLinear,
+    /// Gate and up projections.
+    pub gate_up: LinearGroup,
     pub down: QLinear,
     pub activation: Activation,
 }
 
 impl GatedMlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate.forward(x)?;
+        let mut gate_up = self.gate_up.forward(x)?.into_iter();
+        let (Some(gate), Some(up)) = (gate_up.next(), gate_up.next()) else {
+            candle_core::bail!("the gate/up group has two parts");
+        };
         let gate = match self.activation {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
             Activation::Gelu => gate.gelu()?,
         };
-        self.down.forward(&(gate * self.up.forward(x)?)?)
+        self.down.forward(&(gate * up)?)
     }
 }
 

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use super::layers::{
     Activation, Attention, Embedding, GatedMlp, RmsNorm, Rope, RopeStyle, SeqSpan,
 };
-use super::{linear, norm, output_head, Block, Meta, ModelError, ModelInfo, Transformer};
+use super::{group, linear, norm, output_head, Block, Meta, ModelError, ModelInfo, Transformer};
 use crate::engine::gguf::GgufFile;
 use crate::engine::kv::KvCache;
 
@@ -99,22 +99,13 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             None
         };
         let attn = Attention {
-            wq: linear(
+            qkv: group(
                 gguf,
-                &p("attn_q.weight"),
-                (n_heads * head_dim, d_model),
-                device,
-            )?,
-            wk: linear(
-                gguf,
-                &p("attn_k.weight"),
-                (n_kv_heads * head_dim, d_model),
-                device,
-            )?,
-            wv: linear(
-                gguf,
-                &p("attn_v.weight"),
-                (n_kv_heads * head_dim, d_model),
+                &[
+                    (&p("attn_q.weight"), (n_heads * head_dim, d_model)),
+                    (&p("attn_k.weight"), (n_kv_heads * head_dim, d_model)),
+                    (&p("attn_v.weight"), (n_kv_heads * head_dim, d_model)),
+                ],
                 device,
             )?,
             wo: linear(
@@ -133,8 +124,14 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             rope: rope.clone(),
         };
         let mlp = GatedMlp {
-            gate: linear(gguf, &p("ffn_gate.weight"), (ffn, d_model), device)?,
-            up: linear(gguf, &p("ffn_up.weight"), (ffn, d_model), device)?,
+            gate_up: group(
+                gguf,
+                &[
+                    (&p("ffn_gate.weight"), (ffn, d_model)),
+                    (&p("ffn_up.weight"), (ffn, d_model)),
+                ],
+                device,
+            )?,
             down: linear(gguf, &p("ffn_down.weight"), (d_model, ffn), device)?,
             activation: Activation::Silu,
         };

@@ -9,7 +9,8 @@ use candle_core::{Device, Tensor};
 
 use super::gguf::{GgufError, GgufFile};
 use super::kv::KvCache;
-use crate::engine::qmatmul::QLinear;
+use crate::engine::qmatmul::{LinearGroup, QLinear};
+use candle_core::quantized::QTensor;
 use layers::{Embedding, RmsNorm, SeqSpan};
 
 /// Why a model could not be loaded or run.
@@ -159,13 +160,13 @@ impl Meta<'_> {
     }
 }
 
-/// Build a `QLinear` from a named tensor, checking it has the expected shape.
-pub(crate) fn linear(
+/// A named weight, checked to have the expected (out, in) shape.
+fn weight(
     gguf: &GgufFile,
     name: &str,
     shape: (usize, usize),
     device: &Device,
-) -> Result<QLinear, ModelError> {
+) -> Result<QTensor, ModelError> {
     let t = gguf.qtensor(name, device)?;
     if t.shape().dims() != [shape.0, shape.1] {
         return Err(ModelError::Inconsistent(format!(
@@ -173,7 +174,29 @@ pub(crate) fn linear(
             t.shape().dims()
         )));
     }
-    Ok(QLinear::new(t)?)
+    Ok(t)
+}
+
+pub(crate) fn linear(
+    gguf: &GgufFile,
+    name: &str,
+    shape: (usize, usize),
+    device: &Device,
+) -> Result<QLinear, ModelError> {
+    Ok(QLinear::new(weight(gguf, name, shape, device)?)?)
+}
+
+/// Linear layers over the same input, fused where the weights allow.
+pub(crate) fn group(
+    gguf: &GgufFile,
+    parts: &[(&str, (usize, usize))],
+    device: &Device,
+) -> Result<LinearGroup, ModelError> {
+    let tensors = parts
+        .iter()
+        .map(|(name, shape)| weight(gguf, name, *shape, device))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(LinearGroup::new(tensors)?)
 }
 
 pub(crate) fn norm(
