@@ -85,8 +85,8 @@ fn a_batch_of_three_prompts_equals_each_alone() {
             },
         ])
         .unwrap();
-    for i in 0..2 {
-        let d = max_diff(&first.narrow(0, i, 1).unwrap(), &alone[i][0]);
+    for (i, rows) in alone.iter().enumerate().take(2) {
+        let d = max_diff(&first.narrow(0, i, 1).unwrap(), &rows[0]);
         assert!(d < 1e-3, "prefill of sequence {i}: max |Δ logit| {d}");
     }
     let mixed = t

@@ -49,7 +49,7 @@ pub enum GgufError {
     Tensor {
         path: PathBuf,
         name: String,
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 }
 
@@ -272,7 +272,7 @@ impl GgufFile {
         let fault = |source| GgufError::Tensor {
             path: self.path.clone(),
             name: name.to_string(),
-            source,
+            source: Box::new(source),
         };
         let storage =
             QStorage::from_data(Cow::Borrowed(bytes), device, info.dtype).map_err(fault)?;

@@ -243,11 +243,10 @@ fn matmul_cpu(w: &CpuWeights, x: &[f32], rows: usize, k: usize, n: usize, out: &
     let threads = rayon::current_num_threads().max(1);
     // A few chunks per thread balance the load without paying for many tiny tasks; a multiple of
     // 4 columns keeps the widest kernel busy.
-    let chunk = (n.div_ceil(threads * 4).max(16) + 3) / 4 * 4;
+    let chunk = n.div_ceil(threads * 4).max(16).div_ceil(COLS) * COLS;
     let out_ptr = OutPtr(out.as_mut_ptr());
     let kernel = select_kernel();
     (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
-        let out_ptr = out_ptr;
         let cols = c * chunk..((c + 1) * chunk).min(n);
         for r0 in (0..rows).step_by(ROW_GROUP) {
             let nr = ROW_GROUP.min(rows - r0);

@@ -30,7 +30,13 @@ pub enum ModelError {
     ContextExceeded { needed: usize, limit: usize },
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(Box<candle_core::Error>),
+}
+
+impl From<candle_core::Error> for ModelError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Candle(Box::new(e))
+    }
 }
 
 /// What users and schedulers need to know about a loaded model.
