@@ -56,21 +56,27 @@ fn teacher_forced_distributions_match_llama_cpp() {
         let prompt = ids(&conv["prompt_ids"]);
         let greedy = ids(&conv["greedy_ids"]);
         let top5 = conv["top5_logprobs"].as_array().unwrap();
-        let mut tokens = prompt.clone();
-        tokens.extend_from_slice(&greedy[..greedy.len() - 1]);
-        let mut cache = model.transformer.new_cache();
-        let logits = model
-            .transformer
-            .forward(&mut [SeqInput {
-                tokens: &tokens,
+        // As the reference was made: the prompt in one pass, then one token at a time.
+        let t = &model.transformer;
+        let mut cache = t.new_cache();
+        let mut step = |tokens: &[u32]| {
+            let input = SeqInput {
+                tokens,
                 cache: &mut cache,
-                all_logits: true,
-            }])
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+                all_logits: false,
+            };
+            t.forward(&mut [input])
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+                .remove(0)
+        };
+        let mut logits = vec![step(&prompt)];
+        for &g in &greedy[..greedy.len() - 1] {
+            logits.push(step(&[g]));
+        }
         for (i, expected) in top5.iter().enumerate() {
-            let row = &logits[prompt.len() - 1 + i];
+            let row = &logits[i];
             let lp = log_softmax(row);
             let best = expected[0][0].as_u64().unwrap() as u32;
             let best_lp = expected[0][1].as_f64().unwrap();
