@@ -113,7 +113,7 @@ fn main() -> Result<()> {
         serde_json::json!({
             "engine": "lantern",
             "model": args.model,
-            "threads": rayon::current_num_threads(),
+            "threads": lantern::engine::device::cpu_threads(),
             "load_s": model.load_time.as_secs_f64(),
             "pp": {"n": args.pp, "avg_ts": pp_mean, "stddev_ts": pp_sd, "samples_ts": pp},
             "tg": {"n": args.tg, "avg_ts": tg_mean, "stddev_ts": tg_sd, "samples_ts": tg},

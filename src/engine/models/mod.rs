@@ -103,6 +103,10 @@ impl Transformer {
     /// (rows, vocab): one row per sequence, or one per token for sequences with `all_logits`,
     /// in input order. Each cache moves on by its sequence's token count.
     pub fn forward(&self, seqs: &mut [SeqInput]) -> Result<Tensor, ModelError> {
+        crate::engine::device::on_compute_pool(|| self.forward_on_pool(seqs))
+    }
+
+    fn forward_on_pool(&self, seqs: &mut [SeqInput]) -> Result<Tensor, ModelError> {
         let mut spans = Vec::with_capacity(seqs.len());
         let mut ids = Vec::new();
         for s in seqs.iter() {
