@@ -10,6 +10,13 @@ use lantern::engine::sampler::{argmax, log_softmax, SamplingParams};
 use lantern::engine::template::ChatMessage;
 use serde_json::Value;
 
+/// Log-probability differences between two correct engines on this model. 8-bit activations
+/// turn last-bit differences anywhere upstream into flipped roundings: llama.cpp itself moves
+/// by up to 0.23 nats when only its accumulation order changes (its AMX kernels against the
+/// plain ones that made the reference), and an f64 forward with exact weights gives the same
+/// numbers as Lantern's f32 one. Positions closer than this are near-ties.
+const NOISE: f64 = 0.25;
+
 fn messages(conv: &Value) -> Vec<ChatMessage> {
     serde_json::from_value(conv["messages"].clone()).unwrap()
 }
@@ -51,7 +58,9 @@ fn token_ids_match_llama_cpp() {
 #[test]
 fn teacher_forced_distributions_match_llama_cpp() {
     let model = common::smollm2();
-    let (mut agree, mut decisive, mut delta_sum, mut n) = (0usize, 0usize, 0f64, 0usize);
+    // (agreeing, counted) positions by llama.cpp's top-2 margin: >= 0.05 and >= NOISE.
+    let (mut agree, mut decisive) = ([0usize; 2], [0usize; 2]);
+    let (mut delta_sum, mut n) = (0f64, 0usize);
     for conv in common::reference()["conversations"].as_array().unwrap() {
         let prompt = ids(&conv["prompt_ids"]);
         let greedy = ids(&conv["greedy_ids"]);
@@ -83,28 +92,48 @@ fn teacher_forced_distributions_match_llama_cpp() {
             let second_lp = expected[1][1].as_f64().unwrap();
             delta_sum += (lp[best as usize] as f64 - best_lp).abs();
             n += 1;
-            if best_lp - second_lp >= 0.05 {
-                decisive += 1;
-                agree += usize::from(argmax(row) == best);
+            for (k, threshold) in [0.05, NOISE].iter().enumerate() {
+                if best_lp - second_lp >= *threshold {
+                    decisive[k] += 1;
+                    agree[k] += usize::from(argmax(row) == best);
+                }
             }
         }
     }
-    let agreement = agree as f64 / decisive as f64;
+    let rate = |k: usize| agree[k] as f64 / decisive[k] as f64;
     let mean_delta = delta_sum / n as f64;
-    eprintln!("top-1 agreement {agreement:.4} over {decisive} decisive positions; mean |Δ logprob| {mean_delta:.4} over {n}");
-    assert!(agreement >= 0.99, "top-1 agreement {agreement}");
+    eprintln!(
+        "top-1 agreement {:.4} over {} positions with margin >= 0.05, {:.4} over {} with margin >= {NOISE}; \
+         mean |Δ logprob| {mean_delta:.4} over {n}",
+        rate(0), decisive[0], rate(1), decisive[1]
+    );
     assert!(mean_delta <= 0.05, "mean |Δ logprob| {mean_delta}");
+    assert!(
+        rate(0) >= 0.97,
+        "top-1 agreement at margin >= 0.05: {}",
+        rate(0)
+    );
+    assert_eq!(
+        agree[1], decisive[1],
+        "top-1 disagrees where llama.cpp is decisive"
+    );
 }
 
 #[test]
 fn greedy_text_matches_llama_cpp_up_to_the_first_near_tie() {
     let model = common::smollm2();
     for conv in common::reference()["conversations"].as_array().unwrap() {
-        let stable_len = conv["stable_prefix_len"].as_u64().unwrap() as usize;
-        let expected = conv["stable_prefix_text"].as_str().unwrap();
+        // Up to the first position where llama.cpp's top-2 margin is within the noise.
+        let stable_len = conv["top5_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|t| t[0][1].as_f64().unwrap() - t[1][1].as_f64().unwrap() < NOISE)
+            .unwrap_or(ids(&conv["greedy_ids"]).len());
         if stable_len == 0 {
             continue;
         }
+        let expected = &conv["greedy_text"].as_str().unwrap();
         let request = GenerateRequest {
             prompt: ids(&conv["prompt_ids"]),
             max_tokens: stable_len,
@@ -124,7 +153,7 @@ fn greedy_text_matches_llama_cpp_up_to_the_first_near_tie() {
             "{expected:?}"
         );
         assert!(
-            text.starts_with(expected) || expected.starts_with(&text),
+            expected.starts_with(&text),
             "ours: {text:?}\nllama.cpp: {expected:?}"
         );
     }
