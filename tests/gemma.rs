@@ -9,7 +9,6 @@ use std::sync::OnceLock;
 
 use candle_core::Device;
 use lantern::engine::generate::{generate, Event, FinishReason, GenerateRequest};
-use lantern::engine::models::SeqInput;
 use lantern::engine::sampler::{argmax, log_softmax, SamplingParams};
 use lantern::engine::template::ChatMessage;
 use lantern::ChatModel;
@@ -81,23 +80,7 @@ fn teacher_forced_distributions_match_llama_cpp() {
     let (mut agree, mut decisive, mut delta, mut n) = (0, 0, 0f64, 0);
     for c in fixture["completions"].as_array().unwrap() {
         let greedy = ids(&c["greedy_ids"]);
-        let mut cache = t.new_cache();
-        let mut step = |tokens: &[u32]| {
-            let input = SeqInput {
-                tokens,
-                cache: &mut cache,
-                all_logits: false,
-            };
-            t.forward(&mut [input])
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap()
-                .remove(0)
-        };
-        let mut rows = vec![step(&ids(&c["prompt_ids"]))];
-        for &g in &greedy[..greedy.len() - 1] {
-            rows.push(step(&[g]));
-        }
+        let rows = common::forced_logits(t, &ids(&c["prompt_ids"]), &greedy);
         for (row, top2) in rows.iter().zip(c["top2_logprobs"].as_array().unwrap()) {
             let lp = log_softmax(row);
             let best = top2[0][0].as_u64().unwrap() as usize;

@@ -5,7 +5,6 @@
 mod common;
 
 use lantern::engine::generate::{generate, Event, GenerateRequest};
-use lantern::engine::models::SeqInput;
 use lantern::engine::sampler::{argmax, log_softmax, SamplingParams};
 use lantern::engine::template::ChatMessage;
 use serde_json::Value;
@@ -65,25 +64,7 @@ fn teacher_forced_distributions_match_llama_cpp() {
         let prompt = ids(&conv["prompt_ids"]);
         let greedy = ids(&conv["greedy_ids"]);
         let top5 = conv["top5_logprobs"].as_array().unwrap();
-        // As the reference was made: the prompt in one pass, then one token at a time.
-        let t = &model.transformer;
-        let mut cache = t.new_cache();
-        let mut step = |tokens: &[u32]| {
-            let input = SeqInput {
-                tokens,
-                cache: &mut cache,
-                all_logits: false,
-            };
-            t.forward(&mut [input])
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap()
-                .remove(0)
-        };
-        let mut logits = vec![step(&prompt)];
-        for &g in &greedy[..greedy.len() - 1] {
-            logits.push(step(&[g]));
-        }
+        let logits = common::forced_logits(&model.transformer, &prompt, &greedy);
         for (i, expected) in top5.iter().enumerate() {
             let row = &logits[i];
             let lp = log_softmax(row);

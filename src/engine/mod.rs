@@ -54,11 +54,20 @@ impl ChatModel {
         let tokenizer = GgufTokenizer::from_gguf(&gguf)?;
         let template = ChatTemplate::from_gguf(&gguf)?;
         let transformer = Transformer::load(&gguf, device)?;
+        let load_time = start.elapsed();
+        tracing::info!(
+            path = %path.display(),
+            architecture = %transformer.info.architecture,
+            layers = transformer.info.n_layers,
+            builtin_template = template.builtin,
+            ?load_time,
+            "model loaded"
+        );
         Ok(Self {
             transformer,
             tokenizer,
             template,
-            load_time: start.elapsed(),
+            load_time,
         })
     }
 

@@ -31,3 +31,31 @@ pub fn smollm2() -> &'static ChatModel {
     static MODEL: OnceLock<ChatModel> = OnceLock::new();
     MODEL.get_or_init(|| ChatModel::load(&model_path("smollm2"), &Device::Cpu).unwrap())
 }
+
+/// Teacher forcing as the references were made: the prompt in one pass, then each forced token
+/// alone; the logits before each forced token and after the last one but one.
+pub fn forced_logits(
+    t: &lantern::engine::models::Transformer,
+    prompt: &[u32],
+    forced: &[u32],
+) -> Vec<Vec<f32>> {
+    use lantern::engine::models::SeqInput;
+    let mut cache = t.new_cache();
+    let mut step = |tokens: &[u32]| {
+        let input = SeqInput {
+            tokens,
+            cache: &mut cache,
+            all_logits: false,
+        };
+        t.forward(&mut [input])
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+            .remove(0)
+    };
+    let mut rows = vec![step(prompt)];
+    for &f in &forced[..forced.len().saturating_sub(1)] {
+        rows.push(step(&[f]));
+    }
+    rows
+}

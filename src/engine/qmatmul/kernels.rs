@@ -1,0 +1,247 @@
+//! The SIMD kernels over the interleaved layout, and a scalar twin that computes the same thing
+//! lane by lane (the portable path, and the oracle the SIMD kernels are tested against).
+
+use half::f16;
+
+use super::{ActBlock, Q4_1x8, Q8_0x8, LANES, ROW_GROUP};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Kernel {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// AVX-512 VNNI on 256-bit registers: `vpdpbusd` instead of three AVX2 instructions.
+    #[cfg(target_arch = "x86_64")]
+    Vnni,
+}
+
+pub(super) fn select_kernel() -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c");
+        if avx2
+            && std::is_x86_feature_detected!("avx512vnni")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::env::var_os("LANTERN_NO_VNNI").is_none()
+        {
+            return Kernel::Vnni;
+        }
+        if avx2 {
+            return Kernel::Avx2;
+        }
+    }
+    Kernel::Scalar
+}
+
+pub(super) type Rows<'a, const NR: usize> = [&'a [ActBlock]; NR];
+pub(super) type Out = [[f32; LANES]; ROW_GROUP];
+
+impl Kernel {
+    #[inline]
+    pub(super) fn q4_1<const NR: usize>(self, w: &[Q4_1x8], a: Rows<NR>, out: &mut Out) {
+        match self {
+            Kernel::Scalar => scalar::q4_1(w, a, out),
+            // SAFETY: chosen only when the CPU reports these features.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::q4_1_avx2(w, a, out) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni => unsafe { x86::q4_1_vnni(w, a, out) },
+        }
+    }
+
+    #[inline]
+    pub(super) fn q8_0<const NR: usize>(self, w: &[Q8_0x8], a: Rows<NR>, out: &mut Out) {
+        match self {
+            Kernel::Scalar => scalar::q8_0(w, a, out),
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::q8_0_avx2(w, a, out) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni => unsafe { x86::q8_0_vnni(w, a, out) },
+        }
+    }
+}
+
+/// The same arithmetic as the SIMD kernels, lane by lane, for CPUs without AVX2.
+mod scalar {
+    use super::*;
+
+    pub(super) fn q4_1<const NR: usize>(w: &[Q4_1x8], a: Rows<NR>, out: &mut Out) {
+        for r in 0..NR {
+            let mut acc = [0f32; LANES];
+            let mut off = [0f32; LANES];
+            for (g, ab) in w.iter().zip(a[r]) {
+                for lane in 0..LANES {
+                    let mut isum = 0i32;
+                    for p in 0..4 {
+                        for e in 0..4 {
+                            let byte = g.qs[32 * p + 4 * lane + e];
+                            isum += (byte & 0x0F) as i32 * ab.qs[4 * p + e] as i32;
+                            isum += (byte >> 4) as i32 * ab.qs[16 + 4 * p + e] as i32;
+                        }
+                    }
+                    let d = f16::from_bits(g.d[lane]).to_f32();
+                    let m = f16::from_bits(g.m[lane]).to_f32();
+                    acc[lane] += isum as f32 * (d * ab.d);
+                    off[lane] += m * ab.s;
+                }
+            }
+            for lane in 0..LANES {
+                out[r][lane] = acc[lane] + off[lane];
+            }
+        }
+    }
+
+    pub(super) fn q8_0<const NR: usize>(w: &[Q8_0x8], a: Rows<NR>, out: &mut Out) {
+        for r in 0..NR {
+            let mut acc = [0f32; LANES];
+            let mut off = [0f32; LANES];
+            for (g, ab) in w.iter().zip(a[r]) {
+                for lane in 0..LANES {
+                    let mut isum = 0i32;
+                    for kk in 0..8 {
+                        for e in 0..4 {
+                            isum += g.qs[32 * kk + 4 * lane + e] as i32 * ab.qs[4 * kk + e] as i32;
+                        }
+                    }
+                    let d = f16::from_bits(g.d[lane]).to_f32();
+                    acc[lane] += isum as f32 * (d * ab.d);
+                    off[lane] += (d * -128.0) * ab.sum;
+                }
+            }
+            for lane in 0..LANES {
+                out[r][lane] = acc[lane] + off[lane];
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// `acc + Σ` of four u8 × i8 products per i32 lane (AVX2: three instructions).
+    #[inline(always)]
+    unsafe fn dot_avx2(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+        let p16 = _mm256_maddubs_epi16(w, a);
+        _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+    }
+
+    /// The same in one VNNI instruction.
+    #[inline(always)]
+    unsafe fn dot_vnni(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, w, a)
+    }
+
+    /// Four activation bytes starting at `i`, in every lane.
+    #[inline(always)]
+    unsafe fn bcast4(qs: &[i8; 32], i: usize) -> __m256i {
+        _mm256_set1_epi32((qs.as_ptr().add(i) as *const i32).read_unaligned())
+    }
+
+    #[inline(always)]
+    unsafe fn scales(bits: &[u16; LANES]) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr() as *const __m128i))
+    }
+
+    #[inline(always)]
+    unsafe fn q4_1_body<const NR: usize>(
+        w: &[Q4_1x8],
+        a: Rows<NR>,
+        out: &mut Out,
+        dot: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
+    ) {
+        let mask = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); NR];
+        let mut off = [_mm256_setzero_ps(); NR];
+        for (b, g) in w.iter().enumerate() {
+            let mut lo = [_mm256_setzero_si256(); 4];
+            let mut hi = [_mm256_setzero_si256(); 4];
+            for p in 0..4 {
+                let raw = _mm256_load_si256(g.qs.as_ptr().add(32 * p) as *const __m256i);
+                lo[p] = _mm256_and_si256(raw, mask);
+                hi[p] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+            }
+            let d = scales(&g.d);
+            let m = scales(&g.m);
+            for r in 0..NR {
+                let ab = a[r].get_unchecked(b);
+                let mut isum = _mm256_setzero_si256();
+                for p in 0..4 {
+                    isum = dot(isum, lo[p], bcast4(&ab.qs, 4 * p));
+                    isum = dot(isum, hi[p], bcast4(&ab.qs, 16 + 4 * p));
+                }
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(ab.d));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
+                off[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(ab.s), off[r]);
+            }
+        }
+        for r in 0..NR {
+            _mm256_storeu_ps(out[r].as_mut_ptr(), _mm256_add_ps(acc[r], off[r]));
+        }
+    }
+
+    /// AVX2's `maddubs` saturates 255 × 127 × 2, so the biased weights go back to signed and
+    /// their sign moves onto the activations instead.
+    #[inline(always)]
+    unsafe fn dot_signed_avx2(acc: __m256i, biased_w: __m256i, a: __m256i) -> __m256i {
+        let w = _mm256_xor_si256(biased_w, _mm256_set1_epi8(-128));
+        dot_avx2(acc, _mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
+    }
+
+    /// `UNBIASED`: the dot product already undid the +128 bias, so no correction is added.
+    #[inline(always)]
+    unsafe fn q8_0_body<const NR: usize, const UNBIASED: bool>(
+        w: &[Q8_0x8],
+        a: Rows<NR>,
+        out: &mut Out,
+        dot: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); NR];
+        let mut off = [_mm256_setzero_ps(); NR];
+        let minus128 = _mm256_set1_ps(-128.0);
+        for (b, g) in w.iter().enumerate() {
+            let d = scales(&g.d);
+            let correction = _mm256_mul_ps(d, minus128);
+            for r in 0..NR {
+                let ab = a[r].get_unchecked(b);
+                let mut isum = _mm256_setzero_si256();
+                for kk in 0..8 {
+                    let wq = _mm256_load_si256(g.qs.as_ptr().add(32 * kk) as *const __m256i);
+                    isum = dot(isum, wq, bcast4(&ab.qs, 4 * kk));
+                }
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(ab.d));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
+                if !UNBIASED {
+                    off[r] = _mm256_fmadd_ps(correction, _mm256_set1_ps(ab.sum), off[r]);
+                }
+            }
+        }
+        for r in 0..NR {
+            _mm256_storeu_ps(out[r].as_mut_ptr(), _mm256_add_ps(acc[r], off[r]));
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q4_1_avx2<const NR: usize>(w: &[Q4_1x8], a: Rows<NR>, out: &mut Out) {
+        q4_1_body(w, a, out, |acc, x, y| dot_avx2(acc, x, y))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub(super) unsafe fn q4_1_vnni<const NR: usize>(w: &[Q4_1x8], a: Rows<NR>, out: &mut Out) {
+        q4_1_body(w, a, out, |acc, x, y| dot_vnni(acc, x, y))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q8_0_avx2<const NR: usize>(w: &[Q8_0x8], a: Rows<NR>, out: &mut Out) {
+        q8_0_body::<NR, true>(w, a, out, |acc, x, y| dot_signed_avx2(acc, x, y))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub(super) unsafe fn q8_0_vnni<const NR: usize>(w: &[Q8_0x8], a: Rows<NR>, out: &mut Out) {
+        q8_0_body::<NR, false>(w, a, out, |acc, x, y| dot_vnni(acc, x, y))
+    }
+}
