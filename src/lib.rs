@@ -9,6 +9,10 @@
 //!   [`engine::models::Transformer`] that runs a *flattened batch*: the new tokens of several
 //!   sequences in one matrix, each sequence with its own [`engine::kv::KvCache`]. Linear layers
 //!   use Lantern's SIMD kernels ([`engine::qmatmul`]).
+//! - [`scheduler`]: the only place requests meet the engine: `EngineHandle::schedule` takes a
+//!   validated request and returns a stream of events; one engine thread owns the model.
+//! - [`server`]: axum routes for the OpenAI-compatible API; bodies are validated into scheduler
+//!   requests, every error becomes OpenAI's error JSON.
 //! - The path of one generation ([`engine::generate`]): chat messages → template → token ids →
 //!   chunked prefill → decode loop (forward, [`engine::sampler`], [`engine::stops`]) → text
 //!   streamed out whole, with its figures.
@@ -16,6 +20,8 @@
 pub mod config;
 pub mod engine;
 pub mod library;
+pub mod scheduler;
+pub mod server;
 
 pub use config::Config;
 pub use engine::ChatModel;

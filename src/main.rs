@@ -10,6 +10,8 @@ use lantern::engine::sampler::SamplingParams;
 use lantern::engine::template::ChatMessage;
 use lantern::library::pull::{pull, PullRequest, DEFAULT_ENDPOINT};
 use lantern::library::Library;
+use lantern::scheduler::EngineHandle;
+use lantern::server::AppState;
 use lantern::{ChatModel, Config};
 
 #[derive(Debug, Parser)]
@@ -29,6 +31,8 @@ struct Cli {
 enum Command {
     /// Chat with a model in the terminal: one answer for PROMPT, or an interactive chat.
     Run(RunArgs),
+    /// Serve the OpenAI-compatible API (`/v1/...`) for a model.
+    Serve(ServeArgs),
     /// List installed models.
     Models {
         /// Print JSON instead of a table.
@@ -48,6 +52,25 @@ enum Command {
         #[arg(long, env = "LANTERN_HF_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
         endpoint: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Installed model name or a path to a .gguf file.
+    #[arg(default_value = "smollm2", env = "LANTERN_MODEL")]
+    model: String,
+    /// Address to listen on. Only loopback addresses are allowed until API keys exist.
+    #[arg(long, env = "LANTERN_HOST", default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(long, env = "LANTERN_PORT", default_value_t = 8080)]
+    port: u16,
+    /// Requests that may wait for the engine before new ones get 429.
+    #[arg(long, env = "LANTERN_MAX_WAITING", default_value_t = 64)]
+    max_waiting: usize,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "LANTERN_BODY_LIMIT", default_value_t = lantern::server::DEFAULT_BODY_LIMIT)]
+    body_limit: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +112,7 @@ fn main() -> Result<()> {
     let home = cli.config.home();
     match cli.command {
         Command::Run(args) => run(&cli.config, args),
+        Command::Serve(args) => serve(&cli.config, args),
         Command::Models { json } => models(&Library::new(&home), json),
         Command::Pull {
             target,
@@ -110,6 +134,68 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn serve(config: &Config, args: ServeArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.host.is_loopback(),
+        "refusing to listen on {}: only loopback addresses are served until API keys are \
+         available; use --host 127.0.0.1",
+        args.host
+    );
+    let (model, name) = load(config, &args.model)?;
+    // Warm up: the first real request should not pay for first-touch page faults.
+    let warm = std::time::Instant::now();
+    let request = GenerateRequest {
+        prompt: model.prompt_ids("Hello")?,
+        max_tokens: 2,
+        sampling: SamplingParams::greedy(),
+        stop: Vec::new(),
+    };
+    generate(&model, &request, |_| {})?;
+    eprintln!(
+        "loaded {name} in {:.2} s, warmed up in {:.2} s",
+        model.load_time.as_secs_f64(),
+        warm.elapsed().as_secs_f64()
+    );
+    let engine = EngineHandle::start(&name, model, args.max_waiting);
+    let state = AppState {
+        engine,
+        body_limit: args.body_limit,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((args.host, args.port)).await?;
+        let addr = listener.local_addr()?;
+        // Tests and scripts read this line to find the port.
+        println!("listening on http://{addr}/v1");
+        std::io::stdout().flush()?;
+        lantern::server::serve(listener, state).await?;
+        Ok(())
+    })
+}
+
+/// Load a model by name or path; the name is what the API calls it.
+fn load(config: &Config, model: &str) -> Result<(ChatModel, String)> {
+    device::set_cpu_threads(config.threads);
+    let (device, note) = device::open(&config.device);
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    let path = Library::new(&config.home()).resolve_gguf(model)?;
+    let loaded =
+        ChatModel::load(&path, &device).with_context(|| format!("loading {}", path.display()))?;
+    let name = if model.ends_with(".gguf") {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| model.to_string())
+    } else {
+        model.to_string()
+    };
+    Ok((loaded, name))
 }
 
 fn models(library: &Library, json: bool) -> Result<()> {

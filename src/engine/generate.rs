@@ -30,6 +30,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context window.
     Length,
+    /// The caller went away; nothing more was sent.
+    Cancelled,
 }
 
 /// The figures of one generation.
@@ -66,7 +68,18 @@ pub enum Event<'a> {
 pub fn generate(
     model: &ChatModel,
     request: &GenerateRequest,
+    on_event: impl FnMut(Event),
+) -> Result<GenerationStats, ModelError> {
+    generate_until(model, request, on_event, || false)
+}
+
+/// `generate`, stopping early (finish reason `Cancelled`) once `cancelled` says so; it is asked
+/// before every forward pass, so a dropped client frees the engine within one step.
+pub fn generate_until(
+    model: &ChatModel,
+    request: &GenerateRequest,
     mut on_event: impl FnMut(Event),
+    cancelled: impl Fn() -> bool,
 ) -> Result<GenerationStats, ModelError> {
     let t = &model.transformer;
     let mut cache = t.new_cache();
@@ -89,6 +102,15 @@ pub fn generate(
     let start = Instant::now();
     let mut logits = None;
     for chunk in request.prompt.chunks(PREFILL_CHUNK) {
+        if cancelled() {
+            return Ok(GenerationStats {
+                prompt_tokens: request.prompt.len(),
+                completion_tokens: 0,
+                prefill: start.elapsed(),
+                decode: Duration::ZERO,
+                finish_reason: FinishReason::Cancelled,
+            });
+        }
         logits = Some(t.forward(&mut [SeqInput {
             tokens: chunk,
             cache: &mut cache,
@@ -125,6 +147,9 @@ pub fn generate(
         if completion_tokens >= request.max_tokens || cache.len() + 1 >= limit {
             break FinishReason::Length;
         }
+        if cancelled() {
+            break FinishReason::Cancelled;
+        }
         logits = t
             .forward(&mut [SeqInput {
                 tokens: &[sampled.token],
@@ -134,7 +159,7 @@ pub fn generate(
             .squeeze(0)?
             .to_vec1::<f32>()?;
     };
-    if !stopped_by_string {
+    if !stopped_by_string && finish_reason != FinishReason::Cancelled {
         let rest = decoder.finish();
         let tail = stops.push(&rest);
         let mut text = tail.emit;

@@ -1,0 +1,104 @@
+//! One error type for the HTTP API, one mapping to OpenAI's error JSON and status.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Everything a request can fail with, as a client sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not valid JSON, a field has the wrong type or an out-of-range value.
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+        code: Option<&'static str>,
+    },
+    /// The `model` names nothing this server serves.
+    #[error("The model `{0}` does not exist or is not loaded")]
+    ModelNotFound(String),
+    /// No such route.
+    #[error("Unknown request URL: {0}")]
+    RouteNotFound(String),
+    /// The body is larger than the server accepts.
+    #[error("Request body too large: the limit is {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The server is too busy to queue the request; retry after the given seconds.
+    #[error("{message}")]
+    Overloaded { message: String, retry_after: u64 },
+    /// A fault in the server itself; details are in its log under the request id.
+    #[error("Internal error (request {request_id}): {message}")]
+    Internal { request_id: String, message: String },
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>, param: &'static str) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param: Some(param),
+            code: None,
+        }
+    }
+
+    fn parts(
+        &self,
+    ) -> (
+        StatusCode,
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+    ) {
+        match self {
+            Self::InvalidRequest { param, code, .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                *param,
+                *code,
+            ),
+            Self::ModelNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("model"),
+                Some("model_not_found"),
+            ),
+            Self::RouteNotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", None, None),
+            Self::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                None,
+                Some("payload_too_large"),
+            ),
+            Self::Overloaded { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                None,
+                Some("queue_full"),
+            ),
+            Self::Internal { .. } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                None,
+            ),
+        }
+    }
+
+    /// The error object alone, as sent inside a stream that already started.
+    pub fn body(&self) -> serde_json::Value {
+        let (_, kind, param, code) = self.parts();
+        json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, ..) = self.parts();
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if let Self::Overloaded { retry_after, .. } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        response
+    }
+}

@@ -1,0 +1,95 @@
+//! The HTTP door: axum routes and wire types only; no model logic here.
+//!
+//! `openai` serves the OpenAI-compatible API, `validate` turns bodies into scheduler requests,
+//! `errors` maps every failure to OpenAI's error JSON, `sse` streams.
+
+pub mod errors;
+pub mod openai;
+pub mod sse;
+pub mod validate;
+
+use std::net::SocketAddr;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::scheduler::EngineHandle;
+use errors::ApiError;
+
+/// Bodies larger than this get a 413; a whole context of text fits with room to spare.
+pub const DEFAULT_BODY_LIMIT: usize = 4 << 20;
+
+/// What every handler can reach: the engine's narrow door and the server's limits.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub body_limit: usize,
+}
+
+/// The router, without a listener (tests drive it with `oneshot`).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/models/{id}", get(openai::get_model))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.body_limit))
+        .with_state(state)
+}
+
+/// Ready once the model is loaded and warmed (the server only listens after that).
+async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        Json(json!({
+            "status": "ok",
+            "model": &*state.engine.model_id,
+            "waiting": state.engine.waiting(),
+            "cancelled": state.engine.cancelled(),
+        })),
+    )
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::RouteNotFound(uri.path().to_string())
+}
+
+/// Serve until Ctrl-C or SIGTERM; in-flight requests finish first.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// The address `lantern serve` listens on by default (llama.cpp's server uses the same port).
+pub fn default_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}

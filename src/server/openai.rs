@@ -1,0 +1,375 @@
+//! `/v1/chat/completions`, `/v1/completions`, `/v1/models`: wire shapes exactly as OpenAI's, and
+//! Lantern's timings in an extra `timings` field that SDKs ignore.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::errors::ApiError;
+use super::validate::{validate_chat, validate_completion, ChatRequest, CompletionRequest, Plan};
+use super::{sse, AppState};
+use crate::engine::generate::FinishReason;
+use crate::scheduler::{EngineHandle, GenEvent, ScheduleError, Usage};
+
+/// Parse a JSON body, turning every kind of failure into an OpenAI-shaped 400 or 413.
+pub fn parse_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::invalid(e.body_text(), "body")
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidRequest {
+        message: format!("Invalid request body: {e}"),
+        param: None,
+        code: None,
+    })
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn new_id(prefix: &str) -> String {
+    format!(
+        "{prefix}-{:016x}{:08x}",
+        rand::random::<u64>(),
+        rand::random::<u32>()
+    )
+}
+
+fn finish_reason(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "stop",
+        FinishReason::Length | FinishReason::Cancelled => "length",
+    }
+}
+
+fn usage_json(prompt: usize, completion: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    })
+}
+
+fn timings_json(u: &Usage) -> Value {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    json!({
+        "queue_ms": ms(u.queue),
+        "ttft_ms": ms(u.time_to_first_token),
+        "prompt_ms": ms(u.prefill),
+        "prompt_per_second": u.prompt_tokens as f64 / u.prefill.as_secs_f64().max(1e-9),
+        "predicted_ms": ms(u.decode),
+        "predicted_per_second":
+            u.completion_tokens.saturating_sub(1) as f64 / u.decode.as_secs_f64().max(1e-9),
+    })
+}
+
+fn schedule_error(e: ScheduleError) -> ApiError {
+    match e {
+        ScheduleError::QueueFull(_) => ApiError::Overloaded {
+            message: format!("Server busy: {e}; retry shortly"),
+            retry_after: 1,
+        },
+        ScheduleError::EngineStopped => ApiError::Internal {
+            request_id: new_id("req"),
+            message: e.to_string(),
+        },
+    }
+}
+
+/// A generated token: id, log-probability, best alternatives.
+type TokenLogprobs = (u32, f32, Vec<(u32, f32)>);
+
+/// One finished choice.
+struct Choice {
+    text: String,
+    tokens: Vec<TokenLogprobs>,
+    usage: Usage,
+}
+
+async fn run_choice(
+    engine: &EngineHandle,
+    request: crate::scheduler::ValidatedRequest,
+) -> Result<Choice, ApiError> {
+    let mut events = engine.schedule(request).map_err(schedule_error)?;
+    let (mut text, mut tokens) = (String::new(), Vec::new());
+    while let Some(event) = events.recv().await {
+        match event {
+            GenEvent::Token { id, logprob, top } => tokens.push((id, logprob, top)),
+            GenEvent::Text(t) => text.push_str(&t),
+            GenEvent::Done(usage) => {
+                return Ok(Choice {
+                    text,
+                    tokens,
+                    usage,
+                })
+            }
+            GenEvent::Failed(message) => {
+                return Err(ApiError::Internal {
+                    request_id: new_id("req"),
+                    message,
+                })
+            }
+        }
+    }
+    Err(ApiError::Internal {
+        request_id: new_id("req"),
+        message: "the engine stopped mid-request".into(),
+    })
+}
+
+fn token_text(engine: &EngineHandle, id: u32) -> String {
+    engine
+        .tokenizer
+        .tokenizer
+        .decode(&[id], false)
+        .unwrap_or_default()
+}
+
+/// Chat logprobs: `{"content": [{token, logprob, bytes, top_logprobs: [...]}]}`.
+fn chat_logprobs(engine: &EngineHandle, tokens: &[TokenLogprobs]) -> Value {
+    let entry = |id: u32, lp: f32| {
+        let t = token_text(engine, id);
+        json!({"token": t, "logprob": lp, "bytes": t.as_bytes()})
+    };
+    let content: Vec<Value> = tokens
+        .iter()
+        .map(|(id, lp, top)| {
+            let mut e = entry(*id, *lp);
+            e["top_logprobs"] = top.iter().map(|(t, l)| entry(*t, *l)).collect();
+            e
+        })
+        .collect();
+    json!({ "content": content })
+}
+
+/// Completions logprobs: parallel arrays, as the legacy API has them.
+fn completion_logprobs(engine: &EngineHandle, tokens: &[TokenLogprobs]) -> Value {
+    let mut offset = 0;
+    let (mut texts, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+    for (id, lp, top) in tokens {
+        let t = token_text(engine, *id);
+        offsets.push(offset);
+        offset += t.len();
+        texts.push(t);
+        lps.push(*lp);
+        let alternatives: serde_json::Map<String, Value> = top
+            .iter()
+            .map(|(t, l)| (token_text(engine, *t), json!(l)))
+            .collect();
+        tops.push(Value::Object(alternatives));
+    }
+    json!({"tokens": texts, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Api {
+    Chat,
+    Completions,
+}
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: ChatRequest = parse_body(body, state.body_limit)?;
+    let plan = validate_chat(&state.engine, req)?;
+    respond(state.engine.clone(), plan, Api::Chat).await
+}
+
+pub async fn completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: CompletionRequest = parse_body(body, state.body_limit)?;
+    let plan = validate_completion(&state.engine, req)?;
+    respond(state.engine.clone(), plan, Api::Completions).await
+}
+
+async fn respond(engine: EngineHandle, plan: Plan, api: Api) -> Result<Response, ApiError> {
+    let id = new_id(if api == Api::Chat { "chatcmpl" } else { "cmpl" });
+    if plan.stream {
+        return Ok(stream(engine, plan, api, id));
+    }
+    let mut choices = Vec::new();
+    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    let mut last_usage = None;
+    for (index, request) in plan.requests.into_iter().enumerate() {
+        let choice = run_choice(&engine, request).await?;
+        // n choices share a prompt: it is counted once per distinct prompt, as OpenAI does.
+        if index % plan.n == 0 {
+            prompt_tokens += choice.usage.prompt_tokens;
+        }
+        completion_tokens += choice.usage.completion_tokens;
+        let finish = finish_reason(choice.usage.finish_reason);
+        let logprobs = plan.logprobs.map(|_| match api {
+            Api::Chat => chat_logprobs(&engine, &choice.tokens),
+            Api::Completions => completion_logprobs(&engine, &choice.tokens),
+        });
+        choices.push(match api {
+            Api::Chat => json!({
+                "index": index,
+                "message": {"role": "assistant", "content": choice.text},
+                "logprobs": logprobs,
+                "finish_reason": finish,
+            }),
+            Api::Completions => json!({
+                "index": index,
+                "text": choice.text,
+                "logprobs": logprobs,
+                "finish_reason": finish,
+            }),
+        });
+        last_usage = Some(choice.usage);
+    }
+    let mut body = json!({
+        "id": id,
+        "object": if api == Api::Chat { "chat.completion" } else { "text_completion" },
+        "created": now(),
+        "model": &*engine.model_id,
+        "system_fingerprint": format!("lantern-{}", env!("CARGO_PKG_VERSION")),
+        "choices": choices,
+        "usage": usage_json(prompt_tokens, completion_tokens),
+    });
+    if let Some(u) = &last_usage {
+        body["timings"] = timings_json(u);
+    }
+    Ok(Json(body).into_response())
+}
+
+/// Stream chunks; choices run one after another, each with its index.
+fn stream(engine: EngineHandle, plan: Plan, api: Api, id: String) -> Response {
+    let (tx, rx) = mpsc::channel::<Value>(64);
+    let created = now();
+    let model = engine.model_id.to_string();
+    let chunk = move |choices: Value| {
+        json!({
+            "id": id,
+            "object": if api == Api::Chat { "chat.completion.chunk" } else { "text_completion" },
+            "created": created,
+            "model": model,
+            "system_fingerprint": format!("lantern-{}", env!("CARGO_PKG_VERSION")),
+            "choices": choices,
+        })
+    };
+    tokio::spawn(async move {
+        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+        let mut last_usage = None;
+        for (index, request) in plan.requests.into_iter().enumerate() {
+            let mut events = match engine.schedule(request) {
+                Ok(e) => e,
+                Err(e) => {
+                    let _ = tx.send(schedule_error(e).body()).await;
+                    return;
+                }
+            };
+            if api == Api::Chat {
+                let first = json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
+                if tx.send(chunk(first)).await.is_err() {
+                    return;
+                }
+            }
+            let mut pending_tokens = Vec::new();
+            while let Some(event) = events.recv().await {
+                let message = match event {
+                    GenEvent::Token { id, logprob, top } => {
+                        pending_tokens.push((id, logprob, top));
+                        continue;
+                    }
+                    GenEvent::Text(text) => {
+                        let tokens = std::mem::take(&mut pending_tokens);
+                        let logprobs = plan.logprobs.map(|_| match api {
+                            Api::Chat => chat_logprobs(&engine, &tokens),
+                            Api::Completions => completion_logprobs(&engine, &tokens),
+                        });
+                        chunk(match api {
+                            Api::Chat => {
+                                json!([{"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": null}])
+                            }
+                            Api::Completions => {
+                                json!([{"index": index, "text": text, "logprobs": logprobs, "finish_reason": null}])
+                            }
+                        })
+                    }
+                    GenEvent::Done(usage) => {
+                        if index % plan.n == 0 {
+                            prompt_tokens += usage.prompt_tokens;
+                        }
+                        completion_tokens += usage.completion_tokens;
+                        let finish = finish_reason(usage.finish_reason);
+                        last_usage = Some(usage);
+                        chunk(match api {
+                            Api::Chat => {
+                                json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish}])
+                            }
+                            Api::Completions => {
+                                json!([{"index": index, "text": "", "logprobs": null, "finish_reason": finish}])
+                            }
+                        })
+                    }
+                    GenEvent::Failed(message) => ApiError::Internal {
+                        request_id: new_id("req"),
+                        message,
+                    }
+                    .body(),
+                };
+                // The client went away: dropping `events` cancels the generation.
+                if tx.send(message).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if plan.include_usage {
+            let mut last = chunk(json!([]));
+            last["usage"] = usage_json(prompt_tokens, completion_tokens);
+            if let Some(u) = &last_usage {
+                last["timings"] = timings_json(u);
+            }
+            let _ = tx.send(last).await;
+        }
+    });
+    sse::stream(rx)
+}
+
+fn model_json(engine: &EngineHandle) -> Value {
+    json!({
+        "id": &*engine.model_id,
+        "object": "model",
+        "created": engine.created,
+        "owned_by": "lantern",
+        "meta": {
+            "architecture": engine.info.architecture,
+            "context_length": engine.info.context_length,
+            "vocab_size": engine.info.vocab_size,
+        },
+    })
+}
+
+pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [model_json(&state.engine)]}))
+}
+
+pub async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if id != *state.engine.model_id {
+        return Err(ApiError::ModelNotFound(id));
+    }
+    Ok(Json(model_json(&state.engine)))
+}

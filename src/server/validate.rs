@@ -1,0 +1,382 @@
+//! OpenAI request bodies, and their validation into what the scheduler accepts.
+//!
+//! Parsing checks types; `validate` checks ranges and meaning and is the only way to a
+//! [`ValidatedRequest`], so nothing unchecked reaches the engine.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use super::errors::ApiError;
+use crate::engine::sampler::SamplingParams;
+use crate::engine::template::ChatMessage;
+use crate::scheduler::{EngineHandle, ValidatedRequest};
+
+/// Choices per request, as OpenAI allows.
+pub const MAX_N: usize = 8;
+const MAX_STOPS: usize = 4;
+const MAX_TOP_LOGPROBS: usize = 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+/// Message content: a string, or an array of parts of which only text is supported.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WireMessage {
+    pub role: String,
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The sampling and limit fields chat and completions share.
+#[derive(Debug, Default, Deserialize)]
+pub struct Sampling {
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub logit_bias: Option<HashMap<String, f32>>,
+    pub seed: Option<i64>,
+    pub stop: Option<OneOrMany>,
+    pub n: Option<i64>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<WireMessage>,
+    #[serde(default)]
+    pub logprobs: bool,
+    pub top_logprobs: Option<i64>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: OneOrMany,
+    /// Completions API: the number of alternatives per token to report.
+    pub logprobs: Option<i64>,
+    #[serde(default)]
+    pub echo: bool,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+/// What the handlers need besides the scheduled requests.
+#[derive(Debug)]
+pub struct Plan {
+    pub requests: Vec<ValidatedRequest>,
+    pub n: usize,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub logprobs: Option<usize>,
+}
+
+fn range<T: PartialOrd + Copy + std::fmt::Display>(
+    value: Option<T>,
+    lo: T,
+    hi: T,
+    param: &'static str,
+) -> Result<Option<T>, ApiError> {
+    match value {
+        Some(v) if !(lo..=hi).contains(&v) => Err(ApiError::invalid(
+            format!("`{param}` must be between {lo} and {hi}, got {v}"),
+            param,
+        )),
+        _ => Ok(value),
+    }
+}
+
+impl Sampling {
+    /// Range-check everything and build the engine's settings; `prompt_len` tokens are already
+    /// used of the model's context.
+    fn params(
+        &self,
+        engine: &EngineHandle,
+        prompt_len: usize,
+        top_logprobs: Option<usize>,
+    ) -> Result<(usize, SamplingParams, Vec<String>), ApiError> {
+        let context = engine.info.context_length;
+        if prompt_len >= context {
+            return Err(ApiError::InvalidRequest {
+                message: format!(
+                    "This model's maximum context length is {context} tokens, but the prompt has {prompt_len}"
+                ),
+                param: Some("messages"),
+                code: Some("context_length_exceeded"),
+            });
+        }
+        let room = context - prompt_len;
+        let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(v), _) => Some((v, "max_completion_tokens")),
+            (None, Some(v)) => Some((v, "max_tokens")),
+            _ => None,
+        };
+        let max_tokens = match max_tokens {
+            None => room,
+            Some((v, param)) => {
+                if v < 1 || v as usize > context {
+                    return Err(ApiError::invalid(
+                        format!("`{param}` must be between 1 and {context}, got {v}"),
+                        param,
+                    ));
+                }
+                (v as usize).min(room)
+            }
+        };
+        let defaults = SamplingParams::default();
+        let temperature = range(self.temperature, 0.0, 2.0, "temperature")?;
+        let top_p = range(self.top_p, 0.0, 1.0, "top_p")?;
+        let top_k = range(self.top_k, 0, engine.info.vocab_size as i64, "top_k")?;
+        let min_p = range(self.min_p, 0.0, 1.0, "min_p")?;
+        let freq = range(self.frequency_penalty, -2.0, 2.0, "frequency_penalty")?;
+        let presence = range(self.presence_penalty, -2.0, 2.0, "presence_penalty")?;
+        let repetition = range(self.repetition_penalty, 0.01, 10.0, "repetition_penalty")?;
+        let mut logit_bias = HashMap::new();
+        for (token, bias) in self.logit_bias.iter().flatten() {
+            let id = token
+                .parse::<u32>()
+                .ok()
+                .filter(|&id| (id as usize) < engine.info.vocab_size)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        format!("`logit_bias` key `{token}` is not a token id of this model"),
+                        "logit_bias",
+                    )
+                })?;
+            range(Some(*bias), -100.0, 100.0, "logit_bias")?;
+            logit_bias.insert(id, *bias);
+        }
+        let stop = self.stop.take_stops()?;
+        Ok((
+            max_tokens,
+            SamplingParams {
+                // OpenAI's defaults: temperature 1 and top_p 1 with nothing else cutting.
+                temperature: temperature.unwrap_or(1.0),
+                top_p: top_p.unwrap_or(1.0),
+                top_k: top_k.map(|k| k as usize).unwrap_or(0),
+                min_p: min_p.unwrap_or(0.0),
+                frequency_penalty: freq.unwrap_or(defaults.frequency_penalty),
+                presence_penalty: presence.unwrap_or(defaults.presence_penalty),
+                repetition_penalty: repetition.unwrap_or(defaults.repetition_penalty),
+                logit_bias,
+                seed: self.seed.map(|s| s as u64),
+                top_logprobs,
+            },
+            stop,
+        ))
+    }
+
+    fn n(&self) -> Result<usize, ApiError> {
+        Ok(range(self.n, 1, MAX_N as i64, "n")?.unwrap_or(1) as usize)
+    }
+}
+
+trait TakeStops {
+    fn take_stops(&self) -> Result<Vec<String>, ApiError>;
+}
+
+impl TakeStops for Option<OneOrMany> {
+    fn take_stops(&self) -> Result<Vec<String>, ApiError> {
+        let stops: Vec<String> = match self {
+            None => Vec::new(),
+            Some(OneOrMany::One(s)) => vec![s.clone()],
+            Some(OneOrMany::Many(v)) => v.clone(),
+        };
+        if stops.len() > MAX_STOPS {
+            return Err(ApiError::invalid(
+                format!(
+                    "`stop` takes at most {MAX_STOPS} sequences, got {}",
+                    stops.len()
+                ),
+                "stop",
+            ));
+        }
+        Ok(stops.into_iter().filter(|s| !s.is_empty()).collect())
+    }
+}
+
+/// One scheduled request per choice; with a seed, choice `i` uses `seed + i` so the choices
+/// differ yet the whole response repeats.
+fn per_choice(
+    prompt: Vec<u32>,
+    n: usize,
+    max_tokens: usize,
+    sampling: SamplingParams,
+    stop: Vec<String>,
+) -> Vec<ValidatedRequest> {
+    (0..n)
+        .map(|i| {
+            let mut s = sampling.clone();
+            s.seed = s.seed.map(|seed| seed.wrapping_add(i as u64));
+            ValidatedRequest::new(prompt.clone(), max_tokens, s, stop.clone())
+        })
+        .collect()
+}
+
+fn check_model(engine: &EngineHandle, model: &str) -> Result<(), ApiError> {
+    if model != &*engine.model_id {
+        return Err(ApiError::ModelNotFound(model.to_string()));
+    }
+    Ok(())
+}
+
+pub fn validate_chat(engine: &EngineHandle, req: ChatRequest) -> Result<Plan, ApiError> {
+    check_model(engine, &req.model)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid(
+            "`messages` must not be empty",
+            "messages",
+        ));
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.into_iter().enumerate() {
+        let role = match m.role.as_str() {
+            "developer" => "system",
+            r @ ("system" | "user" | "assistant" | "tool") => r,
+            other => {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].role `{other}` is not one of system, developer, user, assistant, tool"),
+                    "messages",
+                ))
+            }
+        };
+        let content = match m.content {
+            None => String::new(),
+            Some(Content::Text(t)) => t,
+            Some(Content::Parts(parts)) => {
+                let mut text = String::new();
+                for p in parts {
+                    match (p.kind.as_str(), p.text) {
+                        ("text", Some(t)) => text.push_str(&t),
+                        (kind, _) => {
+                            return Err(ApiError::invalid(
+                                format!("messages[{i}]: content parts of type `{kind}` are not supported by this model (text only)"),
+                                "messages",
+                            ))
+                        }
+                    }
+                }
+                text
+            }
+        };
+        messages.push(ChatMessage::new(role, content));
+    }
+    let prompt = engine
+        .model
+        .chat_prompt(&messages)
+        .map_err(|e| ApiError::invalid(e.to_string(), "messages"))?;
+    let top_logprobs = match (req.logprobs, req.top_logprobs) {
+        (false, Some(_)) => {
+            return Err(ApiError::invalid(
+                "`top_logprobs` needs `logprobs: true`",
+                "top_logprobs",
+            ))
+        }
+        (false, None) => None,
+        (true, t) => {
+            Some(range(t, 0, MAX_TOP_LOGPROBS as i64, "top_logprobs")?.unwrap_or(0) as usize)
+        }
+    };
+    let n = req.sampling.n()?;
+    let (max_tokens, sampling, stop) = req.sampling.params(engine, prompt.len(), top_logprobs)?;
+    Ok(Plan {
+        requests: per_choice(prompt, n, max_tokens, sampling, stop),
+        n,
+        stream: req.sampling.stream,
+        include_usage: req
+            .sampling
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage),
+        logprobs: top_logprobs,
+    })
+}
+
+pub fn validate_completion(
+    engine: &EngineHandle,
+    req: CompletionRequest,
+) -> Result<Plan, ApiError> {
+    check_model(engine, &req.model)?;
+    if req.echo {
+        return Err(ApiError::invalid("`echo` is not supported", "echo"));
+    }
+    let prompts = req.prompt.into_vec();
+    if prompts.is_empty() {
+        return Err(ApiError::invalid("`prompt` must not be empty", "prompt"));
+    }
+    let logprobs = range(req.logprobs, 0, 5, "logprobs")?.map(|l| l as usize);
+    let n = req.sampling.n()?;
+    let mut requests = Vec::new();
+    for prompt in prompts {
+        let ids = engine
+            .model
+            .prompt_ids(&prompt)
+            .map_err(|e| ApiError::invalid(e.to_string(), "prompt"))?;
+        if ids.is_empty() {
+            return Err(ApiError::invalid("`prompt` must not be empty", "prompt"));
+        }
+        let (max_tokens, sampling, stop) = req.sampling.params(engine, ids.len(), logprobs)?;
+        // The Completions API's default is 16 tokens.
+        let max_tokens = if req.sampling.max_tokens.is_none() {
+            max_tokens.min(16)
+        } else {
+            max_tokens
+        };
+        requests.extend(per_choice(ids, n, max_tokens, sampling, stop));
+    }
+    Ok(Plan {
+        requests,
+        n,
+        stream: req.sampling.stream,
+        include_usage: req
+            .sampling
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage),
+        logprobs,
+    })
+}

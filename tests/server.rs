@@ -1,0 +1,362 @@
+//! The real server on a loopback port, driven over HTTP as any OpenAI client would.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `lantern serve` on port 0 with the installed default model; ready once it prints its address.
+fn start(extra: &[&str]) -> Server {
+    let home = common::model_path("smollm2");
+    let home = home.parent().unwrap().parent().unwrap().parent().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lantern"))
+        .args(["serve", "smollm2", "--port", "0"])
+        .args(extra)
+        .env("LANTERN_HOME", home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .trim_end_matches("/v1")
+        .to_string();
+    Server { child, base }
+}
+
+fn chat(content: &str, extra: Value) -> Value {
+    let mut body = json!({"model": "smollm2", "messages": [{"role": "user", "content": content}]});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+async fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}{path}", s.base))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// The `data:` payloads of an SSE response, `[DONE]` included.
+async fn stream(s: &Server, path: &str, body: &Value) -> Vec<String> {
+    let text = reqwest::Client::new()
+        .post(format!("{}{path}", s.base))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test]
+async fn health_models_and_routes() {
+    let s = start(&[]);
+    let health: Value = reqwest::get(format!("{}/health", s.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let models: Value = reqwest::get(format!("{}/v1/models", s.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "smollm2");
+    assert_eq!(models["data"][0]["owned_by"], "lantern");
+    let one = reqwest::get(format!("{}/v1/models/smollm2", s.base))
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 200);
+    let missing = reqwest::get(format!("{}/v1/models/gpt-9", s.base))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_not_found");
+    let route = reqwest::get(format!("{}/v1/embeddings", s.base))
+        .await
+        .unwrap();
+    assert_eq!(
+        route.status(),
+        404,
+        "embeddings are absent until they are real"
+    );
+}
+
+#[tokio::test]
+async fn chat_completion_shapes_and_seed() {
+    let s = start(&[]);
+    let (status, r) = post(
+        &s,
+        "/v1/chat/completions",
+        &chat("What is 2+2?", json!({"temperature": 0, "max_tokens": 16})),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["object"], "chat.completion");
+    assert!(r["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    let msg = &r["choices"][0]["message"];
+    assert_eq!(msg["role"], "assistant");
+    assert!(!msg["content"].as_str().unwrap().is_empty());
+    let u = &r["usage"];
+    assert_eq!(
+        u["total_tokens"],
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(u["prompt_tokens_details"]["cached_tokens"], 0);
+    assert!(r["timings"]["ttft_ms"].as_f64().unwrap() > 0.0);
+
+    // Same seed, same sampled answer; n = 2 gives two choices; stop cuts the text.
+    let seeded = chat(
+        "Tell me a story.",
+        json!({"seed": 7, "temperature": 1.0, "max_tokens": 12}),
+    );
+    let (_, a) = post(&s, "/v1/chat/completions", &seeded).await;
+    let (_, b) = post(&s, "/v1/chat/completions", &seeded).await;
+    assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"]);
+    let (_, two) = post(
+        &s,
+        "/v1/chat/completions",
+        &chat("Hi", json!({"n": 2, "max_tokens": 4, "seed": 1})),
+    )
+    .await;
+    assert_eq!(two["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(two["choices"][1]["index"], 1);
+
+    let (_, lp) = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(
+            "Hi",
+            json!({"max_tokens": 3, "logprobs": true, "top_logprobs": 2, "temperature": 0}),
+        ),
+    )
+    .await;
+    let content = lp["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 3);
+    assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 2);
+    assert!(content[0]["logprob"].as_f64().unwrap() <= 0.0);
+}
+
+#[tokio::test]
+async fn streaming_chunks_as_openai_sends_them() {
+    let s = start(&[]);
+    let body = chat(
+        "Count to three.",
+        json!({"stream": true, "max_tokens": 8, "temperature": 0, "stream_options": {"include_usage": true}}),
+    );
+    let data = stream(&s, "/v1/chat/completions", &body).await;
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(usage["usage"]["completion_tokens"], 8);
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "length");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let (_, whole) = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(
+            "Count to three.",
+            json!({"max_tokens": 8, "temperature": 0}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        text,
+        whole["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+
+    // Without include_usage there is no usage chunk.
+    let plain = stream(
+        &s,
+        "/v1/chat/completions",
+        &chat("Hi", json!({"stream": true, "max_tokens": 2})),
+    )
+    .await;
+    assert!(plain.iter().all(|d| !d.contains("\"usage\"")));
+}
+
+#[tokio::test]
+async fn completions_with_logprobs() {
+    let s = start(&[]);
+    let body = json!({"model": "smollm2", "prompt": ["The capital of France is", "1, 2, 3,"], "max_tokens": 4, "temperature": 0, "logprobs": 2});
+    let (status, r) = post(&s, "/v1/completions", &body).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["object"], "text_completion");
+    assert_eq!(r["choices"].as_array().unwrap().len(), 2);
+    assert!(
+        r["choices"][0]["text"].as_str().unwrap().contains("Paris"),
+        "{r}"
+    );
+    assert_eq!(
+        r["choices"][0]["logprobs"]["tokens"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    let data = stream(
+        &s,
+        "/v1/completions",
+        &json!({"model": "smollm2", "prompt": "Hello", "max_tokens": 3, "stream": true}),
+    )
+    .await;
+    assert_eq!(data.last().unwrap(), "[DONE]");
+}
+
+#[tokio::test]
+async fn bad_requests_get_openai_errors() {
+    let s = start(&["--body-limit", "2000"]);
+    let cases = [
+        (json!({"model": "smollm2", "messages": []}), 400, "messages"),
+        (chat("x", json!({"temperature": 3})), 400, "temperature"),
+        (chat("x", json!({"max_tokens": 0})), 400, "max_tokens"),
+        (chat("x", json!({"n": 99})), 400, "n"),
+        (chat("x", json!({"top_logprobs": 2})), 400, "top_logprobs"),
+        (
+            chat("x", json!({"logit_bias": {"999999": 1}})),
+            400,
+            "logit_bias",
+        ),
+        (
+            chat("x", json!({"stop": ["a", "b", "c", "d", "e"]})),
+            400,
+            "stop",
+        ),
+        (
+            json!({"model": "smollm2", "messages": [{"role": "robot", "content": "x"}]}),
+            400,
+            "messages",
+        ),
+        (
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}),
+            404,
+            "model",
+        ),
+    ];
+    for (body, status, param) in cases {
+        let (got, r) = post(&s, "/v1/chat/completions", &body).await;
+        assert_eq!(got, status, "{body} -> {r}");
+        assert_eq!(r["error"]["param"], param, "{r}");
+        assert!(!r["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let raw = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.base))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 400);
+    let r: Value = raw.json().await.unwrap();
+    assert_eq!(r["error"]["type"], "invalid_request_error");
+    let (got, r) = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(&"long ".repeat(1000), json!({})),
+    )
+    .await;
+    assert_eq!(
+        (got, r["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_stream_cancels_its_generation() {
+    let s = start(&[]);
+    let body = chat(
+        "Write a very long essay about the sea.",
+        json!({"stream": true, "max_tokens": 4000, "temperature": 0}),
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut bytes = response.bytes_stream();
+    bytes.next().await.unwrap().unwrap();
+    drop(bytes);
+    // Not a timing assertion: the engine reports the cancellation; give it ample time.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let h: Value = reqwest::get(format!("{}/health", s.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if h["cancelled"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the generation was not cancelled: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = post(
+        &s,
+        "/v1/chat/completions",
+        &chat("Hi", json!({"max_tokens": 2})),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn non_loopback_addresses_are_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lantern"))
+        .args(["serve", "--host", "0.0.0.0", "--port", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
