@@ -1,5 +1,6 @@
 # The two quick-start commands:
-#   make run    fetch the default models, build, and chat with the default model
+#   make run    fetch the default models, build, and serve the default model at
+#               http://127.0.0.1:8080/v1 (OpenAI-compatible)
 #   make test   fetch the models, build, and run every check and test
 # Both are idempotent: nothing already fetched or built is done again.
 
@@ -8,7 +9,7 @@ MODEL ?= smollm2
 PROMPT ?= Why is the sky blue?
 LANTERN := target/release/lantern
 
-.PHONY: run test models build lint bench clean-bench
+.PHONY: run ask test models build lint bench clients
 
 models:
 	python3 models/fetch
@@ -16,7 +17,12 @@ models:
 build:
 	$(CARGO) build --release --locked
 
+# The main job: the OpenAI-compatible server on the default model.
 run: models build
+	$(LANTERN) serve $(MODEL)
+
+# One answer in the terminal.
+ask: models build
 	$(LANTERN) run $(MODEL) "$(PROMPT)"
 
 lint:
@@ -25,6 +31,16 @@ lint:
 
 test: models lint
 	$(CARGO) test --release --locked
+	$(MAKE) clients
+
+# The official OpenAI SDK (from PyPI, in a virtual environment) against the real server.
+clients: build .venv/.installed
+	.venv/bin/python -m pytest -q tests/clients
+
+.venv/.installed: tests/clients/requirements.txt
+	python3 -m venv .venv
+	.venv/bin/pip install -q -r tests/clients/requirements.txt
+	touch $@
 
 # Lantern against llama.cpp (built from the llama-cpp-python sdist) on the same GGUF.
 bench: models build

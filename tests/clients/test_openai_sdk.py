@@ -1,0 +1,94 @@
+"""The official `openai` Python SDK against the real `lantern serve` on the default model."""
+import os
+import subprocess
+from pathlib import Path
+
+import openai
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "smollm2"
+
+
+@pytest.fixture(scope="module")
+def client():
+    binary = os.environ.get("LANTERN_BIN", str(ROOT / "target/release/lantern"))
+    proc = subprocess.Popen([binary, "serve", MODEL, "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline().strip()
+    assert line.startswith("listening on "), line
+    yield openai.OpenAI(base_url=line.removeprefix("listening on "), api_key="unused")
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def ask(text):
+    return [{"role": "user", "content": text}]
+
+
+def test_models(client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    assert client.models.retrieve(MODEL).owned_by == "lantern"
+
+
+def test_chat(client):
+    r = client.chat.completions.create(model=MODEL, messages=ask("Why is the sky blue?"),
+                                       temperature=0, max_tokens=24)
+    assert r.object == "chat.completion"
+    assert "light" in r.choices[0].message.content.lower()
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.usage.prompt_tokens_details.cached_tokens == 0
+
+
+def test_stream_with_and_without_usage(client):
+    kwargs = dict(model=MODEL, messages=ask("Count to five."), temperature=0, max_tokens=10)
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    whole = client.chat.completions.create(**kwargs).choices[0].message.content
+    assert text == whole
+    plain = list(client.chat.completions.create(stream=True, **kwargs))
+    assert all(c.usage is None for c in plain)
+    assert plain[-1].choices[0].finish_reason == "length"
+
+
+def test_completions(client):
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4, temperature=0)
+    assert r.object == "text_completion" and "Paris" in r.choices[0].text
+
+
+def test_seed_repeats(client):
+    kwargs = dict(model=MODEL, messages=ask("Tell me a story."), temperature=1.0, max_tokens=16, seed=1234)
+    a = client.chat.completions.create(**kwargs).choices[0].message.content
+    b = client.chat.completions.create(**kwargs).choices[0].message.content
+    assert a == b
+
+
+def test_stop(client):
+    kwargs = dict(model=MODEL, messages=ask("Why is the sky blue?"), temperature=0, max_tokens=40)
+    full = client.chat.completions.create(**kwargs).choices[0].message.content
+    cut = client.chat.completions.create(stop=["light"], **kwargs).choices[0]
+    assert "light" in full and cut.message.content == full[: full.index("light")]
+    assert cut.finish_reason == "stop"
+
+
+def test_logprobs_and_n(client):
+    r = client.chat.completions.create(model=MODEL, messages=ask("Hi"), max_tokens=3, logprobs=True,
+                                       top_logprobs=3, n=2, seed=5)
+    assert len(r.choices) == 2
+    entries = r.choices[0].logprobs.content
+    assert len(entries) == 3 and len(entries[0].top_logprobs) == 3
+    assert entries[0].logprob <= 0
+
+
+def test_errors_map_to_sdk_exceptions(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=ask("x"), temperature=5)
+    assert "temperature" in str(e.value)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=[])
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=ask("x"))
