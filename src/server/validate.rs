@@ -210,6 +210,12 @@ impl Sampling {
         ))
     }
 
+    fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+
     fn n(&self) -> Result<usize, ApiError> {
         Ok(range(self.n, 1, MAX_N as i64, "n")?.unwrap_or(1) as usize)
     }
@@ -327,11 +333,7 @@ pub fn validate_chat(engine: &EngineHandle, req: ChatRequest) -> Result<Plan, Ap
         requests: per_choice(prompt, n, max_tokens, sampling, stop),
         n,
         stream: req.sampling.stream,
-        include_usage: req
-            .sampling
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage),
+        include_usage: req.sampling.include_usage(),
         logprobs: top_logprobs,
     })
 }
@@ -372,11 +374,7 @@ pub fn validate_completion(
         requests,
         n,
         stream: req.sampling.stream,
-        include_usage: req
-            .sampling
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage),
+        include_usage: req.sampling.include_usage(),
         logprobs,
     })
 }
