@@ -7,7 +7,9 @@
 CARGO ?= cargo
 MODEL ?= smollm2
 PROMPT ?= Why is the sky blue?
-LANTERN := target/release/lantern
+# Respect a shared target directory (CARGO_TARGET_DIR) as cargo does.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+LANTERN := $(TARGET_DIR)/release/lantern
 
 .PHONY: run ask test models build lint bench clients
 
@@ -35,7 +37,7 @@ test: models lint
 
 # The official OpenAI SDK (from PyPI, in a virtual environment) against the real server.
 clients: build .venv/.installed
-	.venv/bin/python -m pytest -q tests/clients
+	LANTERN_BIN=$(LANTERN) .venv/bin/python -m pytest -q tests/clients
 
 .venv/.installed: tests/clients/requirements.txt
 	python3 -m venv .venv
