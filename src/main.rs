@@ -11,6 +11,7 @@ use lantern::engine::template::ChatMessage;
 use lantern::library::pull::{pull, PullRequest, DEFAULT_ENDPOINT};
 use lantern::library::Library;
 use lantern::scheduler::EngineHandle;
+use lantern::server::guard::ApiKeys;
 use lantern::server::AppState;
 use lantern::{ChatModel, Config};
 
@@ -59,9 +60,15 @@ struct ServeArgs {
     /// Installed model name or a path to a .gguf file.
     #[arg(default_value = "smollm2", env = "LANTERN_MODEL")]
     model: String,
-    /// Address to listen on. Only loopback addresses are allowed until API keys exist.
+    /// Address to listen on. Anything but loopback needs at least one API key.
     #[arg(long, env = "LANTERN_HOST", default_value = "127.0.0.1")]
     host: std::net::IpAddr,
+    /// An accepted API key (`Authorization: Bearer KEY`); repeatable.
+    #[arg(long = "api-key", env = "LANTERN_API_KEY")]
+    api_keys: Vec<String>,
+    /// A file with one accepted API key per line (`#` starts a comment).
+    #[arg(long, env = "LANTERN_API_KEY_FILE")]
+    api_key_file: Option<std::path::PathBuf>,
     /// Port to listen on (0: any free port, printed at start).
     #[arg(long, env = "LANTERN_PORT", default_value_t = 8080)]
     port: u16,
@@ -137,10 +144,12 @@ fn main() -> Result<()> {
 }
 
 fn serve(config: &Config, args: ServeArgs) -> Result<()> {
+    let keys = ApiKeys::from_sources(&args.api_keys, args.api_key_file.as_deref())
+        .context("reading --api-key-file")?;
     anyhow::ensure!(
-        args.host.is_loopback(),
-        "refusing to listen on {}: only loopback addresses are served until API keys are \
-         available; use --host 127.0.0.1",
+        args.host.is_loopback() || !keys.is_empty(),
+        "refusing to listen on {} without an API key: anyone on the network could use it; \
+         give --api-key or --api-key-file, or use --host 127.0.0.1",
         args.host
     );
     let (model, name) = load(config, &args.model)?;
@@ -162,6 +171,7 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
     let state = AppState {
         engine,
         body_limit: args.body_limit,
+        keys,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

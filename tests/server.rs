@@ -351,12 +351,43 @@ async fn a_dropped_stream_cancels_its_generation() {
     assert_eq!(status, 200);
 }
 
+#[tokio::test]
+async fn api_keys_are_required_when_configured() {
+    let s = start(&["--api-key", "sk-test"]);
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/models", s.base);
+    let none = client.get(&url).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    let body: Value = none.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    let wrong = client
+        .get(&url)
+        .bearer_auth("sk-nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = client
+        .get(&url)
+        .bearer_auth("sk-test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    let health = client
+        .get(format!("{}/health", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "health stays open for probes");
+}
+
 #[test]
-fn non_loopback_addresses_are_refused() {
+fn non_loopback_addresses_are_refused_without_a_key() {
     let out = Command::new(env!("CARGO_BIN_EXE_lantern"))
         .args(["serve", "--host", "0.0.0.0", "--port", "0"])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without an API key"));
 }

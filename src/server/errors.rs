@@ -14,6 +14,9 @@ pub enum ApiError {
         param: Option<&'static str>,
         code: Option<&'static str>,
     },
+    /// The server wants an API key and the request has none or a wrong one.
+    #[error("Incorrect or missing API key: send `Authorization: Bearer <key>`")]
+    Unauthorized,
     /// The `model` names nothing this server serves.
     #[error("The model `{0}` does not exist or is not loaded")]
     ModelNotFound(String),
@@ -54,6 +57,12 @@ impl ApiError {
                 "invalid_request_error",
                 *param,
                 *code,
+            ),
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                None,
+                Some("invalid_api_key"),
             ),
             Self::ModelNotFound(_) => (
                 StatusCode::NOT_FOUND,

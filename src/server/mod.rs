@@ -4,6 +4,7 @@
 //! `errors` maps every failure to OpenAI's error JSON, `sse` streams.
 
 pub mod errors;
+pub mod guard;
 pub mod openai;
 pub mod sse;
 pub mod validate;
@@ -28,6 +29,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 4 << 20;
 pub struct AppState {
     pub engine: EngineHandle,
     pub body_limit: usize,
+    pub keys: guard::ApiKeys,
 }
 
 /// The router, without a listener (tests drive it with `oneshot`).
@@ -40,6 +42,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(openai::completions))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.keys.clone(),
+            guard::require_key,
+        ))
         .with_state(state)
 }
 

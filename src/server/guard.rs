@@ -1,0 +1,86 @@
+//! Who may call: bearer API keys. With keys configured every route but `/health` needs one;
+//! without keys the server only listens on loopback addresses (`lantern serve` enforces it).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::errors::ApiError;
+
+/// The accepted keys; empty means no key is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeys(Arc<HashSet<String>>);
+
+impl ApiKeys {
+    pub fn new(keys: impl IntoIterator<Item = String>) -> Self {
+        Self(Arc::new(
+            keys.into_iter()
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty())
+                .collect(),
+        ))
+    }
+
+    /// Keys given on the command line plus one per non-empty, non-`#` line of a key file.
+    pub fn from_sources(keys: &[String], file: Option<&std::path::Path>) -> std::io::Result<Self> {
+        let mut all: Vec<String> = keys.to_vec();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)?;
+            all.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+        }
+        Ok(Self::new(all))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn accepts(&self, header: Option<&str>) -> bool {
+        header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .is_some_and(|k| self.0.contains(k.trim()))
+    }
+}
+
+pub async fn require_key(State(keys): State<ApiKeys>, request: Request, next: Next) -> Response {
+    if keys.is_empty() || request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
+    let header = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if keys.accepts(header) {
+        next.run(request).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_from_flags_and_files() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, b"# team keys\nsk-b\n\n  sk-c  \n").unwrap();
+        let keys = ApiKeys::from_sources(&["sk-a".into()], Some(file.path())).unwrap();
+        for k in ["sk-a", "sk-b", "sk-c"] {
+            assert!(keys.accepts(Some(&format!("Bearer {k}"))), "{k}");
+        }
+        assert!(!keys.accepts(Some("Bearer sk-d")));
+        assert!(!keys.accepts(Some("sk-a")));
+        assert!(!keys.accepts(None));
+        assert!(ApiKeys::new(Vec::new()).is_empty());
+    }
+}
