@@ -4,6 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
@@ -185,26 +186,67 @@ enum Api {
 
 pub async fn chat_completions(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: ChatRequest = parse_body(body, state.body_limit)?;
+    let session = session_of(&headers, req.sampling.user.as_deref());
     let plan = validate_chat(&state.engine, req)?;
-    respond(state.engine.clone(), plan, Api::Chat).await
+    respond(state.engine.clone(), plan, Api::Chat, session).await
 }
 
 pub async fn completions(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse_body(body, state.body_limit)?;
+    let session = session_of(&headers, req.sampling.user.as_deref());
     let plan = validate_completion(&state.engine, req)?;
-    respond(state.engine.clone(), plan, Api::Completions).await
+    respond(state.engine.clone(), plan, Api::Completions, session).await
 }
 
-async fn respond(engine: EngineHandle, plan: Plan, api: Api) -> Result<Response, ApiError> {
+/// The session a request belongs to: an `X-Session-Id` header, else the API key (as a short
+/// hash, never the key itself), else the `user` field, else `anonymous`.
+pub fn session_of(headers: &HeaderMap, user: Option<&str>) -> String {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(id) = header("x-session-id").filter(|s| !s.is_empty()) {
+        return id.to_string();
+    }
+    if let Some(key) = header("authorization").and_then(|h| h.strip_prefix("Bearer ")) {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.trim().as_bytes());
+        return format!("key-{}", &format!("{digest:x}")[..12]);
+    }
+    user.filter(|u| !u.is_empty())
+        .map(|u| format!("user-{u}"))
+        .unwrap_or_else(|| "anonymous".into())
+}
+
+/// Until the monitors exist, every finished request is recorded in the log, once, here.
+fn record(session: &str, api: Api, usage: &Usage, choices: usize) {
+    tracing::info!(
+        session,
+        api = if api == Api::Chat { "chat" } else { "completions" },
+        prompt_tokens = usage.prompt_tokens,
+        completion_tokens = usage.completion_tokens,
+        choices,
+        queue_ms = usage.queue.as_millis() as u64,
+        ttft_ms = usage.time_to_first_token.as_millis() as u64,
+        finish = ?usage.finish_reason,
+        "request finished"
+    );
+}
+
+async fn respond(
+    engine: EngineHandle,
+    plan: Plan,
+    api: Api,
+    session: String,
+) -> Result<Response, ApiError> {
     let id = new_id(if api == Api::Chat { "chatcmpl" } else { "cmpl" });
     if plan.stream {
-        return Ok(stream(engine, plan, api, id));
+        return Ok(stream(engine, plan, api, id, session));
     }
     let mut choices = Vec::new();
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
@@ -248,12 +290,13 @@ async fn respond(engine: EngineHandle, plan: Plan, api: Api) -> Result<Response,
     });
     if let Some(u) = &last_usage {
         body["timings"] = timings_json(u);
+        record(&session, api, u, choices.len());
     }
     Ok(Json(body).into_response())
 }
 
 /// Stream chunks; choices run one after another, each with its index.
-fn stream(engine: EngineHandle, plan: Plan, api: Api, id: String) -> Response {
+fn stream(engine: EngineHandle, plan: Plan, api: Api, id: String, session: String) -> Response {
     let (tx, rx) = mpsc::channel::<Value>(64);
     let created = now();
     let model = engine.model_id.to_string();
@@ -312,6 +355,7 @@ fn stream(engine: EngineHandle, plan: Plan, api: Api, id: String) -> Response {
                         }
                         completion_tokens += usage.completion_tokens;
                         let finish = finish_reason(usage.finish_reason);
+                        record(&session, api, &usage, 1);
                         last_usage = Some(usage);
                         chunk(match api {
                             Api::Chat => {
@@ -372,4 +416,21 @@ pub async fn get_model(
         return Err(ApiError::ModelNotFound(id));
     }
     Ok(Json(model_json(&state.engine)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_come_from_header_key_or_user() {
+        let mut h = HeaderMap::new();
+        assert_eq!(session_of(&h, None), "anonymous");
+        assert_eq!(session_of(&h, Some("ada")), "user-ada");
+        h.insert("authorization", "Bearer sk-secret".parse().unwrap());
+        let by_key = session_of(&h, Some("ada"));
+        assert!(by_key.starts_with("key-") && !by_key.contains("secret"));
+        h.insert("x-session-id", "chat-42".parse().unwrap());
+        assert_eq!(session_of(&h, Some("ada")), "chat-42");
+    }
 }

@@ -86,6 +86,11 @@ pub struct Sampling {
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<WireMessage>,
+    /// Fields Lantern cannot honour yet; accepting them silently would give wrong answers.
+    pub tools: Option<serde_json::Value>,
+    pub tool_choice: Option<serde_json::Value>,
+    pub functions: Option<serde_json::Value>,
+    pub response_format: Option<serde_json::Value>,
     #[serde(default)]
     pub logprobs: bool,
     pub top_logprobs: Option<i64>,
@@ -272,6 +277,27 @@ fn check_model(engine: &EngineHandle, model: &str) -> Result<(), ApiError> {
 
 pub fn validate_chat(engine: &EngineHandle, req: ChatRequest) -> Result<Plan, ApiError> {
     check_model(engine, &req.model)?;
+    let unsupported = [
+        ("tools", &req.tools),
+        ("tool_choice", &req.tool_choice),
+        ("functions", &req.functions),
+    ];
+    for (param, value) in unsupported {
+        if value.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::invalid(
+                format!("`{param}` is not supported by this server yet"),
+                param,
+            ));
+        }
+    }
+    if let Some(format) = req.response_format.as_ref().filter(|v| !v.is_null()) {
+        if format.get("type").and_then(|t| t.as_str()) != Some("text") {
+            return Err(ApiError::invalid(
+                "only `response_format: {\"type\": \"text\"}` is supported yet",
+                "response_format",
+            ));
+        }
+    }
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
             "`messages` must not be empty",
