@@ -75,6 +75,12 @@ struct ServeArgs {
     /// Requests that may wait for the engine before new ones get 429.
     #[arg(long, env = "LANTERN_MAX_WAITING", default_value_t = 64)]
     max_waiting: usize,
+    /// Browser origins allowed to call the API (CORS), besides the desktop app's own; repeatable.
+    #[arg(long = "cors-origin", env = "LANTERN_CORS_ORIGIN")]
+    cors_origins: Vec<String>,
+    /// Seconds a request may take before it is stopped with a 504.
+    #[arg(long, env = "LANTERN_REQUEST_TIMEOUT", default_value_t = 600)]
+    request_timeout: u64,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "LANTERN_BODY_LIMIT", default_value_t = lantern::server::DEFAULT_BODY_LIMIT)]
     body_limit: usize,
@@ -168,10 +174,21 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
         warm.elapsed().as_secs_f64()
     );
     let engine = EngineHandle::start(&name, model, args.max_waiting);
+    let cors_origins = lantern::server::APP_ORIGINS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(args.cors_origins.iter().cloned())
+        .map(|o| {
+            o.parse()
+                .with_context(|| format!("bad --cors-origin `{o}`"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let state = AppState {
         engine,
         body_limit: args.body_limit,
         keys,
+        cors_origins,
+        request_timeout: std::time::Duration::from_secs(args.request_timeout.max(1)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -391,3 +391,89 @@ fn non_loopback_addresses_are_refused_without_a_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("without an API key"));
 }
+
+#[tokio::test]
+async fn cors_allows_the_app_and_configured_origins_only() {
+    let s = start(&["--cors-origin", "http://localhost:5173"]);
+    let client = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        client
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/v1/chat/completions", s.base),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type,authorization",
+            )
+            .send()
+    };
+    for origin in ["tauri://localhost", "http://localhost:5173"] {
+        let r = preflight(origin).await.unwrap();
+        let allowed = r
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(allowed.as_deref(), Some(origin));
+    }
+    let r = preflight("http://evil.example").await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn slow_requests_time_out_and_free_the_engine() {
+    let s = start(&["--request-timeout", "1"]);
+    let long = chat(
+        "Write a very long essay about the sea.",
+        json!({"max_tokens": 4000, "temperature": 0}),
+    );
+    let (status, r) = post(&s, "/v1/chat/completions", &long).await;
+    assert_eq!(status, 504, "{r}");
+    assert_eq!(r["error"]["code"], "timeout");
+    let mut streamed = long.clone();
+    streamed["stream"] = json!(true);
+    let data = stream(&s, "/v1/chat/completions", &streamed).await;
+    assert!(
+        data.iter().any(|d| d.contains("\"timeout\"")),
+        "{:?}",
+        data.last()
+    );
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let (status, _) = post(
+        &s,
+        "/v1/chat/completions",
+        &chat("Hi", json!({"max_tokens": 2})),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_streams_then_exits() {
+    let mut s = start(&[]);
+    let body = chat(
+        "Count to twenty.",
+        json!({"stream": true, "max_tokens": 48, "temperature": 0}),
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let text = response.text().await.unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(text.contains("\"finish_reason\":\"length\""));
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let refused = reqwest::get(format!("{}/health", s.base)).await;
+    assert!(refused.is_err(), "the server stopped listening");
+}

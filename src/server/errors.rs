@@ -29,6 +29,9 @@ pub enum ApiError {
     /// The server is too busy to queue the request; retry after the given seconds.
     #[error("{message}")]
     Overloaded { message: String, retry_after: u64 },
+    /// The request took longer than the server allows.
+    #[error("The request took longer than {0} s and was stopped")]
+    Timeout(u64),
     /// A fault in the server itself; details are in its log under the request id.
     #[error("Internal error (request {request_id}): {message}")]
     Internal { request_id: String, message: String },
@@ -83,6 +86,12 @@ impl ApiError {
                 None,
                 Some("queue_full"),
             ),
+            Self::Timeout(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                None,
+                Some("timeout"),
+            ),
             Self::Internal { .. } => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -102,6 +111,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, ..) = self.parts();
+        if let Self::Internal {
+            request_id,
+            message,
+        } = &self
+        {
+            tracing::error!(request_id, message, "internal error");
+        }
         let mut response = (status, axum::Json(self.body())).into_response();
         if let Self::Overloaded { retry_after, .. } = self {
             response

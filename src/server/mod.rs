@@ -12,11 +12,12 @@ pub mod validate;
 use std::net::SocketAddr;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, Uri};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::scheduler::EngineHandle;
 use errors::ApiError;
@@ -30,7 +31,14 @@ pub struct AppState {
     pub engine: EngineHandle,
     pub body_limit: usize,
     pub keys: guard::ApiKeys,
+    /// Origins a browser may call from besides the server's own pages.
+    pub cors_origins: Vec<HeaderValue>,
+    /// Longest a request may take before it gets a 504 (a stream ends with an error event).
+    pub request_timeout: std::time::Duration,
 }
+
+/// The desktop app's own origins (Tauri on Linux/macOS and on Windows).
+pub const APP_ORIGINS: [&str; 2] = ["tauri://localhost", "http://tauri.localhost"];
 
 /// The router, without a listener (tests drive it with `oneshot`).
 pub fn router(state: AppState) -> Router {
@@ -46,6 +54,16 @@ pub fn router(state: AppState) -> Router {
             state.keys.clone(),
             guard::require_key,
         ))
+        .layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(state.cors_origins.clone()))
+                .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    HeaderName::from_static("x-session-id"),
+                ]),
+        )
         .with_state(state)
 }
 

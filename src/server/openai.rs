@@ -192,7 +192,7 @@ pub async fn chat_completions(
     let req: ChatRequest = parse_body(body, state.body_limit)?;
     let session = session_of(&headers, req.sampling.user.as_deref());
     let plan = validate_chat(&state.engine, req)?;
-    respond(state.engine.clone(), plan, Api::Chat, session).await
+    respond(&state, plan, Api::Chat, session).await
 }
 
 pub async fn completions(
@@ -203,7 +203,7 @@ pub async fn completions(
     let req: CompletionRequest = parse_body(body, state.body_limit)?;
     let session = session_of(&headers, req.sampling.user.as_deref());
     let plan = validate_completion(&state.engine, req)?;
-    respond(state.engine.clone(), plan, Api::Completions, session).await
+    respond(&state, plan, Api::Completions, session).await
 }
 
 /// The session a request belongs to: an `X-Session-Id` header, else the API key (as a short
@@ -239,15 +239,30 @@ fn record(session: &str, api: Api, usage: &Usage, choices: usize) {
 }
 
 async fn respond(
-    engine: EngineHandle,
+    state: &AppState,
     plan: Plan,
     api: Api,
     session: String,
 ) -> Result<Response, ApiError> {
+    let engine = state.engine.clone();
     let id = new_id(if api == Api::Chat { "chatcmpl" } else { "cmpl" });
+    let limit = state.request_timeout;
     if plan.stream {
-        return Ok(stream(engine, plan, api, id, session));
+        return Ok(stream(engine, plan, api, id, session, limit));
     }
+    // Dropping the unfinished future on timeout drops its event streams: the engine cancels.
+    tokio::time::timeout(limit, complete(engine, plan, api, id, session))
+        .await
+        .map_err(|_| ApiError::Timeout(limit.as_secs()))?
+}
+
+async fn complete(
+    engine: EngineHandle,
+    plan: Plan,
+    api: Api,
+    id: String,
+    session: String,
+) -> Result<Response, ApiError> {
     let mut choices = Vec::new();
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
     let mut last_usage = None;
@@ -296,8 +311,16 @@ async fn respond(
 }
 
 /// Stream chunks; choices run one after another, each with its index.
-fn stream(engine: EngineHandle, plan: Plan, api: Api, id: String, session: String) -> Response {
+fn stream(
+    engine: EngineHandle,
+    plan: Plan,
+    api: Api,
+    id: String,
+    session: String,
+    limit: std::time::Duration,
+) -> Response {
     let (tx, rx) = mpsc::channel::<Value>(64);
+    let timeout_tx = tx.clone();
     let created = now();
     let model = engine.model_id.to_string();
     let chunk = move |choices: Value| {
@@ -310,7 +333,7 @@ fn stream(engine: EngineHandle, plan: Plan, api: Api, id: String, session: Strin
             "choices": choices,
         })
     };
-    tokio::spawn(async move {
+    let produce = async move {
         let (mut prompt_tokens, mut completion_tokens) = (0, 0);
         let mut last_usage = None;
         for (index, request) in plan.requests.into_iter().enumerate() {
@@ -385,6 +408,13 @@ fn stream(engine: EngineHandle, plan: Plan, api: Api, id: String, session: Strin
                 last["timings"] = timings_json(u);
             }
             let _ = tx.send(last).await;
+        }
+    };
+    tokio::spawn(async move {
+        if tokio::time::timeout(limit, produce).await.is_err() {
+            let _ = timeout_tx
+                .send(ApiError::Timeout(limit.as_secs()).body())
+                .await;
         }
     });
     sse::stream(rx)
