@@ -81,6 +81,12 @@ struct ServeArgs {
     /// Seconds a request may take before it is stopped with a 504.
     #[arg(long, env = "LANTERN_REQUEST_TIMEOUT", default_value_t = 600)]
     request_timeout: u64,
+    /// Requests per minute per API key (0: unlimited).
+    #[arg(long, env = "LANTERN_RATE_LIMIT_RPM", default_value_t = 0)]
+    rate_limit_rpm: u64,
+    /// Prompt + completion tokens per minute per API key (0: unlimited).
+    #[arg(long, env = "LANTERN_RATE_LIMIT_TPM", default_value_t = 0)]
+    rate_limit_tpm: u64,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "LANTERN_BODY_LIMIT", default_value_t = lantern::server::DEFAULT_BODY_LIMIT)]
     body_limit: usize,
@@ -189,6 +195,10 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
         keys,
         cors_origins,
         request_timeout: std::time::Duration::from_secs(args.request_timeout.max(1)),
+        rate: lantern::server::rate::RateLimiter::new(lantern::server::rate::Limits {
+            requests_per_minute: args.rate_limit_rpm,
+            tokens_per_minute: args.rate_limit_tpm,
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

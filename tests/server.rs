@@ -477,3 +477,71 @@ async fn sigterm_finishes_in_flight_streams_then_exits() {
     let refused = reqwest::get(format!("{}/health", s.base)).await;
     assert!(refused.is_err(), "the server stopped listening");
 }
+
+#[tokio::test]
+async fn rate_limits_per_key_with_headers() {
+    let s = start(&[
+        "--api-key",
+        "sk-a",
+        "--api-key",
+        "sk-b",
+        "--rate-limit-rpm",
+        "2",
+    ]);
+    let client = reqwest::Client::new();
+    let send = |key: &'static str| {
+        client
+            .post(format!("{}/v1/chat/completions", s.base))
+            .bearer_auth(key)
+            .json(&chat("Hi", json!({"max_tokens": 2})))
+            .send()
+    };
+    let first = send("sk-a").await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-ratelimit-limit-requests"], "2");
+    assert_eq!(first.headers()["x-ratelimit-remaining-requests"], "1");
+    assert_eq!(send("sk-a").await.unwrap().status(), 200);
+    let third = send("sk-a").await.unwrap();
+    assert_eq!(third.status(), 429);
+    assert!(third.headers().contains_key("retry-after"));
+    let body: Value = third.json().await.unwrap();
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("requests per minute"));
+    assert_eq!(
+        send("sk-b").await.unwrap().status(),
+        200,
+        "each key has its own budget"
+    );
+}
+
+#[tokio::test]
+async fn token_rate_limits_count_prompt_and_completion() {
+    let s = start(&["--rate-limit-tpm", "35"]);
+    // The chat prompt alone is ~31 tokens: the first request fits, the second finds 35 spent.
+    let (status, first) = post(
+        &s,
+        "/v1/chat/completions",
+        &chat("Hi", json!({"max_tokens": 12})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        first["usage"]["total_tokens"].as_u64().unwrap() >= 35,
+        "{first}"
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.base))
+        .json(&chat("Hi", json!({"max_tokens": 2})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-ratelimit-remaining-tokens"], "0");
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("tokens per minute"));
+}

@@ -6,6 +6,7 @@
 pub mod errors;
 pub mod guard;
 pub mod openai;
+pub mod rate;
 pub mod sse;
 pub mod validate;
 
@@ -35,6 +36,7 @@ pub struct AppState {
     pub cors_origins: Vec<HeaderValue>,
     /// Longest a request may take before it gets a 504 (a stream ends with an error event).
     pub request_timeout: std::time::Duration,
+    pub rate: rate::RateLimiter,
 }
 
 /// The desktop app's own origins (Tauri on Linux/macOS and on Windows).
@@ -50,6 +52,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(openai::completions))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.rate.clone(),
+            rate::limit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.keys.clone(),
             guard::require_key,

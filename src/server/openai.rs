@@ -192,7 +192,7 @@ pub async fn chat_completions(
     let req: ChatRequest = parse_body(body, state.body_limit)?;
     let session = session_of(&headers, req.sampling.user.as_deref());
     let plan = validate_chat(&state.engine, req)?;
-    respond(&state, plan, Api::Chat, session).await
+    respond(&state, plan, Api::Chat, session, rate_key_of(&headers)).await
 }
 
 pub async fn completions(
@@ -203,7 +203,14 @@ pub async fn completions(
     let req: CompletionRequest = parse_body(body, state.body_limit)?;
     let session = session_of(&headers, req.sampling.user.as_deref());
     let plan = validate_completion(&state.engine, req)?;
-    respond(&state, plan, Api::Completions, session).await
+    respond(
+        &state,
+        plan,
+        Api::Completions,
+        session,
+        rate_key_of(&headers),
+    )
+    .await
 }
 
 /// The session a request belongs to: an `X-Session-Id` header, else the API key (as a short
@@ -213,18 +220,32 @@ pub fn session_of(headers: &HeaderMap, user: Option<&str>) -> String {
     if let Some(id) = header("x-session-id").filter(|s| !s.is_empty()) {
         return id.to_string();
     }
-    if let Some(key) = header("authorization").and_then(|h| h.strip_prefix("Bearer ")) {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(key.trim().as_bytes());
-        return format!("key-{}", &format!("{digest:x}")[..12]);
+    if header("authorization").is_some() {
+        return super::rate::key_of(headers);
     }
     user.filter(|u| !u.is_empty())
         .map(|u| format!("user-{u}"))
         .unwrap_or_else(|| "anonymous".into())
 }
 
-/// Until the monitors exist, every finished request is recorded in the log, once, here.
-fn record(session: &str, api: Api, usage: &Usage, choices: usize) {
+use super::rate::key_of as rate_key_of;
+
+/// Who a finished request is recorded and charged to.
+#[derive(Clone)]
+struct Account {
+    session: String,
+    rate_key: String,
+    limiter: super::rate::RateLimiter,
+}
+
+/// Every finished choice is recorded once, here: charged to its rate-limit key and, until the
+/// monitors exist, written to the log.
+fn record(account: &Account, api: Api, usage: &Usage, choices: usize) {
+    account.limiter.add_tokens(
+        &account.rate_key,
+        (usage.prompt_tokens + usage.completion_tokens) as u64,
+    );
+    let session = account.session.as_str();
     tracing::info!(
         session,
         api = if api == Api::Chat { "chat" } else { "completions" },
@@ -243,8 +264,14 @@ async fn respond(
     plan: Plan,
     api: Api,
     session: String,
+    rate_key: String,
 ) -> Result<Response, ApiError> {
     let engine = state.engine.clone();
+    let session = Account {
+        session,
+        rate_key,
+        limiter: state.rate.clone(),
+    };
     let id = new_id(if api == Api::Chat { "chatcmpl" } else { "cmpl" });
     let limit = state.request_timeout;
     if plan.stream {
@@ -261,7 +288,7 @@ async fn complete(
     plan: Plan,
     api: Api,
     id: String,
-    session: String,
+    session: Account,
 ) -> Result<Response, ApiError> {
     let mut choices = Vec::new();
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
@@ -316,7 +343,7 @@ fn stream(
     plan: Plan,
     api: Api,
     id: String,
-    session: String,
+    session: Account,
     limit: std::time::Duration,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Value>(64);
