@@ -545,3 +545,90 @@ async fn token_rate_limits_count_prompt_and_completion() {
         .unwrap()
         .contains("tokens per minute"));
 }
+
+#[tokio::test]
+async fn a_corpus_of_malformed_bodies_never_breaks_the_server() {
+    let s = start(&[]);
+    let client = reqwest::Client::new();
+    let raw_bodies: Vec<String> = vec![
+        "".into(),
+        "null".into(),
+        "[]".into(),
+        "42".into(),
+        "\"text\"".into(),
+        "{".into(),
+        "{\"model\": }".into(),
+        "{\"model\": \"smollm2\", \"messages\": [{\"role\": \"user\", \"content\": \"\\ud800\"}]}".into(),
+        String::from_utf8_lossy(&[0xff, 0xfe, 0x00, 0x7b]).into_owned(),
+        "{\"model\": \"smollm2\", \"messages\": \"hello\"}".into(),
+        "{\"model\": \"smollm2\", \"messages\": [null]}".into(),
+        "{\"model\": \"smollm2\", \"messages\": [{\"role\": 5, \"content\": \"x\"}]}".into(),
+        "{\"model\": \"smollm2\", \"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}]}".into(),
+        "{\"model\": \"smollm2\", \"messages\": [{\"role\": \"user\", \"content\": {\"a\": 1}}]}".into(),
+        "{\"model\": 7, \"messages\": []}".into(),
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}".into(),
+    ];
+    let field_cases = [
+        ("max_tokens", json!(-1)),
+        ("max_tokens", json!(1e30)),
+        ("max_tokens", json!("ten")),
+        ("max_completion_tokens", json!(100000000)),
+        ("temperature", json!(-0.5)),
+        ("temperature", json!(null)),
+        ("top_p", json!(1.5)),
+        ("top_k", json!(-3)),
+        ("min_p", json!(2)),
+        ("frequency_penalty", json!(9)),
+        ("presence_penalty", json!("a lot")),
+        ("repetition_penalty", json!(0)),
+        ("logit_bias", json!({"abc": 1})),
+        ("logit_bias", json!({"1": 500})),
+        ("logit_bias", json!([1, 2])),
+        ("seed", json!("lucky")),
+        ("stop", json!(5)),
+        ("stop", json!([1, 2])),
+        ("n", json!(0)),
+        ("n", json!(1.5)),
+        ("logprobs", json!("yes")),
+        ("top_logprobs", json!(50)),
+        ("stream", json!("true")),
+        ("stream_options", json!(3)),
+        (
+            "messages",
+            json!([{"role": "user", "content": "x ".repeat(10_000)}]),
+        ),
+    ];
+    let mut bodies = raw_bodies;
+    for (field, value) in field_cases {
+        let mut body = chat("Hi", json!({"logprobs": true, "max_tokens": 2}));
+        body[field] = value;
+        if field != "logprobs" && field != "top_logprobs" {
+            body.as_object_mut().unwrap().remove("logprobs");
+        }
+        bodies.push(body.to_string());
+    }
+    for (i, body) in bodies.iter().enumerate() {
+        for path in ["/v1/chat/completions", "/v1/completions"] {
+            let r = client
+                .post(format!("{}{path}", s.base))
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let json: Value = r.json().await.unwrap_or(Value::Null);
+            let ok = status == 200 && path == "/v1/chat/completions" && i >= 16;
+            assert!(
+                ok || matches!(status, 400 | 404 | 413),
+                "{path} body #{i} {body:.200} -> {status} {json}"
+            );
+            if status != 200 {
+                assert!(json["error"]["message"].is_string(), "{path} #{i}: {json}");
+                assert!(json["error"]["type"].is_string(), "{path} #{i}: {json}");
+            }
+        }
+    }
+    let health = reqwest::get(format!("{}/health", s.base)).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
