@@ -1,6 +1,8 @@
 //! Shared by the integration tests: the installed default models and the reference outputs.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 

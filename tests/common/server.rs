@@ -1,0 +1,78 @@
+//! A real `lantern serve` on a loopback port for the HTTP tests.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `lantern serve` on port 0 with the installed default model; ready once it prints its address.
+pub fn start(extra: &[&str]) -> Server {
+    let home = super::model_path("smollm2");
+    let home = home.parent().unwrap().parent().unwrap().parent().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lantern"))
+        .args(["serve", "smollm2", "--port", "0"])
+        .args(extra)
+        .env("LANTERN_HOME", home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .trim_end_matches("/v1")
+        .to_string();
+    Server { child, base }
+}
+
+pub fn chat(content: &str, extra: Value) -> Value {
+    let mut body = json!({"model": "smollm2", "messages": [{"role": "user", "content": content}]});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+pub async fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}{path}", s.base))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// The `data:` payloads of an SSE response, `[DONE]` included.
+pub async fn stream(s: &Server, path: &str, body: &Value) -> Vec<String> {
+    let text = reqwest::Client::new()
+        .post(format!("{}{path}", s.base))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(String::from)
+        .collect()
+}
