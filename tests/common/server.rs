@@ -76,3 +76,14 @@ pub async fn stream(s: &Server, path: &str, body: &Value) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// The engine is free again: a short request completes.
+pub async fn assert_serves(s: &Server) {
+    let (status, body) = post(
+        s,
+        "/v1/chat/completions",
+        &chat("Hi", json!({"max_tokens": 2})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -10,7 +10,10 @@ use super::layers::{
     Activation, Attention, Embedding, GatedMlp, RmsNorm, Rope, RopeStyle, SeqSpan,
 };
 use super::llama::MAX_CONTEXT;
-use super::{group, linear, norm, output_head, Block, Meta, ModelError, ModelInfo, Transformer};
+use super::{
+    attention_weights, gated_mlp, norm, output_head, Block, Dims, Meta, ModelError, ModelInfo,
+    Transformer,
+};
 use crate::engine::gguf::GgufFile;
 use crate::engine::kv::KvCache;
 
@@ -80,26 +83,21 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
 
     let embd = gguf.qtensor("token_embd.weight", device)?;
     let vocab_size = embd.shape().dims()[0];
+    let dims = Dims {
+        d_model,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        ffn,
+    };
     let mut blocks: Vec<Box<dyn Block>> = Vec::with_capacity(n_layers);
     for i in 0..n_layers {
         let p = |name: &str| format!("blk.{i}.{name}");
         let global = (i + 1) % SLIDING_WINDOW_PATTERN == 0;
+        let (qkv, wo) = attention_weights(gguf, i, &dims, device)?;
         let attn = Attention {
-            qkv: group(
-                gguf,
-                &[
-                    (&p("attn_q.weight"), (n_heads * head_dim, d_model)),
-                    (&p("attn_k.weight"), (n_kv_heads * head_dim, d_model)),
-                    (&p("attn_v.weight"), (n_kv_heads * head_dim, d_model)),
-                ],
-                device,
-            )?,
-            wo: linear(
-                gguf,
-                &p("attn_output.weight"),
-                (d_model, n_heads * head_dim),
-                device,
-            )?,
+            qkv,
+            wo,
             bias: None,
             qk_norm: Some((
                 norm(gguf, &p("attn_q_norm.weight"), eps, device)?,
@@ -116,18 +114,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
                 local_rope.clone()
             },
         };
-        let mlp = GatedMlp {
-            gate_up: group(
-                gguf,
-                &[
-                    (&p("ffn_gate.weight"), (ffn, d_model)),
-                    (&p("ffn_up.weight"), (ffn, d_model)),
-                ],
-                device,
-            )?,
-            down: linear(gguf, &p("ffn_down.weight"), (d_model, ffn), device)?,
-            activation: Activation::Gelu,
-        };
+        let mlp = gated_mlp(gguf, i, &dims, Activation::Gelu, device)?;
         blocks.push(Box::new(GemmaBlock {
             attn_norm: norm(gguf, &p("attn_norm.weight"), eps, device)?,
             attn,

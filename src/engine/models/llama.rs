@@ -8,7 +8,10 @@ use candle_core::{Device, Tensor};
 use super::layers::{
     Activation, Attention, Embedding, GatedMlp, RmsNorm, Rope, RopeStyle, SeqSpan,
 };
-use super::{group, linear, norm, output_head, Block, Meta, ModelError, ModelInfo, Transformer};
+use super::{
+    attention_weights, gated_mlp, norm, output_head, Block, Dims, Meta, ModelError, ModelInfo,
+    Transformer,
+};
 use crate::engine::gguf::GgufFile;
 use crate::engine::kv::KvCache;
 
@@ -87,6 +90,13 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
 
     let embd = gguf.qtensor("token_embd.weight", device)?;
     let vocab_size = embd.shape().dims()[0];
+    let dims = Dims {
+        d_model,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        ffn,
+    };
     let mut blocks: Vec<Box<dyn Block>> = Vec::with_capacity(n_layers);
     for i in 0..n_layers {
         let p = |name: &str| format!("blk.{i}.{name}");
@@ -98,22 +108,10 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
         } else {
             None
         };
+        let (qkv, wo) = attention_weights(gguf, i, &dims, device)?;
         let attn = Attention {
-            qkv: group(
-                gguf,
-                &[
-                    (&p("attn_q.weight"), (n_heads * head_dim, d_model)),
-                    (&p("attn_k.weight"), (n_kv_heads * head_dim, d_model)),
-                    (&p("attn_v.weight"), (n_kv_heads * head_dim, d_model)),
-                ],
-                device,
-            )?,
-            wo: linear(
-                gguf,
-                &p("attn_output.weight"),
-                (d_model, n_heads * head_dim),
-                device,
-            )?,
+            qkv,
+            wo,
             bias,
             qk_norm: None,
             n_heads,
@@ -123,18 +121,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             window: None,
             rope: rope.clone(),
         };
-        let mlp = GatedMlp {
-            gate_up: group(
-                gguf,
-                &[
-                    (&p("ffn_gate.weight"), (ffn, d_model)),
-                    (&p("ffn_up.weight"), (ffn, d_model)),
-                ],
-                device,
-            )?,
-            down: linear(gguf, &p("ffn_down.weight"), (d_model, ffn), device)?,
-            activation: Activation::Silu,
-        };
+        let mlp = gated_mlp(gguf, i, &dims, Activation::Silu, device)?;
         blocks.push(Box::new(LlamaBlock {
             attn_norm: norm(gguf, &p("attn_norm.weight"), eps, device)?,
             attn,

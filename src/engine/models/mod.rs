@@ -218,6 +218,64 @@ pub(crate) fn norm(
     Ok(RmsNorm::new(gguf.qtensor(name, device)?, eps, device)?)
 }
 
+/// The sizes every block of a model shares.
+pub(crate) struct Dims {
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+}
+
+/// Layer `i`'s fused Q/K/V projections and output projection, as every architecture names them.
+pub(crate) fn attention_weights(
+    gguf: &GgufFile,
+    i: usize,
+    d: &Dims,
+    device: &Device,
+) -> Result<(LinearGroup, QLinear), ModelError> {
+    let p = |name: &str| format!("blk.{i}.{name}");
+    let qkv = group(
+        gguf,
+        &[
+            (&p("attn_q.weight"), (d.n_heads * d.head_dim, d.d_model)),
+            (&p("attn_k.weight"), (d.n_kv_heads * d.head_dim, d.d_model)),
+            (&p("attn_v.weight"), (d.n_kv_heads * d.head_dim, d.d_model)),
+        ],
+        device,
+    )?;
+    let wo = linear(
+        gguf,
+        &p("attn_output.weight"),
+        (d.d_model, d.n_heads * d.head_dim),
+        device,
+    )?;
+    Ok((qkv, wo))
+}
+
+/// Layer `i`'s gated MLP.
+pub(crate) fn gated_mlp(
+    gguf: &GgufFile,
+    i: usize,
+    d: &Dims,
+    activation: layers::Activation,
+    device: &Device,
+) -> Result<layers::GatedMlp, ModelError> {
+    let p = |name: &str| format!("blk.{i}.{name}");
+    Ok(layers::GatedMlp {
+        gate_up: group(
+            gguf,
+            &[
+                (&p("ffn_gate.weight"), (d.ffn, d.d_model)),
+                (&p("ffn_up.weight"), (d.ffn, d.d_model)),
+            ],
+            device,
+        )?,
+        down: linear(gguf, &p("ffn_down.weight"), (d.d_model, d.ffn), device)?,
+        activation,
+    })
+}
+
 /// The output head: `output.weight`, or the embedding table when the model ties them.
 pub(crate) fn output_head(
     gguf: &GgufFile,
