@@ -172,3 +172,52 @@ fn bad_input_is_an_error_not_a_panic() {
         "a refused pass leaves the cache as it was"
     );
 }
+
+/// Prefix reuse: a copy of a cache's first positions, with the rest of the prompt fed on top,
+/// gives exactly the logits of computing the prompt in the same chunks, whatever the source
+/// sequence appended afterwards. (Across different chunkings logits differ by float summation
+/// order, which 8-bit activation rounding can amplify; llama.cpp's prompt cache has the same
+/// property.)
+#[test]
+fn a_copied_prefix_gives_the_logits_of_computing_it() {
+    let model = common::smollm2();
+    let t = &model.transformer;
+    let forward = |tokens: &[u32], cache: &mut lantern::engine::kv::KvCache| {
+        t.forward(&mut [SeqInput {
+            tokens,
+            cache,
+            all_logits: false,
+        }])
+        .unwrap()
+    };
+    for text in [
+        "Write a short story about the sea.",
+        "Summarize: bread is good.",
+    ] {
+        let prompt = model
+            .chat_prompt(&[ChatMessage::new("user", text)])
+            .unwrap();
+        let n = prompt.len();
+        for keep in [5, n / 2, n - 1] {
+            let mut fresh = t.new_cache();
+            forward(&prompt[..keep], &mut fresh);
+            let computed = forward(&prompt[keep..], &mut fresh);
+
+            // A finished sequence: the same first chunk, then other tokens of its own.
+            let mut source = t.new_cache();
+            let first = forward(&prompt[..keep], &mut source);
+            let mut next = first.argmax(1).unwrap().to_vec1::<u32>().unwrap()[0];
+            for _ in 0..11 {
+                next = forward(&[next], &mut source)
+                    .argmax(1)
+                    .unwrap()
+                    .to_vec1::<u32>()
+                    .unwrap()[0];
+            }
+            let mut copy = source.copy_prefix(keep, n + 12).unwrap();
+            let reused = forward(&prompt[keep..], &mut copy);
+            let d = max_diff(&reused, &computed);
+            assert_eq!(d, 0.0, "{text:?}, {keep} of {n} reused: max |Δ logit| {d}");
+        }
+    }
+}

@@ -88,6 +88,39 @@ impl KvCache {
         Ok((l.k.narrow(1, 0, needed)?, l.v.narrow(1, 0, needed)?))
     }
 
+    /// An independent cache holding this one's first `len` positions, with room for `reserve`
+    /// positions before it must grow. Appends to either never show in the other (prefix reuse
+    /// must not let one sequence write into another's history).
+    pub fn copy_prefix(&self, len: usize, reserve: usize) -> Result<Self> {
+        let len = len.min(self.len);
+        let capacity = reserve.max(len).next_power_of_two().max(MIN_CAPACITY);
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let copied = match layer {
+                Some(l) if len > 0 => {
+                    let (heads, _, dim) = l.k.dims3()?;
+                    let copy = |t: &Tensor| -> Result<Tensor> {
+                        let out = Tensor::zeros((heads, capacity, dim), t.dtype(), t.device())?;
+                        out.slice_set(&t.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
+                        Ok(out)
+                    };
+                    Some(LayerKv {
+                        k: copy(&l.k)?,
+                        v: copy(&l.v)?,
+                    })
+                }
+                _ => None,
+            };
+            layers.push(copied);
+        }
+        let capacity = if len > 0 { capacity } else { 0 };
+        Ok(Self {
+            layers,
+            len,
+            capacity,
+        })
+    }
+
     /// Move the position on by `t` tokens after a forward pass.
     pub fn advance(&mut self, t: usize) {
         self.len += t;
@@ -124,5 +157,35 @@ mod tests {
         let got = ks.narrow(1, 0, cache.len()).unwrap();
         let diff = (got - expected).unwrap().abs().unwrap().sum_all().unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn a_copied_prefix_is_independent_of_its_source() {
+        let mut cache = KvCache::new(2);
+        let kv = |x: f32, t: usize| Tensor::full(x, (1, t, 2), &Device::Cpu).unwrap();
+        for layer in 0..2 {
+            cache.append(layer, &kv(1.0, 6), &kv(1.0, 6)).unwrap();
+        }
+        cache.advance(6);
+        let mut copy = cache.copy_prefix(4, 10).unwrap();
+        assert_eq!(copy.len(), 4);
+        for layer in 0..2 {
+            let (k, _) = copy.append(layer, &kv(7.0, 1), &kv(7.0, 1)).unwrap();
+            assert_eq!(
+                k.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                vec![1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 7.0, 7.0]
+            );
+        }
+        copy.advance(1);
+        // The source still holds 1.0 at position 4.
+        let (k, _) = cache.append(0, &kv(3.0, 1), &kv(3.0, 1)).unwrap();
+        let row: Vec<f32> = k
+            .narrow(1, 4, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(row, vec![1.0, 1.0]);
     }
 }

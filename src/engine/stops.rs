@@ -4,19 +4,21 @@
 //! character (byte-level tokens often carry one). `StopStrings` holds back the tail of the text
 //! that could still become a stop string, so a client never sees part of one.
 
+use std::sync::Arc;
+
 use tokenizers::Tokenizer;
 
 /// Incremental detokenizer: decodes a window of recent tokens and emits what is new once it is
 /// whole (the approach of candle's `TokenOutputStream`).
 pub struct StreamDecoder {
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
     tokens: Vec<u32>,
     prev: usize,
     current: usize,
 }
 
 impl StreamDecoder {
-    pub fn new(tokenizer: Tokenizer) -> Self {
+    pub fn new(tokenizer: Arc<Tokenizer>) -> Self {
         Self {
             tokenizer,
             tokens: Vec::new(),

@@ -68,7 +68,8 @@ pub struct SpecialTokens {
 /// A tokenizer with the facts about it that the engine needs.
 #[derive(Clone)]
 pub struct GgufTokenizer {
-    pub tokenizer: Tokenizer,
+    /// Shared: every streaming request's decoder holds it.
+    pub tokenizer: std::sync::Arc<Tokenizer>,
     pub special: SpecialTokens,
 }
 
@@ -94,7 +95,10 @@ impl GgufTokenizer {
             .collect();
         tokenizer.add_special_tokens(specials).map_err(build_err)?;
         let special = special_tokens(gguf, &tokens)?;
-        Ok(Self { tokenizer, special })
+        Ok(Self {
+            tokenizer: std::sync::Arc::new(tokenizer),
+            special,
+        })
     }
 
     /// Token ids for text; special tokens written in the text are parsed as such.
@@ -110,7 +114,7 @@ impl GgufTokenizer {
 
     /// Token ids for text taken literally: `<|im_start|>` typed by a user stays plain text.
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let mut t = self.tokenizer.clone();
+        let mut t = (*self.tokenizer).clone();
         t.set_encode_special_tokens(true);
         Ok(t.encode(text, false).map_err(build_err)?.get_ids().to_vec())
     }
