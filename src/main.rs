@@ -10,7 +10,8 @@ use lantern::engine::sampler::SamplingParams;
 use lantern::engine::template::ChatMessage;
 use lantern::library::pull::{pull, PullRequest, DEFAULT_ENDPOINT};
 use lantern::library::Library;
-use lantern::scheduler::EngineHandle;
+use lantern::scheduler::batch::Budgets;
+use lantern::scheduler::{EngineConfig, KeepAlive, Registry, RegistryConfig};
 use lantern::server::guard::ApiKeys;
 use lantern::server::AppState;
 use lantern::{ChatModel, Config};
@@ -72,9 +73,40 @@ struct ServeArgs {
     /// Port to listen on (0: any free port, printed at start).
     #[arg(long, env = "LANTERN_PORT", default_value_t = 8080)]
     port: u16,
-    /// Requests that may wait for the engine before new ones get 429.
+    /// Requests that may wait beyond the running set before new ones get 429.
     #[arg(long, env = "LANTERN_MAX_WAITING", default_value_t = 64)]
     max_waiting: usize,
+    /// Sequences batched together per model (continuous batching).
+    #[arg(long, env = "LANTERN_MAX_SEQS", default_value_t = 32)]
+    max_seqs: usize,
+    /// Tokens in one forward pass: decodes of every running sequence plus prefill chunks.
+    #[arg(long, env = "LANTERN_MAX_STEP_TOKENS", default_value_t = 512)]
+    max_step_tokens: usize,
+    /// Prompt tokens of one sequence per step (long prompts never stall running streams).
+    #[arg(long, env = "LANTERN_PREFILL_CHUNK", default_value_t = 256)]
+    prefill_chunk: usize,
+    /// MiB of KV cache per model for running sequences; beyond it the newest sequence waits.
+    #[arg(long, env = "LANTERN_KV_MEMORY_MIB", default_value_t = 1024)]
+    kv_memory_mib: usize,
+    /// MiB of KV per model kept for prompt-prefix reuse (0: no prefix cache).
+    #[arg(long, env = "LANTERN_PREFIX_CACHE_MIB", default_value_t = 512)]
+    prefix_cache_mib: usize,
+    /// Models loaded at once; the least recently used idle one unloads to make room.
+    #[arg(long, env = "LANTERN_MAX_LOADED", default_value_t = 3)]
+    max_loaded: usize,
+    /// How long a model stays loaded after its last request, unless the request says
+    /// (`keep_alive`): seconds, `5m`, `1h`, `-1` forever, `0` unload at once.
+    #[arg(long, env = "LANTERN_KEEP_ALIVE", default_value = "5m", value_parser = parse_keep_alive, allow_hyphen_values = true)]
+    keep_alive: KeepAlive,
+    /// A keep-alive that wins over what requests say.
+    #[arg(long, env = "LANTERN_KEEP_ALIVE_OVERRIDE", value_parser = parse_keep_alive, allow_hyphen_values = true)]
+    keep_alive_override: Option<KeepAlive>,
+    /// More models to load at start and keep loaded (the warm set), comma-separated.
+    #[arg(long, env = "LANTERN_PRELOAD", value_delimiter = ',')]
+    preload: Vec<String>,
+    /// MiB of memory to leave free when loading a model; a load that would not fit is refused.
+    #[arg(long, env = "LANTERN_RESERVE_MEMORY_MIB", default_value_t = 256)]
+    reserve_memory_mib: u64,
     /// Browser origins allowed to call the API (CORS), besides the desktop app's own; repeatable.
     #[arg(long = "cors-origin", env = "LANTERN_CORS_ORIGIN")]
     cors_origins: Vec<String>,
@@ -164,22 +196,36 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
          give --api-key or --api-key-file, or use --host 127.0.0.1",
         args.host
     );
-    let (model, name) = load(config, &args.model)?;
-    // Warm up: the first real request should not pay for first-touch page faults.
-    let warm = std::time::Instant::now();
-    let request = GenerateRequest {
-        prompt: model.prompt_ids("Hello")?,
-        max_tokens: 2,
-        sampling: SamplingParams::greedy(),
-        stop: Vec::new(),
-    };
-    generate(&model, &request, |_| {})?;
-    eprintln!(
-        "loaded {name} in {:.2} s, warmed up in {:.2} s",
-        model.load_time.as_secs_f64(),
-        warm.elapsed().as_secs_f64()
+    device::set_cpu_threads(config.threads);
+    let (device, note) = device::open(&config.device);
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    let library = Library::new(&config.home());
+    let path = library.resolve_gguf(&args.model)?;
+    let name = model_name(&args.model, &path);
+    let engines = Registry::new(
+        library,
+        RegistryConfig {
+            engine: EngineConfig {
+                budgets: Budgets {
+                    max_seqs: args.max_seqs.max(1),
+                    max_step_tokens: args.max_step_tokens.max(args.max_seqs).max(1),
+                    prefill_chunk: args.prefill_chunk.max(1),
+                    kv_tokens: 0,
+                },
+                kv_memory: args.kv_memory_mib.max(1) << 20,
+                prefix_cache_memory: args.prefix_cache_mib << 20,
+                max_waiting: args.max_waiting,
+            },
+            max_loaded: args.max_loaded.max(1),
+            keep_alive: args.keep_alive,
+            keep_alive_override: args.keep_alive_override,
+            reserve_memory: args.reserve_memory_mib << 20,
+            device,
+        },
     );
-    let engine = EngineHandle::start(&name, model, args.max_waiting);
+    engines.add_alias(&name, &path);
     let cors_origins = lantern::server::APP_ORIGINS
         .iter()
         .map(|s| s.to_string())
@@ -190,7 +236,8 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let state = AppState {
-        engine,
+        engines: engines.clone(),
+        default_model: name.clone(),
         body_limit: args.body_limit,
         keys,
         cors_origins,
@@ -205,6 +252,19 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // The default model and the warm set load (and warm up) before the server listens.
+        let mut warm_set = vec![name.clone()];
+        warm_set.extend(args.preload.iter().filter(|p| **p != name).cloned());
+        engines.preload(&warm_set).await?;
+        for m in engines.loaded() {
+            eprintln!(
+                "loaded {} in {:.2} s, warmed up in {:.2} s",
+                m.id,
+                m.load_ms / 1e3,
+                m.warmup_ms / 1e3
+            );
+        }
+        engines.spawn_reaper(std::time::Duration::from_millis(200));
         let listener = tokio::net::TcpListener::bind((args.host, args.port)).await?;
         let addr = listener.local_addr()?;
         // Tests and scripts read this line to find the port.
@@ -225,14 +285,23 @@ fn load(config: &Config, model: &str) -> Result<(ChatModel, String)> {
     let path = Library::new(&config.home()).resolve_gguf(model)?;
     let loaded =
         ChatModel::load(&path, &device).with_context(|| format!("loading {}", path.display()))?;
-    let name = if model.ends_with(".gguf") {
+    Ok((loaded, model_name(model, &path)))
+}
+
+/// What the API calls a model given by name or by path (the file's stem).
+fn model_name(model: &str, path: &std::path::Path) -> String {
+    if model.ends_with(".gguf") {
         path.file_stem()
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_else(|| model.to_string())
     } else {
         model.to_string()
-    };
-    Ok((loaded, name))
+    }
+}
+
+fn parse_keep_alive(s: &str) -> Result<KeepAlive, String> {
+    KeepAlive::parse_str(s)
+        .ok_or_else(|| format!("`{s}` is not seconds, -1, or a duration like 5m, 90s, 1h"))
 }
 
 fn models(library: &Library, json: bool) -> Result<()> {
@@ -274,14 +343,7 @@ fn models(library: &Library, json: bool) -> Result<()> {
 }
 
 fn run(config: &Config, args: RunArgs) -> Result<()> {
-    device::set_cpu_threads(config.threads);
-    let (device, note) = device::open(&config.device);
-    if let Some(note) = note {
-        eprintln!("{note}");
-    }
-    let path = Library::new(&config.home()).resolve_gguf(&args.model)?;
-    let model =
-        ChatModel::load(&path, &device).with_context(|| format!("loading {}", path.display()))?;
+    let (model, _) = load(config, &args.model)?;
     let sampling = SamplingParams {
         temperature: args.temperature,
         top_k: args.top_k,

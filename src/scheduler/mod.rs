@@ -1,21 +1,96 @@
 //! The only place where requests meet the engine.
 //!
-//! Handlers see one narrow door: [`EngineHandle::schedule`] takes a [`ValidatedRequest`] (only
-//! validation can make one) and returns a stream of [`GenEvent`]s. Behind it one OS thread owns
-//! the model (compute is not async work) and, until continuous batching lands, serves requests
-//! one at a time in arrival order. Dropping the stream cancels the request within one step.
+//! Handlers see one narrow door: [`Registry::get`] finds (or loads) a model's engine and
+//! [`EngineHandle::schedule`] takes a [`ValidatedRequest`] (only validation can make one) and
+//! returns a stream of [`GenEvent`]s. Behind it, per loaded model, one OS thread (`worker`) runs
+//! the continuous-batching step loop that `batch` plans, reusing prompt prefixes from `prefix`.
+//! Dropping the stream cancels the request within one step.
+//!
+//! - `batch`: which sequences run in the next step (plain data, unit-tested without threads)
+//! - `prefix`: KV caches of finished sequences, reused by prompts that start the same way
+//! - `queue`: admission (bounded, 429 when full) and the handle handlers hold
+//! - `worker`: the engine thread: warmup, step loop, sampling, events, status
+//! - `registry`: which models are loaded: on demand, warm set, keep-alive, LRU, memory check
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+pub mod batch;
+pub mod prefix;
+pub mod queue;
+pub mod registry;
+pub mod worker;
 
-use tokio::sync::mpsc;
+use std::time::Duration;
 
-use crate::engine::generate::{generate_until, Event, FinishReason, GenerateRequest};
-use crate::engine::models::ModelInfo;
+use crate::engine::generate::FinishReason;
 use crate::engine::sampler::SamplingParams;
-use crate::engine::tokenizer::GgufTokenizer;
-use crate::engine::ChatModel;
+
+pub use queue::{EngineHandle, ScheduleError};
+pub use registry::{Registry, RegistryConfig, RegistryError};
+pub use worker::{EngineConfig, EngineStatus};
+
+/// How long a model stays loaded after its last request (Ollama's `keep_alive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepAlive {
+    Forever,
+    For(Duration),
+}
+
+impl KeepAlive {
+    /// Ollama's forms: a number of seconds (negative: forever), or a string of one
+    /// (`"300"`, `"-1"`) or a duration with a unit (`"90s"`, `"5m"`, `"1h"`, `"500ms"`).
+    pub fn parse(value: &serde_json::Value) -> Option<Self> {
+        let seconds = |s: f64| {
+            if s < 0.0 {
+                Some(Self::Forever)
+            } else if s.is_finite() {
+                Some(Self::For(Duration::from_secs_f64(s)))
+            } else {
+                None
+            }
+        };
+        match value {
+            serde_json::Value::Number(n) => seconds(n.as_f64()?),
+            serde_json::Value::String(s) => Self::parse_str(s),
+            _ => None,
+        }
+    }
+
+    pub fn parse_str(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if let Ok(n) = s.parse::<f64>() {
+            return if n < 0.0 {
+                Some(Self::Forever)
+            } else if n.is_finite() {
+                Some(Self::For(Duration::from_secs_f64(n)))
+            } else {
+                None
+            };
+        }
+        let (number, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+        let n: f64 = number.trim().parse().ok()?;
+        if n < 0.0 {
+            return Some(Self::Forever);
+        }
+        let scale = match unit {
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        let secs = n * scale;
+        secs.is_finite()
+            .then(|| Self::For(Duration::from_secs_f64(secs)))
+    }
+
+    /// Seconds, or -1 for forever (how `/api/engine` shows it).
+    pub fn as_seconds(&self) -> f64 {
+        match self {
+            Self::Forever => -1.0,
+            Self::For(d) => d.as_secs_f64(),
+        }
+    }
+}
 
 /// A request that passed validation: token ids within the context, sane sampling settings.
 #[derive(Debug, Clone)]
@@ -24,6 +99,12 @@ pub struct ValidatedRequest {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+    /// The request's own keep-alive for its model (the server's override still wins).
+    pub keep_alive: Option<KeepAlive>,
+    /// Reuse cached KV for the prompt's prefix (llama.cpp's `cache_prompt`). Off, the prompt is
+    /// computed in full: a reused prefix was computed in other chunk sizes, so its logits may
+    /// differ in the last bits, enough to change a greedy pick now and then.
+    pub cache_prompt: bool,
 }
 
 impl ValidatedRequest {
@@ -33,12 +114,15 @@ impl ValidatedRequest {
         max_tokens: usize,
         sampling: SamplingParams,
         stop: Vec<String>,
+        keep_alive: Option<KeepAlive>,
     ) -> Self {
         Self {
             prompt,
             max_tokens,
             sampling,
             stop,
+            keep_alive,
+            cache_prompt: true,
         }
     }
 }
@@ -63,172 +147,47 @@ pub enum GenEvent {
 #[derive(Debug, Clone)]
 pub struct Usage {
     pub prompt_tokens: usize,
+    /// Prompt tokens whose KV came from the prefix cache.
+    pub cached_tokens: usize,
     pub completion_tokens: usize,
     pub finish_reason: FinishReason,
+    /// Arrival to the first step that included it.
     pub queue: Duration,
+    /// Arrival to the first token (what the client waits).
     pub time_to_first_token: Duration,
+    /// First step to the first token.
     pub prefill: Duration,
+    /// First token to the last.
     pub decode: Duration,
 }
 
-/// Why a request could not be scheduled.
-#[derive(Debug, thiserror::Error)]
-pub enum ScheduleError {
-    /// The engine thread is gone (it panicked or the server is shutting down).
-    #[error("the engine is not running")]
-    EngineStopped,
-    /// Too many requests are already waiting.
-    #[error("the queue is full ({0} requests waiting)")]
-    QueueFull(usize),
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
 
-struct Job {
-    request: ValidatedRequest,
-    events: mpsc::Sender<GenEvent>,
-    queued_at: Instant,
-}
-
-/// A cheap, cloneable handle to one model's engine thread.
-#[derive(Clone)]
-pub struct EngineHandle {
-    jobs: std::sync::mpsc::SyncSender<Job>,
-    waiting: Arc<AtomicUsize>,
-    cancelled: Arc<AtomicUsize>,
-    max_waiting: usize,
-    pub model_id: Arc<str>,
-    /// Unix time the model was loaded (OpenAI's `created`).
-    pub created: u64,
-    pub info: Arc<ModelInfo>,
-    pub tokenizer: Arc<GgufTokenizer>,
-    pub model: Arc<ChatModel>,
-}
-
-impl EngineHandle {
-    /// Start the engine thread for a loaded model.
-    pub fn start(model_id: &str, model: ChatModel, max_waiting: usize) -> Self {
-        let model = Arc::new(model);
-        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(max_waiting.max(1));
-        let waiting = Arc::new(AtomicUsize::new(0));
-        let worker_model = model.clone();
-        let worker_waiting = waiting.clone();
-        let cancelled = Arc::new(AtomicUsize::new(0));
-        let worker_cancelled = cancelled.clone();
-        std::thread::Builder::new()
-            .name(format!("engine-{model_id}"))
-            .spawn(move || {
-                for job in rx {
-                    worker_waiting.fetch_sub(1, Ordering::Relaxed);
-                    if run_job(&worker_model, job) == Some(FinishReason::Cancelled) {
-                        worker_cancelled.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-            .expect("the engine thread starts");
-        Self {
-            jobs,
-            waiting,
-            cancelled,
-            max_waiting,
-            model_id: model_id.into(),
-            created: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            info: Arc::new(model.transformer.info.clone()),
-            tokenizer: Arc::new(model.tokenizer.clone()),
-            model,
+    #[test]
+    fn keep_alive_accepts_ollamas_forms() {
+        let secs = |s| Some(KeepAlive::For(Duration::from_secs(s)));
+        assert_eq!(KeepAlive::parse(&json!(300)), secs(300));
+        assert_eq!(KeepAlive::parse(&json!(0)), secs(0));
+        assert_eq!(KeepAlive::parse(&json!(-1)), Some(KeepAlive::Forever));
+        assert_eq!(KeepAlive::parse(&json!("-1")), Some(KeepAlive::Forever));
+        assert_eq!(KeepAlive::parse(&json!("5m")), secs(300));
+        assert_eq!(KeepAlive::parse(&json!("90s")), secs(90));
+        assert_eq!(KeepAlive::parse(&json!("1h")), secs(3600));
+        assert_eq!(
+            KeepAlive::parse(&json!("250ms")),
+            Some(KeepAlive::For(Duration::from_millis(250)))
+        );
+        for bad in [
+            json!("soon"),
+            json!("5 parsecs"),
+            json!(true),
+            json!(null),
+            json!(""),
+        ] {
+            assert_eq!(KeepAlive::parse(&bad), None, "{bad}");
         }
     }
-
-    /// Queue a request; its events arrive on the returned stream.
-    pub fn schedule(
-        &self,
-        request: ValidatedRequest,
-    ) -> Result<mpsc::Receiver<GenEvent>, ScheduleError> {
-        if self.waiting.load(Ordering::Relaxed) >= self.max_waiting {
-            return Err(ScheduleError::QueueFull(self.max_waiting));
-        }
-        let (events, rx) = mpsc::channel(256);
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let job = Job {
-            request,
-            events,
-            queued_at: Instant::now(),
-        };
-        self.jobs.try_send(job).map_err(|e| {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
-            match e {
-                std::sync::mpsc::TrySendError::Full(_) => {
-                    ScheduleError::QueueFull(self.max_waiting)
-                }
-                std::sync::mpsc::TrySendError::Disconnected(_) => ScheduleError::EngineStopped,
-            }
-        })?;
-        Ok(rx)
-    }
-
-    /// Requests waiting for the engine.
-    pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
-    }
-
-    /// Requests whose client went away before they finished.
-    pub fn cancelled(&self) -> usize {
-        self.cancelled.load(Ordering::Relaxed)
-    }
-}
-
-/// Run one request; returns how it finished (None: it failed or nobody was listening).
-fn run_job(model: &ChatModel, job: Job) -> Option<FinishReason> {
-    if job.events.is_closed() {
-        return Some(FinishReason::Cancelled);
-    }
-    let queue = job.queued_at.elapsed();
-    let started = Instant::now();
-    let mut first_token: Option<Duration> = None;
-    let request = GenerateRequest {
-        prompt: job.request.prompt,
-        max_tokens: job.request.max_tokens,
-        sampling: job.request.sampling,
-        stop: job.request.stop,
-    };
-    let events = &job.events;
-    let result = generate_until(
-        model,
-        &request,
-        |event| {
-            let message = match event {
-                Event::Token(s) => {
-                    first_token.get_or_insert_with(|| started.elapsed());
-                    GenEvent::Token {
-                        id: s.token,
-                        logprob: s.logprob,
-                        top: s.top.clone(),
-                    }
-                }
-                Event::Text(t) => GenEvent::Text(t.to_string()),
-            };
-            // A closed stream is noticed by `is_closed` below.
-            let _ = events.blocking_send(message);
-        },
-        || events.is_closed(),
-    );
-    let finish = result.as_ref().ok().map(|s| s.finish_reason);
-    let last = match result {
-        Ok(stats) => GenEvent::Done(Usage {
-            prompt_tokens: stats.prompt_tokens,
-            completion_tokens: stats.completion_tokens,
-            finish_reason: stats.finish_reason,
-            queue,
-            time_to_first_token: first_token.unwrap_or_default(),
-            prefill: stats.prefill,
-            decode: stats.decode,
-        }),
-        Err(e) => {
-            tracing::error!(error = %e, "generation failed");
-            GenEvent::Failed(e.to_string())
-        }
-    };
-    let _ = events.blocking_send(last);
-    finish
 }

@@ -29,6 +29,9 @@ pub enum ApiError {
     /// The server is too busy to queue the request; retry after the given seconds.
     #[error("{message}")]
     Overloaded { message: String, retry_after: u64 },
+    /// The server cannot take the request now for want of a resource (memory to load a model).
+    #[error("{message}")]
+    Unavailable { message: String, code: &'static str },
     /// The request took longer than the server allows.
     #[error("The request took longer than {0} s and was stopped")]
     Timeout(u64),
@@ -85,6 +88,12 @@ impl ApiError {
                 "rate_limit_error",
                 None,
                 Some("queue_full"),
+            ),
+            Self::Unavailable { code, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                None,
+                Some(*code),
             ),
             Self::Timeout(_) => (
                 StatusCode::GATEWAY_TIMEOUT,

@@ -3,6 +3,7 @@
 //! `openai` serves the OpenAI-compatible API, `validate` turns bodies into scheduler requests,
 //! `errors` maps every failure to OpenAI's error JSON, `sse` streams.
 
+pub mod admin;
 pub mod errors;
 pub mod guard;
 pub mod openai;
@@ -20,16 +21,18 @@ use axum::{Json, Router};
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::scheduler::EngineHandle;
+use crate::scheduler::Registry;
 use errors::ApiError;
 
 /// Bodies larger than this get a 413; a whole context of text fits with room to spare.
 pub const DEFAULT_BODY_LIMIT: usize = 4 << 20;
 
-/// What every handler can reach: the engine's narrow door and the server's limits.
+/// What every handler can reach: the loaded models and the server's limits.
 #[derive(Clone)]
 pub struct AppState {
-    pub engine: EngineHandle,
+    pub engines: Registry,
+    /// The model `lantern serve` was started with (loaded and warmed before it listens).
+    pub default_model: String,
     pub body_limit: usize,
     pub keys: guard::ApiKeys,
     /// Origins a browser may call from besides the server's own pages.
@@ -50,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{id}", get(openai::get_model))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/api/engine", get(admin::engine))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.body_limit))
         .layer(axum::middleware::from_fn_with_state(
@@ -73,15 +77,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Ready once the model is loaded and warmed (the server only listens after that).
+/// Ready once the default model is loaded and warmed (the server only listens after that).
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let loaded: Vec<String> = state.engines.loaded().into_iter().map(|m| m.id).collect();
     (
         StatusCode::OK,
         Json(json!({
             "status": "ok",
-            "model": &*state.engine.model_id,
-            "waiting": state.engine.waiting(),
-            "cancelled": state.engine.cancelled(),
+            "model": state.default_model,
+            "loaded": loaded,
         })),
     )
 }

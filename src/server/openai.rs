@@ -15,7 +15,8 @@ use super::errors::ApiError;
 use super::validate::{validate_chat, validate_completion, ChatRequest, CompletionRequest, Plan};
 use super::{sse, AppState};
 use crate::engine::generate::FinishReason;
-use crate::scheduler::{EngineHandle, GenEvent, ScheduleError, Usage};
+use crate::scheduler::registry::ServableModel;
+use crate::scheduler::{EngineHandle, GenEvent, RegistryError, ScheduleError, Usage};
 
 /// Parse a JSON body, turning every kind of failure into an OpenAI-shaped 400 or 413.
 pub fn parse_body<T: DeserializeOwned>(
@@ -58,13 +59,31 @@ fn finish_reason(f: FinishReason) -> &'static str {
     }
 }
 
-fn usage_json(prompt: usize, completion: usize) -> Value {
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0},
-    })
+/// Token counts of a response; prompts shared by `n` choices count once, as OpenAI does.
+#[derive(Default)]
+struct Totals {
+    prompt: usize,
+    cached: usize,
+    completion: usize,
+}
+
+impl Totals {
+    fn add(&mut self, index: usize, n: usize, usage: &Usage) {
+        if index.is_multiple_of(n) {
+            self.prompt += usage.prompt_tokens;
+            self.cached += usage.cached_tokens;
+        }
+        self.completion += usage.completion_tokens;
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion,
+            "total_tokens": self.prompt + self.completion,
+            "prompt_tokens_details": {"cached_tokens": self.cached},
+        })
+    }
 }
 
 fn timings_json(u: &Usage) -> Value {
@@ -73,11 +92,33 @@ fn timings_json(u: &Usage) -> Value {
         "queue_ms": ms(u.queue),
         "ttft_ms": ms(u.time_to_first_token),
         "prompt_ms": ms(u.prefill),
-        "prompt_per_second": u.prompt_tokens as f64 / u.prefill.as_secs_f64().max(1e-9),
+        "prompt_n": u.prompt_tokens,
+        "cached_n": u.cached_tokens,
+        "prompt_per_second":
+            (u.prompt_tokens - u.cached_tokens) as f64 / u.prefill.as_secs_f64().max(1e-9),
         "predicted_ms": ms(u.decode),
         "predicted_per_second":
             u.completion_tokens.saturating_sub(1) as f64 / u.decode.as_secs_f64().max(1e-9),
     })
+}
+
+/// A registry failure as the client sees it.
+pub fn registry_error(e: RegistryError) -> ApiError {
+    match e {
+        RegistryError::NotInstalled(model) => ApiError::ModelNotFound(model),
+        RegistryError::InsufficientMemory { .. } => ApiError::Unavailable {
+            message: e.to_string(),
+            code: "insufficient_memory",
+        },
+        RegistryError::Busy(_) => ApiError::Overloaded {
+            message: format!("Server busy: {e}"),
+            retry_after: 5,
+        },
+        RegistryError::Load { .. } => ApiError::Internal {
+            request_id: new_id("req"),
+            message: e.to_string(),
+        },
+    }
 }
 
 fn schedule_error(e: ScheduleError) -> ApiError {
@@ -103,11 +144,18 @@ struct Choice {
     usage: Usage,
 }
 
-async fn run_choice(
+/// Schedule every choice at once, so they run side by side in the batch.
+fn schedule_all(
     engine: &EngineHandle,
-    request: crate::scheduler::ValidatedRequest,
-) -> Result<Choice, ApiError> {
-    let mut events = engine.schedule(request).map_err(schedule_error)?;
+    requests: Vec<crate::scheduler::ValidatedRequest>,
+) -> Result<Vec<mpsc::UnboundedReceiver<GenEvent>>, ApiError> {
+    requests
+        .into_iter()
+        .map(|r| engine.schedule(r).map_err(schedule_error))
+        .collect()
+}
+
+async fn run_choice(mut events: mpsc::UnboundedReceiver<GenEvent>) -> Result<Choice, ApiError> {
     let (mut text, mut tokens) = (String::new(), Vec::new());
     while let Some(event) = events.recv().await {
         match event {
@@ -191,8 +239,21 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let req: ChatRequest = parse_body(body, state.body_limit)?;
     let session = session_of(&headers, req.sampling.user.as_deref());
-    let plan = validate_chat(&state.engine, req)?;
-    respond(&state, plan, Api::Chat, session, rate_key_of(&headers)).await
+    let engine = state
+        .engines
+        .get(&req.model)
+        .await
+        .map_err(registry_error)?;
+    let plan = validate_chat(&engine, req)?;
+    respond(
+        &state,
+        engine,
+        plan,
+        Api::Chat,
+        session,
+        rate_key_of(&headers),
+    )
+    .await
 }
 
 pub async fn completions(
@@ -202,9 +263,15 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse_body(body, state.body_limit)?;
     let session = session_of(&headers, req.sampling.user.as_deref());
-    let plan = validate_completion(&state.engine, req)?;
+    let engine = state
+        .engines
+        .get(&req.model)
+        .await
+        .map_err(registry_error)?;
+    let plan = validate_completion(&engine, req)?;
     respond(
         &state,
+        engine,
         plan,
         Api::Completions,
         session,
@@ -261,12 +328,12 @@ fn record(account: &Account, api: Api, usage: &Usage, choices: usize) {
 
 async fn respond(
     state: &AppState,
-    plan: Plan,
+    engine: EngineHandle,
+    mut plan: Plan,
     api: Api,
     session: String,
     rate_key: String,
 ) -> Result<Response, ApiError> {
-    let engine = state.engine.clone();
     let session = Account {
         session,
         rate_key,
@@ -275,7 +342,9 @@ async fn respond(
     let id = new_id(if api == Api::Chat { "chatcmpl" } else { "cmpl" });
     let limit = state.request_timeout;
     if plan.stream {
-        return Ok(stream(engine, plan, api, id, session, limit));
+        // Scheduled before the response starts: a full queue is a 429 status, not an event.
+        let streams = schedule_all(&engine, std::mem::take(&mut plan.requests))?;
+        return Ok(stream(engine, streams, plan, api, id, session, limit));
     }
     // Dropping the unfinished future on timeout drops its event streams: the engine cancels.
     tokio::time::timeout(limit, complete(engine, plan, api, id, session))
@@ -291,15 +360,12 @@ async fn complete(
     session: Account,
 ) -> Result<Response, ApiError> {
     let mut choices = Vec::new();
-    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    let mut totals = Totals::default();
     let mut last_usage = None;
-    for (index, request) in plan.requests.into_iter().enumerate() {
-        let choice = run_choice(&engine, request).await?;
-        // n choices share a prompt: it is counted once per distinct prompt, as OpenAI does.
-        if index % plan.n == 0 {
-            prompt_tokens += choice.usage.prompt_tokens;
-        }
-        completion_tokens += choice.usage.completion_tokens;
+    let streams = schedule_all(&engine, plan.requests)?;
+    let finished = futures_util::future::try_join_all(streams.into_iter().map(run_choice)).await?;
+    for (index, choice) in finished.into_iter().enumerate() {
+        totals.add(index, plan.n, &choice.usage);
         let finish = finish_reason(choice.usage.finish_reason);
         let logprobs = plan.logprobs.map(|_| match api {
             Api::Chat => chat_logprobs(&engine, &choice.tokens),
@@ -328,7 +394,7 @@ async fn complete(
         "model": &*engine.model_id,
         "system_fingerprint": format!("lantern-{}", env!("CARGO_PKG_VERSION")),
         "choices": choices,
-        "usage": usage_json(prompt_tokens, completion_tokens),
+        "usage": totals.json(),
     });
     if let Some(u) = &last_usage {
         body["timings"] = timings_json(u);
@@ -337,9 +403,11 @@ async fn complete(
     Ok(Json(body).into_response())
 }
 
-/// Stream chunks; choices run one after another, each with its index.
+/// Stream chunks. Every choice is scheduled at once (they generate side by side); their chunks
+/// are sent one choice after another, each with its index.
 fn stream(
     engine: EngineHandle,
+    streams: Vec<mpsc::UnboundedReceiver<GenEvent>>,
     plan: Plan,
     api: Api,
     id: String,
@@ -361,16 +429,9 @@ fn stream(
         })
     };
     let produce = async move {
-        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+        let mut totals = Totals::default();
         let mut last_usage = None;
-        for (index, request) in plan.requests.into_iter().enumerate() {
-            let mut events = match engine.schedule(request) {
-                Ok(e) => e,
-                Err(e) => {
-                    let _ = tx.send(schedule_error(e).body()).await;
-                    return;
-                }
-            };
+        for (index, mut events) in streams.into_iter().enumerate() {
             if api == Api::Chat {
                 let first = json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
                 if tx.send(chunk(first)).await.is_err() {
@@ -400,10 +461,7 @@ fn stream(
                         })
                     }
                     GenEvent::Done(usage) => {
-                        if index % plan.n == 0 {
-                            prompt_tokens += usage.prompt_tokens;
-                        }
-                        completion_tokens += usage.completion_tokens;
+                        totals.add(index, plan.n, &usage);
                         let finish = finish_reason(usage.finish_reason);
                         record(&session, api, &usage, 1);
                         last_usage = Some(usage);
@@ -430,7 +488,7 @@ fn stream(
         }
         if plan.include_usage {
             let mut last = chunk(json!([]));
-            last["usage"] = usage_json(prompt_tokens, completion_tokens);
+            last["usage"] = totals.json();
             if let Some(u) = &last_usage {
                 last["timings"] = timings_json(u);
             }
@@ -447,32 +505,39 @@ fn stream(
     sse::stream(rx)
 }
 
-fn model_json(engine: &EngineHandle) -> Value {
+fn model_json(m: &ServableModel) -> Value {
     json!({
-        "id": &*engine.model_id,
+        "id": m.id,
         "object": "model",
-        "created": engine.created,
+        "created": m.created,
         "owned_by": "lantern",
         "meta": {
-            "architecture": engine.info.architecture,
-            "context_length": engine.info.context_length,
-            "vocab_size": engine.info.vocab_size,
+            "architecture": m.architecture,
+            "quantization": m.quantization,
+            "context_length": m.context_length,
+            "size_bytes": m.size_bytes,
+            "loaded": m.loaded,
         },
     })
 }
 
+/// Installed chat models, loaded or not (a request for one loads it).
 pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"object": "list", "data": [model_json(&state.engine)]}))
+    let data: Vec<Value> = state.engines.servable().iter().map(model_json).collect();
+    Json(json!({"object": "list", "data": data}))
 }
 
 pub async fn get_model(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if id != *state.engine.model_id {
-        return Err(ApiError::ModelNotFound(id));
-    }
-    Ok(Json(model_json(&state.engine)))
+    state
+        .engines
+        .servable()
+        .iter()
+        .find(|m| m.id == id)
+        .map(|m| Json(model_json(m)))
+        .ok_or(ApiError::ModelNotFound(id))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::errors::ApiError;
 use crate::engine::sampler::SamplingParams;
 use crate::engine::template::ChatMessage;
-use crate::scheduler::{EngineHandle, ValidatedRequest};
+use crate::scheduler::{EngineHandle, KeepAlive, ValidatedRequest};
 
 /// Choices per request, as OpenAI allows.
 pub const MAX_N: usize = 8;
@@ -80,6 +80,10 @@ pub struct Sampling {
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     pub user: Option<String>,
+    /// Ollama's extension: how long the model stays loaded after this request.
+    pub keep_alive: Option<serde_json::Value>,
+    /// llama.cpp's extension: reuse the KV of a cached prompt prefix (default true).
+    pub cache_prompt: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,25 +262,37 @@ fn per_choice(
     max_tokens: usize,
     sampling: SamplingParams,
     stop: Vec<String>,
+    keep_alive: Option<KeepAlive>,
+    cache_prompt: bool,
 ) -> Vec<ValidatedRequest> {
     (0..n)
         .map(|i| {
             let mut s = sampling.clone();
             s.seed = s.seed.map(|seed| seed.wrapping_add(i as u64));
-            ValidatedRequest::new(prompt.clone(), max_tokens, s, stop.clone())
+            let mut r =
+                ValidatedRequest::new(prompt.clone(), max_tokens, s, stop.clone(), keep_alive);
+            r.cache_prompt = cache_prompt;
+            r
         })
         .collect()
 }
 
-fn check_model(engine: &EngineHandle, model: &str) -> Result<(), ApiError> {
-    if model != &*engine.model_id {
-        return Err(ApiError::ModelNotFound(model.to_string()));
+impl Sampling {
+    fn keep_alive(&self) -> Result<Option<KeepAlive>, ApiError> {
+        match &self.keep_alive {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => KeepAlive::parse(v).map(Some).ok_or_else(|| {
+                ApiError::invalid(
+                    format!("`keep_alive` must be seconds (a number, -1 for forever) or a duration like \"5m\", got {v}"),
+                    "keep_alive",
+                )
+            }),
+        }
     }
-    Ok(())
 }
 
+/// Validate a chat request for `engine`, the model its `model` field named.
 pub fn validate_chat(engine: &EngineHandle, req: ChatRequest) -> Result<Plan, ApiError> {
-    check_model(engine, &req.model)?;
     let unsupported = [
         ("tools", &req.tools),
         ("tool_choice", &req.tool_choice),
@@ -354,9 +370,18 @@ pub fn validate_chat(engine: &EngineHandle, req: ChatRequest) -> Result<Plan, Ap
         }
     };
     let n = req.sampling.n()?;
+    let keep_alive = req.sampling.keep_alive()?;
     let (max_tokens, sampling, stop) = req.sampling.params(engine, prompt.len(), top_logprobs)?;
     Ok(Plan {
-        requests: per_choice(prompt, n, max_tokens, sampling, stop),
+        requests: per_choice(
+            prompt,
+            n,
+            max_tokens,
+            sampling,
+            stop,
+            keep_alive,
+            req.sampling.cache_prompt.unwrap_or(true),
+        ),
         n,
         stream: req.sampling.stream,
         include_usage: req.sampling.include_usage(),
@@ -368,7 +393,6 @@ pub fn validate_completion(
     engine: &EngineHandle,
     req: CompletionRequest,
 ) -> Result<Plan, ApiError> {
-    check_model(engine, &req.model)?;
     if req.echo {
         return Err(ApiError::invalid("`echo` is not supported", "echo"));
     }
@@ -378,6 +402,7 @@ pub fn validate_completion(
     }
     let logprobs = range(req.logprobs, 0, 5, "logprobs")?.map(|l| l as usize);
     let n = req.sampling.n()?;
+    let keep_alive = req.sampling.keep_alive()?;
     let mut requests = Vec::new();
     for prompt in prompts {
         let ids = engine
@@ -394,7 +419,15 @@ pub fn validate_completion(
         } else {
             max_tokens
         };
-        requests.extend(per_choice(ids, n, max_tokens, sampling, stop));
+        requests.extend(per_choice(
+            ids,
+            n,
+            max_tokens,
+            sampling,
+            stop,
+            keep_alive,
+            req.sampling.cache_prompt.unwrap_or(true),
+        ));
     }
     Ok(Plan {
         requests,

@@ -87,3 +87,45 @@ pub async fn assert_serves(s: &Server) {
     .await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// `GET /api/engine`.
+pub async fn engine(s: &Server) -> Value {
+    reqwest::get(format!("{}/api/engine", s.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The engine figures of one loaded model (None: not loaded).
+pub async fn engine_of(s: &Server, model: &str) -> Option<Value> {
+    engine(s).await["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == model)
+        .map(|m| m["engine"].clone())
+}
+
+/// Poll `/api/engine` until `done` holds for `model`'s figures (Some) or its absence (None).
+/// Not a timing assertion: the deadline is generous and only bounds a hang.
+pub async fn wait_for_engine(
+    s: &Server,
+    model: &str,
+    what: &str,
+    done: impl Fn(Option<&Value>) -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let e = engine_of(s, model).await;
+        if done(e.as_ref()) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: engine status {e:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

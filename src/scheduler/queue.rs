@@ -1,0 +1,125 @@
+//! Admission: the handle that handlers hold for one loaded model. Scheduling never blocks: a
+//! request either joins the engine's queue or is refused at once (429 when the running set and
+//! the wait queue are both full).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::worker::{self, EngineConfig, EngineStatus, Job};
+use super::{GenEvent, ValidatedRequest};
+use crate::engine::models::ModelInfo;
+use crate::engine::tokenizer::GgufTokenizer;
+use crate::engine::ChatModel;
+
+/// Why a request could not be scheduled.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    /// The engine thread is gone (it panicked or the model was unloaded).
+    #[error("the engine is not running")]
+    EngineStopped,
+    /// Every sequence slot and every place in the queue is taken.
+    #[error("the queue is full ({0} requests running or waiting)")]
+    QueueFull(usize),
+}
+
+/// What the engine thread and its handles share.
+pub(crate) struct Shared {
+    /// Scheduled and not yet finished: running plus waiting.
+    pub in_flight: AtomicUsize,
+    pub status: Mutex<EngineStatus>,
+}
+
+/// A cheap, cloneable handle to one model's engine thread. The thread ends (and the model
+/// leaves memory) once every handle is dropped and its last sequence finished.
+#[derive(Clone)]
+pub struct EngineHandle {
+    jobs: std::sync::mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    capacity: usize,
+    pub model_id: Arc<str>,
+    /// Unix time the model was loaded (OpenAI's `created`).
+    pub created: u64,
+    pub info: Arc<ModelInfo>,
+    pub tokenizer: Arc<GgufTokenizer>,
+    pub model: Arc<ChatModel>,
+}
+
+impl EngineHandle {
+    /// Start the engine thread for a loaded (and warmed) model.
+    pub fn start(model_id: &str, model: ChatModel, config: EngineConfig) -> Self {
+        let model = Arc::new(model);
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let capacity = config.budgets.max_seqs + config.max_waiting;
+        let shared = Arc::new(Shared {
+            in_flight: AtomicUsize::new(0),
+            status: Mutex::new(EngineStatus::new(&config, &model)),
+        });
+        let worker_model = model.clone();
+        let worker_shared = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("engine-{model_id}"))
+            .spawn(move || worker::run(worker_model, config, rx, worker_shared))
+            .expect("the engine thread starts");
+        Self {
+            jobs,
+            shared,
+            capacity,
+            model_id: model_id.into(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            info: Arc::new(model.transformer.info.clone()),
+            tokenizer: Arc::new(model.tokenizer.clone()),
+            model,
+        }
+    }
+
+    /// Queue a request; its events arrive on the returned stream. Dropping the stream cancels
+    /// the request.
+    pub fn schedule(
+        &self,
+        request: ValidatedRequest,
+    ) -> Result<mpsc::UnboundedReceiver<GenEvent>, ScheduleError> {
+        let before = self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        if before >= self.capacity {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(ScheduleError::QueueFull(self.capacity));
+        }
+        // Unbounded: the engine never waits on a slow reader; a request's events are bounded
+        // by its max_tokens.
+        let (events, rx) = mpsc::unbounded_channel();
+        let job = Job {
+            request,
+            events,
+            queued_at: Instant::now(),
+        };
+        self.jobs.send(job).map_err(|_| {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            ScheduleError::EngineStopped
+        })?;
+        Ok(rx)
+    }
+
+    /// Scheduled requests not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of the engine's figures (updated every step).
+    pub fn status(&self) -> EngineStatus {
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The engine thread has ended (it only does on a panic while handles exist).
+    pub fn is_stopped(&self) -> bool {
+        self.status().stopped
+    }
+}

@@ -1,0 +1,509 @@
+//! The engine thread of one loaded model: the continuous-batching step loop.
+//!
+//! Each step: take new requests (reusing cached prompt prefixes), drop the ones whose client
+//! went away, let the [`Planner`] pick decode tokens and prefill chunks, run one forward pass
+//! over the flattened batch, sample every sequence that is due with its own settings, and send
+//! the tokens out at once. Finished sequences leave their KV to the prefix cache. The thread
+//! ends, dropping the model, when every handle is gone and nothing is left to run.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::batch::{Budgets, Planner, SeqId, StepPlan};
+use super::prefix::{PrefixCache, PrefixStats};
+use super::queue::Shared;
+use super::{GenEvent, KeepAlive, Usage, ValidatedRequest};
+use crate::engine::generate::{generate, FinishReason, GenerateRequest};
+use crate::engine::kv::KvCache;
+use crate::engine::models::{ModelInfo, SeqInput};
+use crate::engine::sampler::{Sampler, SamplingParams};
+use crate::engine::stops::{StopStrings, StreamDecoder};
+use crate::engine::ChatModel;
+
+/// How one engine batches and how much memory it may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Sequence, step and prefill limits; `kv_tokens` is derived from `kv_memory` per model.
+    pub budgets: Budgets,
+    /// Bytes of KV cache for running sequences.
+    pub kv_memory: usize,
+    /// Bytes of KV kept for prefix reuse.
+    pub prefix_cache_memory: usize,
+    /// Requests that may wait beyond the running set before new ones get 429.
+    pub max_waiting: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            budgets: Budgets::default(),
+            kv_memory: 1 << 30,
+            prefix_cache_memory: 512 << 20,
+            max_waiting: 64,
+        }
+    }
+}
+
+/// Bytes of KV cache per token position (keys and values of every layer, f32).
+pub fn kv_bytes_per_token(info: &ModelInfo) -> usize {
+    info.n_layers * 2 * info.n_kv_heads * info.head_dim * 4
+}
+
+/// The engine's live figures, for `/api/engine`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineStatus {
+    pub running: usize,
+    pub waiting: usize,
+    /// KV positions held by sequences, and the most they may hold.
+    pub kv_tokens: usize,
+    pub kv_tokens_budget: usize,
+    /// Bytes the sequences' KV caches hold (capacity grows by doubling).
+    pub kv_bytes: usize,
+    pub prefix_cache: PrefixStats,
+    pub steps: u64,
+    pub preemptions: u64,
+    pub completed: u64,
+    pub cancelled: u64,
+    pub failed: u64,
+    pub generated_tokens: u64,
+    pub budgets: BudgetsView,
+    /// When the engine last became idle (None: busy).
+    #[serde(skip)]
+    pub idle_since: Option<Instant>,
+    /// The keep-alive the last finished request asked for.
+    #[serde(skip)]
+    pub requested_keep_alive: Option<KeepAlive>,
+    /// The thread ended.
+    pub stopped: bool,
+}
+
+/// `Budgets` as `/api/engine` shows them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BudgetsView {
+    pub max_seqs: usize,
+    pub max_step_tokens: usize,
+    pub prefill_chunk: usize,
+}
+
+impl EngineStatus {
+    pub(crate) fn new(config: &EngineConfig, model: &ChatModel) -> Self {
+        let b = config.budgets;
+        Self {
+            running: 0,
+            waiting: 0,
+            kv_tokens: 0,
+            kv_tokens_budget: kv_budget(config, model),
+            kv_bytes: 0,
+            prefix_cache: PrefixStats {
+                max_bytes: config.prefix_cache_memory,
+                ..Default::default()
+            },
+            steps: 0,
+            preemptions: 0,
+            completed: 0,
+            cancelled: 0,
+            failed: 0,
+            generated_tokens: 0,
+            budgets: BudgetsView {
+                max_seqs: b.max_seqs,
+                max_step_tokens: b.max_step_tokens,
+                prefill_chunk: b.prefill_chunk,
+            },
+            idle_since: Some(Instant::now()),
+            requested_keep_alive: None,
+            stopped: false,
+        }
+    }
+}
+
+fn kv_budget(config: &EngineConfig, model: &ChatModel) -> usize {
+    (config.kv_memory / kv_bytes_per_token(&model.transformer.info).max(1)).max(1)
+}
+
+/// A request on its way to the engine thread.
+pub(crate) struct Job {
+    pub request: ValidatedRequest,
+    pub events: UnboundedSender<GenEvent>,
+    pub queued_at: Instant,
+}
+
+/// One request inside the engine.
+struct Sequence {
+    /// Prompt, then every generated token (the last one is fed in the next step).
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    cached_tokens: usize,
+    max_tokens: usize,
+    sampler: Sampler,
+    decoder: StreamDecoder,
+    stops: StopStrings,
+    cache: KvCache,
+    events: UnboundedSender<GenEvent>,
+    keep_alive: Option<KeepAlive>,
+    queued_at: Instant,
+    admitted_at: Option<Instant>,
+    first_token_at: Option<Instant>,
+    completion_tokens: usize,
+}
+
+impl Sequence {
+    fn usage(&self, finish_reason: FinishReason) -> Usage {
+        let now = Instant::now();
+        let admitted = self.admitted_at.unwrap_or(now);
+        let first = self.first_token_at.unwrap_or(now);
+        Usage {
+            prompt_tokens: self.prompt_len,
+            cached_tokens: self.cached_tokens,
+            completion_tokens: self.completion_tokens,
+            finish_reason,
+            queue: admitted - self.queued_at,
+            time_to_first_token: first - self.queued_at,
+            prefill: first - admitted,
+            decode: now - first,
+        }
+    }
+}
+
+/// What sampling a token did to a sequence.
+enum Outcome {
+    Continue,
+    Finished {
+        reason: FinishReason,
+        stopped_by_string: bool,
+    },
+}
+
+/// A short prefill and decode on load, so the first real request pays no first-touch cost
+/// (page faults on the weights, scratch buffers, the thread pool's start).
+pub fn warm_up(model: &ChatModel) -> Result<Duration, crate::engine::models::ModelError> {
+    let start = Instant::now();
+    let prompt = model
+        .prompt_ids("Hello, how are you today? Tell me a story.")
+        .map_err(|e| crate::engine::models::ModelError::Inconsistent(e.to_string()))?;
+    let request = GenerateRequest {
+        prompt,
+        max_tokens: 4,
+        sampling: SamplingParams::greedy(),
+        stop: Vec::new(),
+    };
+    generate(model, &request, |_| {})?;
+    Ok(start.elapsed())
+}
+
+struct Worker {
+    model: Arc<ChatModel>,
+    planner: Planner,
+    prefix: PrefixCache,
+    seqs: HashMap<SeqId, Sequence>,
+    next_id: SeqId,
+    shared: Arc<Shared>,
+}
+
+/// The thread's body: serve until every handle is dropped and nothing is left to run.
+pub(crate) fn run(
+    model: Arc<ChatModel>,
+    config: EngineConfig,
+    jobs: Receiver<Job>,
+    shared: Arc<Shared>,
+) {
+    let mut budgets = config.budgets;
+    budgets.kv_tokens = kv_budget(&config, &model);
+    let mut worker = Worker {
+        planner: Planner::new(budgets),
+        prefix: PrefixCache::new(config.prefix_cache_memory),
+        seqs: HashMap::new(),
+        next_id: 0,
+        shared: shared.clone(),
+        model,
+    };
+    // A panic in a step must not leave handles believing the engine runs.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        worker.serve(&jobs);
+    }));
+    if outcome.is_err() {
+        tracing::error!("the engine thread panicked; its requests fail");
+        for (_, seq) in worker.seqs.drain() {
+            let _ = seq
+                .events
+                .send(GenEvent::Failed("the engine stopped".into()));
+        }
+    }
+    worker.prefix.clear();
+    let mut status = shared.status.lock().unwrap_or_else(|e| e.into_inner());
+    status.stopped = true;
+    status.running = 0;
+    status.waiting = 0;
+}
+
+impl Worker {
+    fn serve(&mut self, jobs: &Receiver<Job>) {
+        loop {
+            if self.planner.is_idle() {
+                self.publish();
+                match jobs.recv() {
+                    Ok(job) => self.admit(job),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match jobs.try_recv() {
+                    Ok(job) => self.admit(job),
+                    Err(TryRecvError::Empty) => break,
+                    // Handles are gone, but the running sequences still have listeners.
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            }
+            self.drop_cancelled();
+            if !self.planner.is_idle() {
+                self.step();
+            }
+            self.publish();
+        }
+    }
+
+    /// Take a request in: look up its prompt's prefix, then queue it with the planner.
+    fn admit(&mut self, job: Job) {
+        let request = job.request;
+        let info = &self.model.transformer.info;
+        let reserve = (request.prompt.len() + request.max_tokens).min(info.context_length);
+        let lookup = if request.cache_prompt {
+            self.prefix.lookup(&request.prompt, reserve)
+        } else {
+            Ok(None)
+        };
+        let (cache, cached_tokens) = match lookup {
+            Ok(Some(hit)) => (hit.cache, hit.tokens),
+            Ok(None) => (self.model.transformer.new_cache(), 0),
+            Err(e) => {
+                tracing::warn!(error = %e, "prefix cache copy failed; computing the prompt");
+                (self.model.transformer.new_cache(), 0)
+            }
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        self.planner.add(id, request.prompt.len(), cached_tokens);
+        let tokenizer = self.model.tokenizer.tokenizer.clone();
+        self.seqs.insert(
+            id,
+            Sequence {
+                prompt_len: request.prompt.len(),
+                tokens: request.prompt,
+                cached_tokens,
+                max_tokens: request.max_tokens,
+                sampler: Sampler::new(request.sampling),
+                decoder: StreamDecoder::new(tokenizer),
+                stops: StopStrings::new(request.stop),
+                cache,
+                events: job.events,
+                keep_alive: request.keep_alive,
+                queued_at: job.queued_at,
+                admitted_at: None,
+                first_token_at: None,
+                completion_tokens: 0,
+            },
+        );
+    }
+
+    /// Sequences whose stream was dropped leave now; their KV is freed.
+    fn drop_cancelled(&mut self) {
+        let gone: Vec<SeqId> = self
+            .seqs
+            .iter()
+            .filter(|(_, s)| s.events.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            self.planner.remove(id);
+            self.seqs.remove(&id);
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.with_status(|s| s.cancelled += 1);
+        }
+    }
+
+    fn step(&mut self) {
+        let plan = self.planner.plan();
+        for id in &plan.preempted {
+            if let Some(seq) = self.seqs.get_mut(id) {
+                seq.cache = self.model.transformer.new_cache();
+            }
+        }
+        if plan.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for w in &plan.work {
+            let seq = self.seqs.get_mut(&w.id).expect("planned sequences exist");
+            seq.admitted_at.get_or_insert(now);
+        }
+        match self.forward(&plan) {
+            Ok(logits) => {
+                self.planner.commit(&plan);
+                for (row, w) in plan.work.iter().enumerate() {
+                    if w.samples {
+                        self.sample(w.id, &logits[row]);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "forward pass failed");
+                for w in &plan.work {
+                    self.planner.remove(w.id);
+                    if let Some(seq) = self.seqs.remove(&w.id) {
+                        let _ = seq.events.send(GenEvent::Failed(e.to_string()));
+                        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+                self.with_status(|s| s.failed += plan.work.len() as u64);
+            }
+        }
+        self.with_status(|s| s.steps += 1);
+    }
+
+    /// One forward pass over the plan; one row of logits per planned sequence.
+    fn forward(
+        &mut self,
+        plan: &StepPlan,
+    ) -> Result<Vec<Vec<f32>>, crate::engine::models::ModelError> {
+        // Caches move out for the pass (the batch needs them all mutably at once) and back in.
+        let mut caches: Vec<KvCache> = plan
+            .work
+            .iter()
+            .map(|w| {
+                let seq = self.seqs.get_mut(&w.id).expect("planned sequences exist");
+                std::mem::replace(&mut seq.cache, KvCache::new(0))
+            })
+            .collect();
+        let result = {
+            let mut inputs: Vec<SeqInput> = plan
+                .work
+                .iter()
+                .zip(caches.iter_mut())
+                .map(|(w, cache)| SeqInput {
+                    tokens: &self.seqs[&w.id].tokens[w.start..w.start + w.tokens],
+                    cache,
+                    all_logits: false,
+                })
+                .collect();
+            self.model.transformer.forward(&mut inputs)
+        };
+        for (w, cache) in plan.work.iter().zip(caches) {
+            self.seqs.get_mut(&w.id).expect("still there").cache = cache;
+        }
+        Ok(result?.to_vec2::<f32>()?)
+    }
+
+    /// Sample a sequence's next token and send it out; finish the sequence if it is done.
+    fn sample(&mut self, id: SeqId, logits: &[f32]) {
+        let stop_ids = &self.model.tokenizer.special.stop_ids;
+        let limit = self.model.transformer.info.context_length;
+        let seq = self.seqs.get_mut(&id).expect("sampled sequences exist");
+        seq.first_token_at.get_or_insert_with(Instant::now);
+        let sampled = seq.sampler.sample(logits, &seq.tokens);
+        seq.completion_tokens += 1;
+        let _ = seq.events.send(GenEvent::Token {
+            id: sampled.token,
+            logprob: sampled.logprob,
+            top: sampled.top,
+        });
+        let outcome = 'decide: {
+            if stop_ids.contains(&sampled.token) {
+                break 'decide Outcome::Finished {
+                    reason: FinishReason::Stop,
+                    stopped_by_string: false,
+                };
+            }
+            seq.tokens.push(sampled.token);
+            if let Some(text) = seq.decoder.push(sampled.token) {
+                let check = seq.stops.push(&text);
+                if !check.emit.is_empty() {
+                    let _ = seq.events.send(GenEvent::Text(check.emit));
+                }
+                if check.stopped {
+                    break 'decide Outcome::Finished {
+                        reason: FinishReason::Stop,
+                        stopped_by_string: true,
+                    };
+                }
+            }
+            if seq.completion_tokens >= seq.max_tokens || seq.tokens.len() >= limit {
+                break 'decide Outcome::Finished {
+                    reason: FinishReason::Length,
+                    stopped_by_string: false,
+                };
+            }
+            Outcome::Continue
+        };
+        if let Outcome::Finished {
+            reason,
+            stopped_by_string,
+        } = outcome
+        {
+            self.finish(id, reason, stopped_by_string);
+        }
+    }
+
+    fn finish(&mut self, id: SeqId, reason: FinishReason, stopped_by_string: bool) {
+        self.planner.remove(id);
+        let Some(mut seq) = self.seqs.remove(&id) else {
+            return;
+        };
+        if !stopped_by_string {
+            let rest = seq.decoder.finish();
+            let tail = seq.stops.push(&rest);
+            let mut text = tail.emit;
+            if !tail.stopped {
+                text.push_str(&seq.stops.flush());
+            }
+            if !text.is_empty() {
+                let _ = seq.events.send(GenEvent::Text(text));
+            }
+        }
+        let usage = seq.usage(reason);
+        let generated = seq.completion_tokens as u64;
+        let keep_alive = seq.keep_alive;
+        let events = seq.events.clone();
+        // Its KV stays useful to the next turn of the same chat.
+        let computed = seq.cache.len();
+        seq.tokens.truncate(computed);
+        self.prefix.insert(seq.tokens, seq.cache);
+        // The books are closed before the client hears `Done`: what it reads next in
+        // `/api/engine` already counts this request.
+        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.with_status(|s| {
+            s.completed += 1;
+            s.generated_tokens += generated;
+            s.requested_keep_alive = keep_alive;
+        });
+        self.publish();
+        let _ = events.send(GenEvent::Done(usage));
+    }
+
+    fn with_status(&self, f: impl FnOnce(&mut super::EngineStatus)) {
+        f(&mut self.shared.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Publish the live figures for `/api/engine` and the keep-alive reaper.
+    fn publish(&self) {
+        let kv_bytes = self.seqs.values().map(|s| s.cache.bytes()).sum();
+        let idle = self.planner.is_idle();
+        self.with_status(|s| {
+            s.running = self.planner.running();
+            s.waiting = self.planner.waiting();
+            s.kv_tokens = self.planner.kv_used();
+            s.kv_bytes = kv_bytes;
+            s.prefix_cache = self.prefix.stats();
+            s.preemptions = self.planner.preemptions();
+            s.idle_since = match (idle, s.idle_since) {
+                (true, Some(t)) => Some(t),
+                (true, None) => Some(Instant::now()),
+                (false, _) => None,
+            };
+        });
+    }
+}
