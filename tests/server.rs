@@ -322,7 +322,12 @@ async fn sigterm_finishes_in_flight_streams_then_exits() {
         .success());
     let text = response.text().await.unwrap();
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
-    assert!(text.contains("\"finish_reason\":\"length\""));
+    // The stream ran to its own end (the answer or max_tokens), not cut by the shutdown.
+    assert!(
+        text.contains("\"finish_reason\":\"length\"")
+            || text.contains("\"finish_reason\":\"stop\""),
+        "{text}"
+    );
     let status = s.child.wait().unwrap();
     assert!(status.success(), "{status}");
     let refused = reqwest::get(format!("{}/health", s.base)).await;

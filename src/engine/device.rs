@@ -61,11 +61,15 @@ static COMPUTE_POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
 /// Use `threads` worker threads for Lantern's and candle's CPU kernels (0: one per core).
 /// Takes effect if called before the first forward pass.
 pub fn set_cpu_threads(threads: usize) {
+    let threads = if threads > 0 {
+        threads
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
     COMPUTE_THREADS.store(threads, Ordering::Relaxed);
-    if threads > 0 {
-        // candle's gemm sizes its work by RAYON_NUM_THREADS.
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    }
+    // candle sizes every matmul's work by RAYON_NUM_THREADS; unset, it parses /proc/cpuinfo
+    // on each call (twice per layer in a decode step: a tenth of a batched step's time).
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
 }
 
 /// Run CPU compute on the engine's thread pool. A forward pass calls into the pool a hundred

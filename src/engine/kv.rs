@@ -1,18 +1,28 @@
 //! Per-sequence KV cache.
 //!
-//! One `KvCache` belongs to one sequence and holds every layer's keys and values as
-//! (kv_heads, capacity, head_dim) buffers. Appends write in place (`slice_set`); capacity doubles
-//! when full, so a long generation copies O(log n) times instead of every step as `Tensor::cat`
-//! would. Dropping the cache frees its memory.
+//! One `KvCache` belongs to one sequence and holds every layer's keys and values. On the CPU a
+//! layer is two plain `Vec<f32>`s, position-major (position, kv_heads, head_dim): an append is
+//! an `extend`, growth is the vector's own doubling, and attention reads rows in place. On a GPU
+//! a layer is two (kv_heads, capacity, head_dim) tensors written in place (`slice_set`) whose
+//! capacity doubles when full, so a long generation copies O(log n) times instead of every step
+//! as `Tensor::cat` would. Dropping the cache frees its memory.
 
 use candle_core::{DType, Device, Result, Tensor};
 
 const MIN_CAPACITY: usize = 64;
 
 #[derive(Debug, Clone)]
-struct LayerKv {
-    k: Tensor,
-    v: Tensor,
+enum LayerKv {
+    Device {
+        k: Tensor,
+        v: Tensor,
+    },
+    /// `row` floats per position: kv_heads × head_dim.
+    Host {
+        k: Vec<f32>,
+        v: Vec<f32>,
+        row: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -45,13 +55,53 @@ impl KvCache {
         self.layers
             .iter()
             .flatten()
-            .map(|l| 2 * l.k.elem_count() * l.k.dtype().size_in_bytes())
+            .map(|l| match l {
+                LayerKv::Device { k, .. } => 2 * k.elem_count() * k.dtype().size_in_bytes(),
+                LayerKv::Host { k, v, .. } => (k.capacity() + v.capacity()) * 4,
+            })
             .sum()
     }
 
     /// Forget everything from `len` on (the rest stays valid for a shared prefix).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+    }
+
+    /// CPU path: add `k`, `v` rows (t positions of `row` floats each) for `layer` at the
+    /// current position; [`KvCache::host`] then reads the whole history. The position moves on
+    /// only at `advance`, once every layer has appended.
+    pub fn append_host(&mut self, layer: usize, k: &[f32], v: &[f32], row: usize) -> Result<()> {
+        let keep = self.len * row;
+        let slot = &mut self.layers[layer];
+        match slot {
+            None => {
+                let want = (k.len()).max(MIN_CAPACITY * row);
+                let (mut kk, mut vv) = (Vec::with_capacity(want), Vec::with_capacity(want));
+                kk.extend_from_slice(k);
+                vv.extend_from_slice(v);
+                *slot = Some(LayerKv::Host { k: kk, v: vv, row });
+            }
+            Some(LayerKv::Host {
+                k: kk,
+                v: vv,
+                row: r,
+            }) if *r == row => {
+                kk.truncate(keep);
+                vv.truncate(keep);
+                kk.extend_from_slice(k);
+                vv.extend_from_slice(v);
+            }
+            Some(_) => candle_core::bail!("KV cache layer {layer} holds another layout"),
+        }
+        Ok(())
+    }
+
+    /// CPU path: every key and value row of `layer`, including the ones appended this pass.
+    pub fn host(&self, layer: usize) -> Option<(&[f32], &[f32])> {
+        match &self.layers[layer] {
+            Some(LayerKv::Host { k, v, .. }) => Some((k, v)),
+            _ => None,
+        }
     }
 
     /// Write `k`, `v` (kv_heads, t, head_dim) for `layer` at the current position and return the
@@ -63,7 +113,10 @@ impl KvCache {
         let slot = &mut self.layers[layer];
         let grow = match slot {
             None => true,
-            Some(l) => l.k.dim(1)? < needed,
+            Some(LayerKv::Device { k, .. }) => k.dim(1)? < needed,
+            Some(LayerKv::Host { .. }) => {
+                candle_core::bail!("KV cache layer {layer} holds another layout")
+            }
         };
         if grow {
             let capacity = needed
@@ -73,19 +126,21 @@ impl KvCache {
             let (dtype, device): (DType, Device) = (k.dtype(), k.device().clone());
             let new_k = Tensor::zeros((heads, capacity, dim), dtype, &device)?;
             let new_v = Tensor::zeros((heads, capacity, dim), dtype, &device)?;
-            if let Some(old) = slot.as_ref() {
+            if let Some(LayerKv::Device { k: old_k, v: old_v }) = slot.as_ref() {
                 if self.len > 0 {
-                    new_k.slice_set(&old.k.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
-                    new_v.slice_set(&old.v.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                    new_k.slice_set(&old_k.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                    new_v.slice_set(&old_v.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
                 }
             }
             self.capacity = self.capacity.max(capacity);
-            *slot = Some(LayerKv { k: new_k, v: new_v });
+            *slot = Some(LayerKv::Device { k: new_k, v: new_v });
         }
-        let l = slot.as_ref().expect("allocated above");
-        l.k.slice_set(&k.contiguous()?, 1, self.len)?;
-        l.v.slice_set(&v.contiguous()?, 1, self.len)?;
-        Ok((l.k.narrow(1, 0, needed)?, l.v.narrow(1, 0, needed)?))
+        let Some(LayerKv::Device { k: lk, v: lv }) = slot.as_ref() else {
+            unreachable!("allocated above")
+        };
+        lk.slice_set(&k.contiguous()?, 1, self.len)?;
+        lv.slice_set(&v.contiguous()?, 1, self.len)?;
+        Ok((lk.narrow(1, 0, needed)?, lv.narrow(1, 0, needed)?))
     }
 
     /// An independent cache holding this one's first `len` positions, with room for `reserve`
@@ -97,16 +152,28 @@ impl KvCache {
         let mut layers = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             let copied = match layer {
-                Some(l) if len > 0 => {
-                    let (heads, _, dim) = l.k.dims3()?;
+                Some(LayerKv::Device { k, v }) if len > 0 => {
+                    let (heads, _, dim) = k.dims3()?;
                     let copy = |t: &Tensor| -> Result<Tensor> {
                         let out = Tensor::zeros((heads, capacity, dim), t.dtype(), t.device())?;
                         out.slice_set(&t.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
                         Ok(out)
                     };
-                    Some(LayerKv {
-                        k: copy(&l.k)?,
-                        v: copy(&l.v)?,
+                    Some(LayerKv::Device {
+                        k: copy(k)?,
+                        v: copy(v)?,
+                    })
+                }
+                Some(LayerKv::Host { k, v, row }) if len > 0 => {
+                    let copy = |x: &[f32]| {
+                        let mut out = Vec::with_capacity(reserve.max(len) * row);
+                        out.extend_from_slice(&x[..len * row]);
+                        out
+                    };
+                    Some(LayerKv::Host {
+                        k: copy(k),
+                        v: copy(v),
+                        row: *row,
                     })
                 }
                 _ => None,
@@ -157,6 +224,25 @@ mod tests {
         let got = ks.narrow(1, 0, cache.len()).unwrap();
         let diff = (got - expected).unwrap().abs().unwrap().sum_all().unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn host_layers_append_copy_and_stay_independent() {
+        let mut cache = KvCache::new(1);
+        cache.append_host(0, &[1.0; 6], &[2.0; 6], 2).unwrap();
+        cache.advance(3);
+        let mut copy = cache.copy_prefix(2, 8).unwrap();
+        cache.append_host(0, &[5.0; 2], &[5.0; 2], 2).unwrap();
+        cache.advance(1);
+        copy.append_host(0, &[7.0; 2], &[7.0; 2], 2).unwrap();
+        copy.advance(1);
+        assert_eq!(
+            cache.host(0).unwrap().0,
+            &[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 5.0, 5.0]
+        );
+        assert_eq!(copy.host(0).unwrap().0, &[1.0, 1.0, 1.0, 1.0, 7.0, 7.0]);
+        assert_eq!(copy.host(0).unwrap().1, &[2.0, 2.0, 2.0, 2.0, 7.0, 7.0]);
+        assert!(cache.bytes() >= 16 * 4);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::host_attention;
 use crate::engine::kv::KvCache;
 use crate::engine::qmatmul::{LinearGroup, QLinear};
 
@@ -59,6 +60,8 @@ pub struct Rope {
     cos: Tensor,
     sin: Tensor,
     style: RopeStyle,
+    /// The same tables as plain rows (max_positions × head_dim / 2) on the CPU.
+    host: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Rope {
@@ -87,11 +90,41 @@ impl Rope {
             angles.extend(inv_freq.iter().map(|f| p as f32 * f));
         }
         let angles = Tensor::from_vec(angles, (max_positions, half), device)?;
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        let host = if device.is_cpu() {
+            Some((
+                cos.flatten_all()?.to_vec1::<f32>()?,
+                sin.flatten_all()?.to_vec1::<f32>()?,
+            ))
+        } else {
+            None
+        };
         Ok(Self {
-            cos: angles.cos()?,
-            sin: angles.sin()?,
+            cos,
+            sin,
             style,
+            host,
         })
+    }
+
+    /// Rotate one token's heads (CPU rows) for position `pos`.
+    fn rotate_host(&self, x: &mut [f32], head_dim: usize, pos: usize) -> Result<()> {
+        let Some((cos, sin)) = &self.host else {
+            candle_core::bail!("rotary tables are not on the CPU");
+        };
+        let half = head_dim / 2;
+        let at = pos * half;
+        if at + half > cos.len() {
+            candle_core::bail!("position {pos} is past the rotary table");
+        }
+        host_attention::rotate(
+            x,
+            head_dim,
+            &cos[at..at + half],
+            &sin[at..at + half],
+            self.style == RopeStyle::Interleaved,
+        );
+        Ok(())
     }
 
     pub fn max_positions(&self) -> usize {
@@ -177,6 +210,9 @@ impl Attention {
             k = k.broadcast_add(bk)?;
             v = v.broadcast_add(bv)?;
         }
+        if x.device().is_cpu() {
+            return self.forward_host(q, k, v, spans, caches, layer);
+        }
         let mut outputs = Vec::with_capacity(spans.len());
         for (span, cache) in spans.iter().zip(caches.iter_mut()) {
             let heads = |m: &Tensor, n: usize| -> Result<Tensor> {
@@ -203,6 +239,65 @@ impl Attention {
             Tensor::cat(&outputs, 0)?
         };
         self.wo.forward(&out)
+    }
+
+    /// The CPU path: norms on the whole batch, then rotation, cache appends and attention in
+    /// plain loops (`host_attention`).
+    fn forward_host(
+        &self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        spans: &[SeqSpan],
+        caches: &mut [&mut KvCache],
+        layer: usize,
+    ) -> Result<Tensor> {
+        let (tokens, hd) = (q.dim(0)?, self.head_dim);
+        let (q, k) = match &self.qk_norm {
+            Some((qn, kn)) => (
+                qn.forward(&q.reshape((tokens, self.n_heads, hd))?)?,
+                kn.forward(&k.reshape((tokens, self.n_kv_heads, hd))?)?,
+            ),
+            None => (q, k),
+        };
+        let rows = |t: Tensor| -> Result<Vec<f32>> { t.contiguous()?.flatten_all()?.to_vec1() };
+        let (mut q, mut k, v) = (rows(q)?, rows(k)?, rows(v)?);
+        let (q_row, kv_row) = (self.n_heads * hd, self.n_kv_heads * hd);
+        for span in spans {
+            for i in 0..span.len {
+                let r = span.start + i;
+                self.rope
+                    .rotate_host(&mut q[r * q_row..(r + 1) * q_row], hd, span.pos + i)?;
+                self.rope
+                    .rotate_host(&mut k[r * kv_row..(r + 1) * kv_row], hd, span.pos + i)?;
+            }
+        }
+        let mut v = v;
+        for x in [&mut q, &mut k, &mut v] {
+            host_attention::round_to_f16(x);
+        }
+        for (span, cache) in spans.iter().zip(caches.iter_mut()) {
+            let at = span.start * kv_row..(span.start + span.len) * kv_row;
+            cache.append_host(layer, &k[at.clone()], &v[at], kv_row)?;
+        }
+        let history: Vec<(&[f32], &[f32])> = caches
+            .iter()
+            .map(|c| c.host(layer).expect("appended above"))
+            .collect();
+        let out = host_attention::attend(
+            &q,
+            spans,
+            &history,
+            host_attention::Shape {
+                n_heads: self.n_heads,
+                n_kv_heads: self.n_kv_heads,
+                head_dim: hd,
+                scale: self.scale as f32,
+                window: self.window,
+            },
+        );
+        self.wo
+            .forward(&Tensor::from_vec(out, (tokens, q_row), &Device::Cpu)?)
     }
 
     /// One sequence: `q` (heads, t, dim) against its whole history (kv_heads, total, dim).

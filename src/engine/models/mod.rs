@@ -2,6 +2,7 @@
 //! block `forward` over a flattened batch; the shared pieces live in `layers`.
 
 pub mod gemma3;
+pub mod host_attention;
 pub mod layers;
 pub mod llama;
 
