@@ -2,7 +2,11 @@
 //! prompt in one pass, and `tg` tokens generated one at a time from an empty context; mean and
 //! standard deviation over `reps` repetitions after one warm-up. Prints one JSON object.
 //!
+//! `--batch 1,8,32` adds batched decoding: B sequences, each after a 64-token prompt, decode
+//! together for 32 steps (one forward per step, as the scheduler runs them); aggregate tok/s.
+//!
 //! cargo bench --bench engine -- --model PATH --threads 2 [--pp 512] [--tg 128] [--reps 5]
+//!   [--batch 1,8,32]
 //! `benches/compare.py` runs it beside llama.cpp's `llama-bench` and writes `benches/results/`.
 
 use std::time::Instant;
@@ -19,6 +23,7 @@ struct Args {
     pp: usize,
     tg: usize,
     reps: usize,
+    batch: Vec<usize>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -28,6 +33,7 @@ fn parse_args() -> Result<Args> {
         pp: 512,
         tg: 128,
         reps: 5,
+        batch: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -38,6 +44,12 @@ fn parse_args() -> Result<Args> {
             "--pp" => a.pp = value()?.parse()?,
             "--tg" => a.tg = value()?.parse()?,
             "--reps" => a.reps = value()?.parse()?,
+            "--batch" => {
+                a.batch = value()?
+                    .split(',')
+                    .map(|b| b.parse())
+                    .collect::<Result<_, _>>()?
+            }
             "--bench" => {}
             other => anyhow::bail!("unknown flag {other}"),
         }
@@ -85,6 +97,37 @@ fn generation(t: &Transformer, n: usize, first: u32) -> Result<f64> {
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// `b` sequences with 64-token prompts decode `steps` tokens together; aggregate tokens/s.
+fn batched_generation(t: &Transformer, b: usize, steps: usize) -> Result<f64> {
+    let mut caches: Vec<_> = (0..b).map(|_| t.new_cache()).collect();
+    let prompts: Vec<Vec<u32>> = (0..b)
+        .map(|i| tokens(64 + i, t.info.vocab_size)[i..].to_vec())
+        .collect();
+    for (cache, prompt) in caches.iter_mut().zip(&prompts) {
+        t.forward(&mut [SeqInput {
+            tokens: prompt,
+            cache,
+            all_logits: false,
+        }])?;
+    }
+    let mut next: Vec<u32> = prompts.iter().map(|p| p[0]).collect();
+    let start = Instant::now();
+    for _ in 0..steps {
+        let mut inputs: Vec<SeqInput> = caches
+            .iter_mut()
+            .zip(&next)
+            .map(|(cache, token)| SeqInput {
+                tokens: std::slice::from_ref(token),
+                cache,
+                all_logits: false,
+            })
+            .collect();
+        let logits = t.forward(&mut inputs)?;
+        next = logits.argmax(1)?.to_vec1::<u32>()?;
+    }
+    Ok((b * steps) as f64 / start.elapsed().as_secs_f64())
+}
+
 fn mean_sd(v: &[f64]) -> (f64, f64) {
     let mean = v.iter().sum::<f64>() / v.len() as f64;
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len().max(2) - 1) as f64;
@@ -106,6 +149,18 @@ fn main() -> Result<()> {
         pp.push(prompt_pass(t, &prompt)?);
         tg.push(generation(t, args.tg, bos)?);
     }
+    let batched: Vec<serde_json::Value> = args
+        .batch
+        .iter()
+        .map(|&b| -> Result<serde_json::Value> {
+            batched_generation(t, b, 4)?;
+            let runs = (0..args.reps.min(3))
+                .map(|_| batched_generation(t, b, 32))
+                .collect::<Result<Vec<_>>>()?;
+            let (mean, sd) = mean_sd(&runs);
+            Ok(serde_json::json!({"batch": b, "avg_ts": mean, "stddev_ts": sd}))
+        })
+        .collect::<Result<_>>()?;
     let (pp_mean, pp_sd) = mean_sd(&pp);
     let (tg_mean, tg_sd) = mean_sd(&tg);
     println!(
@@ -117,6 +172,7 @@ fn main() -> Result<()> {
             "load_s": model.load_time.as_secs_f64(),
             "pp": {"n": args.pp, "avg_ts": pp_mean, "stddev_ts": pp_sd, "samples_ts": pp},
             "tg": {"n": args.tg, "avg_ts": tg_mean, "stddev_ts": tg_sd, "samples_ts": tg},
+            "tg_batched": batched,
         })
     );
     Ok(())
