@@ -55,9 +55,9 @@ async fn streamed(s: &Server, mut body: Value) -> (String, Value) {
 
 #[tokio::test]
 async fn sixteen_concurrent_greedy_streams_equal_the_same_requests_run_alone() {
-    // Bit-identical outputs need each prompt computed in the same chunks alone and batched: no
-    // prefix reuse, and a step budget that takes all sixteen prompts whole.
-    let s = start(&["--prefix-cache-mib", "0", "--max-step-tokens", "1024"]);
+    // Default settings: the batched run also reuses the alone runs' prompts from the prefix
+    // cache and splits prompts across steps; a token's logits depend on none of that.
+    let s = start(&[]);
     // Alone, one after another.
     let mut alone = Vec::new();
     for topic in TOPICS {
@@ -147,8 +147,7 @@ async fn a_repeated_system_prompt_is_served_from_the_prefix_cache() {
         "cached {hit} of {prompt}: {cached}"
     );
     assert_eq!(cached["timings"]["cached_n"], hit);
-    // `cache_prompt: false` computes it all; the reused KV predicts what computing it predicts
-    // (the same best tokens; log-probabilities equal up to float summation order).
+    // `cache_prompt: false` computes it all: the reused KV gives the same log-probabilities.
     let (_, computed) = post(
         &s,
         "/v1/chat/completions",
@@ -159,15 +158,7 @@ async fn a_repeated_system_prompt_is_served_from_the_prefix_cache() {
         computed["usage"]["prompt_tokens_details"]["cached_tokens"],
         0
     );
-    let (a, b) = (top5(&cached), top5(&computed));
-    assert_eq!(a[0].0, b[0].0, "{a:?} vs {b:?}");
-    for (token, lp) in &b[..3] {
-        let other = a.iter().find(|(t, _)| t == token);
-        assert!(
-            other.is_some_and(|(_, l)| (l - lp).abs() < 0.5),
-            "{token:?}: {a:?} vs {b:?}"
-        );
-    }
+    assert_eq!(top5(&cached), top5(&computed));
     let status = engine_of(&s, "smollm2").await.unwrap();
     let p = &status["prefix_cache"];
     assert!(

@@ -101,9 +101,9 @@ pub struct ValidatedRequest {
     pub stop: Vec<String>,
     /// The request's own keep-alive for its model (the server's override still wins).
     pub keep_alive: Option<KeepAlive>,
-    /// Reuse cached KV for the prompt's prefix (llama.cpp's `cache_prompt`). Off, the prompt is
-    /// computed in full: a reused prefix was computed in other chunk sizes, so its logits may
-    /// differ in the last bits, enough to change a greedy pick now and then.
+    /// Reuse cached KV for the prompt's prefix (llama.cpp's `cache_prompt`). On the CPU reuse
+    /// is bit-exact; on a GPU, attention through cuBLAS/Metal kernels sized by the chunk can
+    /// differ in the last bits, so a client wanting exact repeatability there turns it off.
     pub cache_prompt: bool,
 }
 
