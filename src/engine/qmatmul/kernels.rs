@@ -39,6 +39,16 @@ pub(super) type Rows<'a, const NR: usize> = [&'a [ActBlock]; NR];
 pub(super) type Out = [[f32; LANES]; ROW_GROUP];
 
 impl Kernel {
+    /// Activation rows per pass over a weight group: eight accumulators per row pair need the
+    /// 32 vector registers of AVX-512; with 16, four rows keep everything in registers.
+    pub(super) fn row_group(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni => ROW_GROUP,
+            _ => 4,
+        }
+    }
+
     #[inline]
     pub(super) fn q4_1<const NR: usize>(self, w: &[Q4_1x8], a: Rows<NR>, out: &mut Out) {
         match self {

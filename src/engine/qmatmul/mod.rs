@@ -21,8 +21,9 @@ use rayon::prelude::*;
 const QK: usize = 32;
 /// Output rows interleaved in one group.
 const LANES: usize = 8;
-/// Activation rows that share one pass over the weights.
-const ROW_GROUP: usize = 4;
+/// Most activation rows that share one pass over the weights (eight where AVX-512 gives the
+/// registers for them, else four: see `Kernel::row_group`).
+const ROW_GROUP: usize = 8;
 
 /// Eight rows' Q4_1 block `b`: f16 scales and minimums, then 4 segments of 32 bytes where byte
 /// `4 * row + e` of segment `p` is the source byte `qs[4p + e]` of that row (low nibble: element
@@ -294,54 +295,67 @@ fn matmul_cpu(w: &CpuWeights, x: &[f32], rows: usize, k: usize, n: usize, out: &
     let per_task = groups.div_ceil(threads * 4).max(2);
     let out_ptr = OutPtr(out.as_mut_ptr());
     let kernel = select_kernel();
+    let row_group = kernel.row_group();
     (0..groups.div_ceil(per_task))
         .into_par_iter()
         .for_each(|t| {
             let out = out_ptr;
             for g in t * per_task..((t + 1) * per_task).min(groups) {
-                for r0 in (0..rows).step_by(ROW_GROUP) {
-                    let nr = ROW_GROUP.min(rows - r0);
+                for r0 in (0..rows).step_by(row_group) {
+                    let nr = row_group.min(rows - r0);
                     let act = |i: usize| &acts[(r0 + i) * kb..(r0 + i + 1) * kb];
                     let mut res = [[0f32; LANES]; ROW_GROUP];
-                    match w {
-                        CpuWeights::Q4_1(b) => {
-                            let wg = &b[g * kb..(g + 1) * kb];
-                            match nr {
-                                1 => kernel.q4_1::<1>(wg, [act(0)], &mut res),
-                                2 => kernel.q4_1::<2>(wg, [act(0), act(1)], &mut res),
-                                3 => kernel.q4_1::<3>(wg, [act(0), act(1), act(2)], &mut res),
-                                _ => {
-                                    kernel.q4_1::<4>(wg, [act(0), act(1), act(2), act(3)], &mut res)
-                                }
-                            }
-                        }
-                        CpuWeights::Q8_0(b) => {
-                            let wg = &b[g * kb..(g + 1) * kb];
-                            match nr {
-                                1 => kernel.q8_0::<1>(wg, [act(0)], &mut res),
-                                2 => kernel.q8_0::<2>(wg, [act(0), act(1)], &mut res),
-                                3 => kernel.q8_0::<3>(wg, [act(0), act(1), act(2)], &mut res),
-                                _ => {
-                                    kernel.q8_0::<4>(wg, [act(0), act(1), act(2), act(3)], &mut res)
-                                }
-                            }
-                        }
-                    }
+                    let run = |res: &mut Out| match nr {
+                        1 => group_rows::<1>(kernel, w, g, kb, act, res),
+                        2 => group_rows::<2>(kernel, w, g, kb, act, res),
+                        3 => group_rows::<3>(kernel, w, g, kb, act, res),
+                        4 => group_rows::<4>(kernel, w, g, kb, act, res),
+                        5 => group_rows::<5>(kernel, w, g, kb, act, res),
+                        6 => group_rows::<6>(kernel, w, g, kb, act, res),
+                        7 => group_rows::<7>(kernel, w, g, kb, act, res),
+                        _ => group_rows::<8>(kernel, w, g, kb, act, res),
+                    };
+                    run(&mut res);
                     let cols = LANES.min(n - g * LANES);
                     for (r, vals) in res.iter().enumerate().take(nr) {
-                        for (c, v) in vals.iter().enumerate().take(cols) {
-                            // SAFETY: group g's columns belong to this task alone; r0 + r < rows.
-                            unsafe { *out.0.add((r0 + r) * n + g * LANES + c) = *v };
-                        }
+                        // SAFETY: group g's columns belong to this task alone; r0 + r < rows and
+                        // g * LANES + cols <= n.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                out.0.add((r0 + r) * n + g * LANES),
+                                cols,
+                            )
+                        };
+                        dst.copy_from_slice(&vals[..cols]);
                     }
                 }
             }
         });
 }
 
+/// `NR` activation rows against weight group `g`.
+#[inline]
+fn group_rows<'a, const NR: usize>(
+    kernel: kernels::Kernel,
+    w: &CpuWeights,
+    g: usize,
+    kb: usize,
+    act: impl Fn(usize) -> &'a [ActBlock],
+    res: &mut Out,
+) {
+    match w {
+        CpuWeights::Q4_1(b) => {
+            kernel.q4_1::<NR>(&b[g * kb..(g + 1) * kb], std::array::from_fn(act), res)
+        }
+        CpuWeights::Q8_0(b) => {
+            kernel.q8_0::<NR>(&b[g * kb..(g + 1) * kb], std::array::from_fn(act), res)
+        }
+    }
+}
+
 mod kernels;
 
-use kernels::select_kernel;
+use kernels::{select_kernel, Out};
 #[cfg(test)]
 use kernels::{Kernel, Rows};
 
