@@ -272,15 +272,12 @@ impl Attention {
                     .rotate_host(&mut k[r * kv_row..(r + 1) * kv_row], hd, span.pos + i)?;
             }
         }
-        let mut v = v;
-        for x in [&mut q, &mut k, &mut v] {
-            host_attention::round_to_f16(x);
-        }
+        host_attention::round_to_f16(&mut q);
         for (span, cache) in spans.iter().zip(caches.iter_mut()) {
             let at = span.start * kv_row..(span.start + span.len) * kv_row;
             cache.append_host(layer, &k[at.clone()], &v[at], kv_row)?;
         }
-        let history: Vec<(&[f32], &[f32])> = caches
+        let history: Vec<(&[half::f16], &[half::f16])> = caches
             .iter()
             .map(|c| c.host(layer).expect("appended above"))
             .collect();
