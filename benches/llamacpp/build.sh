@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
-# Build llama.cpp's `llama-bench` from the llama.cpp sources vendored in the
-# llama-cpp-python sdist on PyPI. Idempotent; prints the binary path last.
+# Build llama.cpp's `llama-bench` (default) or `llama-server` from the llama.cpp
+# sources vendored in the llama-cpp-python sdist on PyPI. Idempotent; prints
+# the binary path last.
+#
+#   benches/llamacpp/build.sh                  # llama-bench
+#   benches/llamacpp/build.sh llama-server     # or TARGET=llama-server
+#   JOBS=1 benches/llamacpp/build.sh llama-server
+#
+# Both targets share one build tree. The server needs LLAMA_BUILD_SERVER=ON; once
+# a tree has been configured with it, it stays ON (so alternating targets never
+# flips the cache back and forth and rebuilds the world).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -8,6 +17,11 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 LLAMACPP_VERSION="${LLAMACPP_VERSION:-0.3.36}"
 WORK="${LLAMACPP_WORKDIR:-$ROOT/benches/.work/llamacpp}"
 JOBS="${JOBS:-2}"
+TARGET="${1:-${TARGET:-llama-bench}}"
+case "$TARGET" in
+  llama-bench|llama-server) ;;
+  *) echo "unsupported target '$TARGET' (llama-bench | llama-server)" >&2; exit 2 ;;
+esac
 SRC_DIR="$WORK/llama_cpp_python-$LLAMACPP_VERSION"
 # AMX: -march=native enables ggml's AMX kernels when the CPU advertises AMX, but
 # on some VMs (e.g. Firecracker) the first `ldtilecfg` SIGSEGVs even though
@@ -21,7 +35,7 @@ if [[ "$LLAMACPP_AMX" != "1" ]]; then
   TAG="-noamx"
 fi
 BUILD_DIR="$WORK/build-$LLAMACPP_VERSION$TAG"
-BIN="$BUILD_DIR/bin/llama-bench"
+BIN="$BUILD_DIR/bin/$TARGET"
 
 if [[ -x "$BIN" ]]; then
   echo "$BIN"
@@ -55,6 +69,14 @@ if [[ ! -f "$LLAMA_DIR/CMakeLists.txt" ]]; then
 fi
 [[ -f "$LLAMA_DIR/CMakeLists.txt" ]] || { echo "vendored llama.cpp not found in $SRC_DIR" >&2; exit 1; }
 
+BUILD_SERVER=OFF
+if [[ "$TARGET" == "llama-server" ]] || \
+   grep -q '^LLAMA_BUILD_SERVER:BOOL=ON' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null; then
+  BUILD_SERVER=ON
+fi
+
+# Server extras: no web UI (neither npm nor a Hugging Face download of prebuilt
+# assets at build time; the benchmark only needs the HTTP API).
 cmake -S "$LLAMA_DIR" -B "$BUILD_DIR" \
   -DCMAKE_BUILD_TYPE=Release \
   -DGGML_NATIVE=ON \
@@ -65,9 +87,11 @@ cmake -S "$LLAMA_DIR" -B "$BUILD_DIR" \
   -DCMAKE_CXX_FLAGS="$EXTRA_FLAGS" \
   -DLLAMA_BUILD_TESTS=OFF \
   -DLLAMA_BUILD_EXAMPLES=OFF \
-  -DLLAMA_BUILD_SERVER=OFF \
+  -DLLAMA_BUILD_SERVER="$BUILD_SERVER" \
+  -DLLAMA_BUILD_UI=OFF \
+  -DLLAMA_USE_PREBUILT_UI=OFF \
   -DLLAMA_BUILD_TOOLS=ON >&2
-cmake --build "$BUILD_DIR" --config Release --target llama-bench -j "$JOBS" >&2
+cmake --build "$BUILD_DIR" --config Release --target "$TARGET" -j "$JOBS" >&2
 
 [[ -x "$BIN" ]] || { echo "build finished but $BIN is missing" >&2; exit 1; }
 echo "$BIN"
