@@ -53,12 +53,12 @@ impl SamplingParams {
     }
 }
 
-/// The chosen token with its log-probability under the model (before temperature and
-/// truncation, as OpenAI reports it) and the best alternatives when asked.
+/// The chosen token and, when asked (`top_logprobs` set), its log-probability under the model
+/// (before temperature and truncation, as OpenAI reports it) and the best alternatives.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampled {
     pub token: u32,
-    pub logprob: f32,
+    pub logprob: Option<f32>,
     pub top: Vec<(u32, f32)>,
 }
 
@@ -89,27 +89,42 @@ impl Sampler {
     /// Pick the next token from one row of logits; `context` is the prompt plus what has been
     /// generated (the repetition penalty looks at all of it, as llama.cpp's does).
     pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> Sampled {
-        let mut logits = logits.to_vec();
-        for (&tok, &bias) in &self.params.logit_bias {
-            if let Some(l) = logits.get_mut(tok as usize) {
-                *l += bias;
+        let p = &self.params;
+        let adjusted = !p.logit_bias.is_empty()
+            || (p.repetition_penalty != 1.0 && p.repetition_penalty > 0.0)
+            || p.presence_penalty != 0.0
+            || p.frequency_penalty != 0.0;
+        // Copy the row only when something changes it: a decode step samples every running
+        // sequence on the engine thread.
+        let logits: std::borrow::Cow<[f32]> = if adjusted {
+            let mut owned = logits.to_vec();
+            for (&tok, &bias) in &p.logit_bias {
+                if let Some(l) = owned.get_mut(tok as usize) {
+                    *l += bias;
+                }
             }
-        }
-        self.apply_penalties(&mut logits, context);
-        let logprobs = log_softmax(&logits);
+            self.apply_penalties(&mut owned, context);
+            owned.into()
+        } else {
+            logits.into()
+        };
         let token = if self.params.temperature <= 0.0 {
             argmax(&logits)
         } else {
             self.sample_truncated(&logits)
         };
-        let top = match self.params.top_logprobs {
-            Some(n) if n > 0 => top_n(&logprobs, n),
-            _ => Vec::new(),
+        // A full log-softmax is an exp per vocabulary entry: only when the request asked.
+        let (logprob, top) = match self.params.top_logprobs {
+            Some(n) => {
+                let logprobs = log_softmax(&logits);
+                (Some(logprobs[token as usize]), top_n(&logprobs, n))
+            }
+            None => (None, Vec::new()),
         };
         *self.counts.entry(token).or_insert(0) += 1;
         Sampled {
             token,
-            logprob: logprobs[token as usize],
+            logprob,
             top,
         }
     }
@@ -339,6 +354,9 @@ mod tests {
             out.top.iter().map(|t| t.0).collect::<Vec<_>>(),
             vec![1, 4, 2]
         );
-        assert_eq!(out.logprob, out.top[0].1);
+        assert_eq!(out.logprob, Some(out.top[0].1));
+        let unasked = Sampler::new(SamplingParams::greedy()).sample(&logits(), &[]);
+        assert_eq!((unasked.token, unasked.logprob), (out.token, None));
+        assert!(unasked.top.is_empty());
     }
 }

@@ -134,7 +134,7 @@ pub enum GenEvent {
     /// A sampled token with its log-probability and the best alternatives (when asked).
     Token {
         id: u32,
-        logprob: f32,
+        logprob: Option<f32>,
         top: Vec<(u32, f32)>,
     },
     /// Text that became whole (never part of a stop string).

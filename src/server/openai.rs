@@ -135,7 +135,7 @@ fn schedule_error(e: ScheduleError) -> ApiError {
 }
 
 /// A generated token: id, log-probability, best alternatives.
-type TokenLogprobs = (u32, f32, Vec<(u32, f32)>);
+type TokenLogprobs = (u32, Option<f32>, Vec<(u32, f32)>);
 
 /// One finished choice.
 struct Choice {
@@ -192,7 +192,7 @@ fn token_text(engine: &EngineHandle, id: u32) -> String {
 
 /// Chat logprobs: `{"content": [{token, logprob, bytes, top_logprobs: [...]}]}`.
 fn chat_logprobs(engine: &EngineHandle, tokens: &[TokenLogprobs]) -> Value {
-    let entry = |id: u32, lp: f32| {
+    let entry = |id: u32, lp: Option<f32>| {
         let t = token_text(engine, id);
         json!({"token": t, "logprob": lp, "bytes": t.as_bytes()})
     };
@@ -200,7 +200,7 @@ fn chat_logprobs(engine: &EngineHandle, tokens: &[TokenLogprobs]) -> Value {
         .iter()
         .map(|(id, lp, top)| {
             let mut e = entry(*id, *lp);
-            e["top_logprobs"] = top.iter().map(|(t, l)| entry(*t, *l)).collect();
+            e["top_logprobs"] = top.iter().map(|(t, l)| entry(*t, Some(*l))).collect();
             e
         })
         .collect();
