@@ -179,11 +179,14 @@ mod x86 {
             let m = scales(&g.m);
             for r in 0..NR {
                 let ab = a[r].get_unchecked(b);
-                let mut isum = _mm256_setzero_si256();
+                // Two independent chains (exact: integer sums), so the dot products of a row
+                // do not wait on each other's latency.
+                let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
                 for p in 0..4 {
-                    isum = dot(isum, lo[p], bcast4(&ab.qs, 4 * p));
-                    isum = dot(isum, hi[p], bcast4(&ab.qs, 16 + 4 * p));
+                    s0 = dot(s0, lo[p], bcast4(&ab.qs, 4 * p));
+                    s1 = dot(s1, hi[p], bcast4(&ab.qs, 16 + 4 * p));
                 }
+                let isum = _mm256_add_epi32(s0, s1);
                 let scale = _mm256_mul_ps(d, _mm256_set1_ps(ab.d));
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
                 off[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(ab.s), off[r]);
@@ -218,11 +221,12 @@ mod x86 {
             let correction = _mm256_mul_ps(d, minus128);
             for r in 0..NR {
                 let ab = a[r].get_unchecked(b);
-                let mut isum = _mm256_setzero_si256();
+                let mut sums = [_mm256_setzero_si256(); 2];
                 for kk in 0..8 {
                     let wq = _mm256_load_si256(g.qs.as_ptr().add(32 * kk) as *const __m256i);
-                    isum = dot(isum, wq, bcast4(&ab.qs, 4 * kk));
+                    sums[kk % 2] = dot(sums[kk % 2], wq, bcast4(&ab.qs, 4 * kk));
                 }
+                let isum = _mm256_add_epi32(sums[0], sums[1]);
                 let scale = _mm256_mul_ps(d, _mm256_set1_ps(ab.d));
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
                 if !UNBIASED {
