@@ -3,7 +3,7 @@
 
 use half::f16;
 
-use super::{ActBlock, Q4_1x8, Q8_0x8, LANES, ROW_GROUP};
+use super::{ActBlock, Q4_1x8, Q8_0x8, LANES, QK, ROW_GROUP};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) enum Kernel {
@@ -49,6 +49,18 @@ impl Kernel {
         }
     }
 
+    /// One block of activations to 8 bits: `d = max |v| / 127` and `round(v / d)`, rounding
+    /// half away from zero as `f32::round` does (every path gives the same bytes).
+    #[inline]
+    pub(super) fn quantize_block(self, v: &[f32; QK]) -> (f32, [i8; QK]) {
+        match self {
+            Kernel::Scalar => scalar::quantize_block(v),
+            // SAFETY: as above (AVX2 is part of both).
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::Vnni => unsafe { x86::quantize_block(v) },
+        }
+    }
+
     #[inline]
     pub(super) fn q4_1<const NR: usize>(self, w: &[Q4_1x8], a: Rows<NR>, out: &mut Out) {
         match self {
@@ -77,6 +89,13 @@ impl Kernel {
 /// The same arithmetic as the SIMD kernels, lane by lane, for CPUs without AVX2.
 mod scalar {
     use super::*;
+
+    pub(super) fn quantize_block(v: &[f32; QK]) -> (f32, [i8; QK]) {
+        let amax = v.iter().fold(0f32, |m, &a| m.max(a.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        (d, std::array::from_fn(|i| (v[i] * id).round() as i8))
+    }
 
     pub(super) fn q4_1<const NR: usize>(w: &[Q4_1x8], a: Rows<NR>, out: &mut Out) {
         for r in 0..NR {
@@ -144,6 +163,48 @@ mod x86 {
     #[inline(always)]
     unsafe fn dot_vnni(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(acc, w, a)
+    }
+
+    /// The scalar `quantize_block` eight lanes at a time. Rounding half away from zero:
+    /// truncate, then step away from zero where the (exact) remainder is at least one half.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn quantize_block(v: &[f32; QK]) -> (f32, [i8; QK]) {
+        let p = v.as_ptr();
+        let x = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_andnot_ps(sign, x[0]);
+        for xi in &x[1..] {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *xi));
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+        let mut ints = [_mm256_setzero_si256(); 4];
+        for (int, xi) in ints.iter_mut().zip(x) {
+            let s = _mm256_mul_ps(xi, id);
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(s);
+            let away =
+                _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_andnot_ps(sign, _mm256_sub_ps(s, t)), half);
+            let step = _mm256_and_ps(away, _mm256_or_ps(one, _mm256_and_ps(s, sign)));
+            *int = _mm256_cvtps_epi32(_mm256_add_ps(t, step));
+        }
+        // The packs work within 128-bit halves: put the four-byte groups back in order.
+        let bytes = _mm256_packs_epi16(
+            _mm256_packs_epi32(ints[0], ints[1]),
+            _mm256_packs_epi32(ints[2], ints[3]),
+        );
+        let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let mut qs = [0i8; QK];
+        _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, ordered);
+        (d, qs)
     }
 
     /// Four activation bytes starting at `i`, in every lane.

@@ -261,13 +261,10 @@ fn repack_q8_0(bytes: &[u8], n: usize, k: usize) -> Vec<Q8_0x8> {
 }
 
 /// ggml's x86 `quantize_row_q8_1`: `d = max / 127` kept as f16, `s = d · Σq` kept as f16.
-fn quantize_activations(x: &[f32]) -> Vec<ActBlock> {
+fn quantize_activations(kernel: kernels::Kernel, x: &[f32]) -> Vec<ActBlock> {
     x.chunks_exact(QK)
         .map(|v| {
-            let amax = v.iter().fold(0f32, |m, &a| m.max(a.abs()));
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let qs: [i8; 32] = std::array::from_fn(|i| (v[i] * id).round() as i8);
+            let (d, qs) = kernel.quantize_block(v.try_into().expect("chunks of QK"));
             let isum: i32 = qs.iter().map(|&q| q as i32).sum();
             let d16 = f16::from_f32(d).to_f32();
             ActBlock {
@@ -287,14 +284,14 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 fn matmul_cpu(w: &CpuWeights, x: &[f32], rows: usize, k: usize, n: usize, out: &mut [f32]) {
-    let acts = quantize_activations(x);
+    let kernel = select_kernel();
+    let acts = quantize_activations(kernel, x);
     let kb = k / QK;
     let groups = n.div_ceil(LANES);
     let threads = rayon::current_num_threads().max(1);
     // A few tasks per thread balance the load without paying for many tiny ones.
     let per_task = groups.div_ceil(threads * 4).max(2);
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let kernel = select_kernel();
     let row_group = kernel.row_group();
     (0..groups.div_ceil(per_task))
         .into_par_iter()
@@ -423,8 +420,8 @@ mod tests {
     #[test]
     fn scalar_and_simd_kernels_agree() {
         let (n, k) = (8, 64);
-        let acts = quantize_activations(&random(k, 4));
-        let acts2 = quantize_activations(&random(k, 5));
+        let acts = quantize_activations(Kernel::Scalar, &random(k, 4));
+        let acts2 = quantize_activations(Kernel::Scalar, &random(k, 5));
         let rows: Rows<2> = [&acts, &acts2];
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let w = Tensor::from_vec(random(n * k, 3), (n, k), &Device::Cpu).unwrap();
@@ -454,6 +451,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn simd_activation_quantizer_gives_the_scalar_bytes() {
+        let mut blocks: Vec<[f32; QK]> = random(QK * 64, 12)
+            .chunks(QK)
+            .enumerate()
+            .map(|(i, c)| std::array::from_fn(|j| c[j] * (1 + i) as f32))
+            .collect();
+        // Exact halves (max 127 makes the scale 1): rounding ties must go away from zero.
+        blocks.push(std::array::from_fn(|j| match j {
+            0 => 127.0,
+            _ => (j as f32 - 16.0) + 0.5,
+        }));
+        blocks.push([0.0; QK]);
+        blocks.push(std::array::from_fn(|j| -(j as f32) * 1e-3));
+        let simd = select_kernel();
+        for b in &blocks {
+            let (d, qs) = Kernel::Scalar.quantize_block(b);
+            assert_eq!(simd.quantize_block(b), (d, qs), "{simd:?} on {b:?}");
+        }
+        let ties = Kernel::Scalar.quantize_block(&blocks[64]).1;
+        assert_eq!((ties[1], ties[16], ties[17]), (-15, 1, 2));
     }
 
     #[test]
