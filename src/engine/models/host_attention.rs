@@ -100,6 +100,69 @@ fn axpy(out: &mut [f32], w: f32, x: &[f16]) {
     }
 }
 
+/// `out[c] = (q · key(first + c)) · scale` for each of `out.len()` keys; the key of position
+/// j is `keys[j * stride + at..][..q.len()]`. Each score is the same sum, in the same order, as
+/// `dot` gives: eight keys at a time only shares the loads and the horizontal sums.
+fn key_scores(
+    q: &[f32],
+    keys: &[f16],
+    (stride, at): (usize, usize),
+    first: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let key = |c: usize| &keys[(first + c) * stride + at..][..hd];
+    #[allow(unused_mut)]
+    let mut done = 0;
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "f16c",
+        target_feature = "fma"
+    ))]
+    if hd.is_multiple_of(8) {
+        while done + 8 <= out.len() {
+            let block: [&[f16]; 8] = std::array::from_fn(|k| key(done + k));
+            // SAFETY: as in `dot`; every key row has q's length.
+            unsafe { simd::dot8(q, block, scale, &mut out[done..done + 8]) };
+            done += 8;
+        }
+    }
+    for (c, o) in out.iter_mut().enumerate().skip(done) {
+        *o = dot(q, key(c)) * scale;
+    }
+}
+
+/// `out = Σ_c w[c] · value(first + c)`, summed in key order from zero (the same sums as
+/// `axpy` over the keys into a zeroed `out`). Values are laid out as keys in `key_scores`.
+fn weighted_values(
+    w: &[f32],
+    values: &[f16],
+    (stride, at): (usize, usize),
+    first: usize,
+    out: &mut [f32],
+) {
+    let hd = out.len();
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "f16c",
+        target_feature = "fma"
+    ))]
+    if hd.is_multiple_of(32) && !w.is_empty() {
+        let start = first * stride + at;
+        assert!(start + (w.len() - 1) * stride + hd <= values.len());
+        for (i, o) in out.chunks_exact_mut(32).enumerate() {
+            // SAFETY: as in `dot`; the bound on the last value row is checked above.
+            unsafe { simd::weighted32(w, values, stride, start + 32 * i, o) };
+        }
+        return;
+    }
+    out.fill(0.0);
+    for (c, &wc) in w.iter().enumerate() {
+        axpy(out, wc, &values[(first + c) * stride + at..][..hd]);
+    }
+}
+
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "f16c",
@@ -125,6 +188,67 @@ mod simd {
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
         lanes.iter().sum()
+    }
+
+    /// `dot(a, b[k]) · scale` for eight rows at once: eight running sums as in `dot`, then an
+    /// 8×8 transpose so that lane k of the result adds row k's lanes in the order 0..8.
+    #[inline(always)]
+    pub unsafe fn dot8(a: &[f32], b: [&[f16]; 8], scale: f32, out: &mut [f32]) {
+        debug_assert!(b.iter().all(|r| r.len() == a.len()) && out.len() == 8);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for i in (0..a.len()).step_by(8) {
+            let av = _mm256_loadu_ps(a.as_ptr().add(i));
+            for k in 0..8 {
+                acc[k] = _mm256_fmadd_ps(av, load(b[k], i), acc[k]);
+            }
+        }
+        let [v0, v1, v2, v3, v4, v5, v6, v7] = acc;
+        let (t0, t1) = (_mm256_unpacklo_ps(v0, v1), _mm256_unpackhi_ps(v0, v1));
+        let (t2, t3) = (_mm256_unpacklo_ps(v2, v3), _mm256_unpackhi_ps(v2, v3));
+        let (t4, t5) = (_mm256_unpacklo_ps(v4, v5), _mm256_unpackhi_ps(v4, v5));
+        let (t6, t7) = (_mm256_unpacklo_ps(v6, v7), _mm256_unpackhi_ps(v6, v7));
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        // Row j holds lane j of every accumulator.
+        let rows = [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ];
+        let mut sum = rows[0];
+        for r in &rows[1..] {
+            sum = _mm256_add_ps(sum, *r);
+        }
+        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(sum, _mm256_set1_ps(scale)));
+    }
+
+    /// 32 columns of `Σ_c w[c] · x[start + c · stride ..][..32]`, four independent chains
+    /// held in registers over all the keys.
+    #[inline(always)]
+    pub unsafe fn weighted32(w: &[f32], x: &[f16], stride: usize, start: usize, out: &mut [f32]) {
+        debug_assert_eq!(out.len(), 32);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (c, &wc) in w.iter().enumerate() {
+            let wv = _mm256_set1_ps(wc);
+            let base = start + c * stride;
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(wv, load(x, base + 8 * k), *a);
+            }
+        }
+        for (k, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * k), *a);
+        }
     }
 
     #[inline(always)]
@@ -188,20 +312,18 @@ pub fn attend(
             let (keys, values) = history[task.seq];
             let mut out = vec![0f32; task.rows.len() * group * hd];
             let visible = span.pos + span.len;
-            // Scores of the group's heads, head-major: a key row is read once for all of them.
+            // Scores of the group's heads, head-major.
             let mut scores = vec![0f32; group * visible];
-            let kv_at = task.kv_head * hd;
+            let layout = (kv_row, task.kv_head * hd);
             for (n, i) in task.rows.clone().enumerate() {
                 let p = span.pos + i;
                 let first = window.map_or(0, |w| (p + 1).saturating_sub(w));
                 let count = p + 1 - first;
                 let q_at = (span.start + i) * q_row + task.kv_head * group * hd;
                 let qs = &q[q_at..q_at + group * hd];
-                for (c, j) in (first..=p).enumerate() {
-                    let key = &keys[j * kv_row + kv_at..][..hd];
-                    for (g, qv) in qs.chunks_exact(hd).enumerate() {
-                        scores[g * visible + c] = dot(qv, key) * scale;
-                    }
+                for (g, qv) in qs.chunks_exact(hd).enumerate() {
+                    let sc = &mut scores[g * visible..g * visible + count];
+                    key_scores(qv, keys, layout, first, scale, sc);
                 }
                 let o = &mut out[n * group * hd..(n + 1) * group * hd];
                 for g in 0..group {
@@ -215,11 +337,9 @@ pub fn attend(
                     let inv = 1.0 / sum;
                     sc.iter_mut().for_each(|s| *s = f16_rounded(*s * inv));
                 }
-                for (c, j) in (first..=p).enumerate() {
-                    let value = &values[j * kv_row + kv_at..][..hd];
-                    for (g, og) in o.chunks_exact_mut(hd).enumerate() {
-                        axpy(og, scores[g * visible + c], value);
-                    }
+                for (g, og) in o.chunks_exact_mut(hd).enumerate() {
+                    let w = &scores[g * visible..g * visible + count];
+                    weighted_values(w, values, layout, first, og);
                 }
             }
             out
@@ -323,6 +443,30 @@ mod tests {
                 );
                 assert_eq!(&alone[hd..], got, "pos {pos}");
             }
+        }
+    }
+
+    #[test]
+    fn blocked_scores_and_values_give_the_plain_sums_bit_for_bit() {
+        let (hd, stride, at, n) = (64, 3 * 64, 64, 29);
+        let val = |i: usize| ((i * 7919 % 113) as f32 - 56.0) / 37.0;
+        let q: Vec<f32> = (0..hd).map(|i| val(i + 5)).collect();
+        let kv: Vec<f16> = (0..n * stride).map(|i| f16::from_f32(val(i))).collect();
+        for first in [0, 3] {
+            let count = n - first;
+            let row = |c: usize| &kv[(first + c) * stride + at..][..hd];
+            let mut scores = vec![0f32; count];
+            key_scores(&q, &kv, (stride, at), first, 0.125, &mut scores);
+            for (c, s) in scores.iter().enumerate() {
+                assert_eq!(s.to_bits(), (dot(&q, row(c)) * 0.125).to_bits(), "key {c}");
+            }
+            let mut plain = vec![0f32; hd];
+            for (c, &w) in scores.iter().enumerate() {
+                axpy(&mut plain, w, row(c));
+            }
+            let mut blocked = vec![1f32; hd];
+            weighted_values(&scores, &kv, (stride, at), first, &mut blocked);
+            assert_eq!(blocked, plain);
         }
     }
 
