@@ -44,6 +44,8 @@ clients: build .venv/.installed
 	.venv/bin/pip install -q -r tests/clients/requirements.txt
 	touch $@
 
-# Lantern against llama.cpp (built from the llama-cpp-python sdist) on the same GGUF.
-bench: models build
+# Lantern against llama.cpp (built from the llama-cpp-python sdist) on the same GGUF: the
+# engine against llama-bench, then the server against llama-server under 1..32 clients.
+bench: models build .venv/.installed
 	python3 benches/compare.py
+	LANTERN_BIN=$(LANTERN) .venv/bin/python benches/serve_compare.py --wait-quiet 120
