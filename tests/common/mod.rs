@@ -61,3 +61,15 @@ pub fn forced_logits(
     }
     rows
 }
+
+/// The installed default embedding model (all-MiniLM-L6-v2).
+pub fn minilm() -> &'static lantern::engine::models::bert::EmbeddingModel {
+    static MODEL: OnceLock<lantern::engine::models::bert::EmbeddingModel> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let dir = Library::new(&lantern::library::home())
+            .models_dir()
+            .join("all-minilm");
+        lantern::engine::models::bert::EmbeddingModel::load(&dir, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{e} (the test setup runs models/fetch)"))
+    })
+}

@@ -1,6 +1,7 @@
 //! Model code. Every architecture has one shape: a config read from GGUF metadata, `load`, and a
 //! block `forward` over a flattened batch; the shared pieces live in `layers`.
 
+pub mod bert;
 pub mod gemma3;
 pub mod host_attention;
 pub mod layers;

@@ -1,0 +1,100 @@
+//! Sentence embeddings against sentence-transformers (`shared/reference/embeddings.json`, made
+//! with PyTorch on the same all-MiniLM-L6-v2 files).
+
+mod common;
+
+use serde_json::Value;
+
+fn reference() -> Value {
+    let path = common::reference_dir().join("embeddings.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+#[test]
+fn vectors_match_sentence_transformers() {
+    let model = common::minilm();
+    let reference = reference();
+    assert_eq!(
+        model.info.max_tokens,
+        reference["max_seq_length"].as_u64().unwrap() as usize
+    );
+    let items = reference["items"].as_array().unwrap();
+    let tokenized: Vec<_> = items
+        .iter()
+        .map(|it| model.tokenize(it["text"].as_str().unwrap(), true).unwrap())
+        .collect();
+    let inputs: Vec<&[u32]> = tokenized.iter().map(|t| t.ids.as_slice()).collect();
+    let vectors = model.embed(&inputs).unwrap();
+    for ((it, tok), v) in items.iter().zip(&tokenized).zip(&vectors) {
+        let text = it["text"].as_str().unwrap();
+        assert_eq!(
+            tok.ids.len() as u64,
+            it["n_tokens"].as_u64().unwrap(),
+            "{text:?}"
+        );
+        let expect: Vec<f32> = serde_json::from_value(it["embedding"].clone()).unwrap();
+        assert_eq!(v.len(), expect.len());
+        let c = cosine(v, &expect);
+        assert!(c >= 0.999, "{text:?}: cosine {c}");
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{text:?}: norm {norm}");
+    }
+    let long = items
+        .iter()
+        .zip(&tokenized)
+        .find(|(it, _)| it["text"].as_str().unwrap().len() > 1000);
+    let (_, long) = long.expect("the reference has a text past the window");
+    assert!(long.truncated_from.unwrap() > model.info.max_tokens);
+}
+
+#[test]
+fn batched_equals_one_at_a_time_and_order_is_kept() {
+    let model = common::minilm();
+    let texts = [
+        "hello",
+        "A much longer sentence about cats and rugs and mats.",
+        "",
+        "🦀",
+    ];
+    let toks: Vec<_> = texts
+        .iter()
+        .map(|t| model.tokenize(t, true).unwrap())
+        .collect();
+    let inputs: Vec<&[u32]> = toks.iter().map(|t| t.ids.as_slice()).collect();
+    let batched = model.embed(&inputs).unwrap();
+    for (input, b) in inputs.iter().zip(&batched) {
+        let alone = model.embed(&[input]).unwrap().remove(0);
+        let worst = alone
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "padding changed a vector by {worst}");
+    }
+}
+
+#[test]
+fn window_and_bad_ids_are_reported() {
+    let model = common::minilm();
+    let long = "word ".repeat(400);
+    let cut = model.tokenize(&long, true).unwrap();
+    assert_eq!(cut.ids.len(), model.info.max_tokens);
+    assert_eq!(cut.ids.last(), Some(&102), "[SEP] is kept at the end");
+    assert_eq!(cut.truncated_from, Some(402));
+    assert!(matches!(
+        model.tokenize(&long, false),
+        Err(lantern::engine::models::bert::EmbedError::TooLong {
+            tokens: 402,
+            limit: 256
+        })
+    ));
+    assert!(model.fit(vec![101, 999_999], true).is_err());
+    assert!(model.fit(vec![], true).is_err());
+}
