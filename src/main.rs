@@ -204,6 +204,7 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
     let library = Library::new(&config.home());
     let path = library.resolve_gguf(&args.model)?;
     let name = model_name(&args.model, &path);
+    let embedders = lantern::scheduler::embedder::Embedders::new(library.clone(), device.clone());
     let engines = Registry::new(
         library,
         RegistryConfig {
@@ -237,6 +238,7 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let state = AppState {
         engines: engines.clone(),
+        embedders,
         default_model: name.clone(),
         body_limit: args.body_limit,
         keys,

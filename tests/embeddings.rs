@@ -3,7 +3,8 @@
 
 mod common;
 
-use serde_json::Value;
+use common::server::{post, start};
+use serde_json::{json, Value};
 
 fn reference() -> Value {
     let path = common::reference_dir().join("embeddings.json");
@@ -97,4 +98,146 @@ fn window_and_bad_ids_are_reported() {
     ));
     assert!(model.fit(vec![101, 999_999], true).is_err());
     assert!(model.fit(vec![], true).is_err());
+}
+
+fn vector(item: &Value) -> Vec<f32> {
+    serde_json::from_value(item["embedding"].clone()).unwrap()
+}
+
+#[tokio::test]
+async fn http_shapes_errors_and_truncation() {
+    let s = start(&[]);
+    let items = reference()["items"].as_array().unwrap().clone();
+    let texts: Vec<&str> = items
+        .iter()
+        .map(|it| it["text"].as_str().unwrap())
+        .collect();
+    let (status, r) = post(
+        &s,
+        "/v1/embeddings",
+        &json!({"model": "all-minilm", "input": texts, "encoding_format": "float"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["object"], "list");
+    assert_eq!(r["model"], "all-minilm");
+    let data = r["data"].as_array().unwrap();
+    assert_eq!(data.len(), items.len());
+    for (i, (d, it)) in data.iter().zip(&items).enumerate() {
+        assert_eq!(
+            (d["object"].as_str(), d["index"].as_u64()),
+            (Some("embedding"), Some(i as u64))
+        );
+        assert!(cosine(&vector(d), &vector(it)) >= 0.999, "{}", it["text"]);
+    }
+    let tokens: u64 = items
+        .iter()
+        .map(|it| it["n_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(r["usage"]["prompt_tokens"], tokens);
+    assert_eq!(r["usage"]["total_tokens"], tokens);
+    let cut = r["truncated_inputs"].as_array().unwrap();
+    assert_eq!(cut.len(), 1);
+    assert_eq!(cut[0]["kept"], 256);
+
+    // Token ids in: the same vector as the text they spell.
+    let (_, by_text) = post(
+        &s,
+        "/v1/embeddings",
+        &json!({"model": "all-minilm", "input": "hello"}),
+    )
+    .await;
+    let (_, by_ids) = post(
+        &s,
+        "/v1/embeddings",
+        &json!({"model": "all-minilm", "input": [[101, 7592, 102]]}),
+    )
+    .await;
+    assert_eq!(by_ids["usage"]["prompt_tokens"], 3);
+    assert_eq!(
+        by_text["data"][0]["embedding"],
+        by_ids["data"][0]["embedding"]
+    );
+
+    let long = "word ".repeat(400);
+    let cases = [
+        (
+            json!({"model": "all-minilm", "input": long, "truncate": false}),
+            400,
+            Some("context_length_exceeded"),
+        ),
+        (
+            json!({"model": "all-minilm", "input": "x", "dimensions": 64}),
+            400,
+            None,
+        ),
+        (
+            json!({"model": "all-minilm", "input": "x", "encoding_format": "int8"}),
+            400,
+            None,
+        ),
+        (json!({"model": "all-minilm", "input": []}), 400, None),
+        (
+            json!({"model": "all-minilm", "input": [[1, 99999999]]}),
+            400,
+            None,
+        ),
+        (json!({"model": "all-minilm"}), 400, None),
+        (json!({"input": "x"}), 400, None),
+        (json!({"model": "smollm2", "input": "x"}), 400, None),
+        (
+            json!({"model": "text-embedding-3-small", "input": "x"}),
+            404,
+            Some("model_not_found"),
+        ),
+        (
+            json!({"model": "../smollm2", "input": "x"}),
+            404,
+            Some("model_not_found"),
+        ),
+    ];
+    for (body, want, code) in cases {
+        let (status, r) = post(&s, "/v1/embeddings", &body).await;
+        assert_eq!(status, want, "{body} -> {r}");
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{r}"
+        );
+        if let Some(code) = code {
+            assert_eq!(r["error"]["code"], code, "{body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_requests_all_get_their_own_vectors() {
+    let s = start(&[]);
+    let texts: Vec<String> = (0..24)
+        .map(|i| format!("sentence number {i} about topic {}", i * 7))
+        .collect();
+    let (_, alone) = post(
+        &s,
+        "/v1/embeddings",
+        &json!({"model": "all-minilm", "input": texts, "encoding_format": "float"}),
+    )
+    .await;
+    let requests = texts.iter().map(|t| {
+        let body = json!({"model": "all-minilm", "input": [t, "a shared second input"], "encoding_format": "float"});
+        let s = &s;
+        async move { post(s, "/v1/embeddings", &body).await }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    for (i, (status, r)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200, "{r}");
+        let got = vector(&r["data"][0]);
+        let want = vector(&alone["data"][i]);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "request {i}: off by {worst}");
+    }
 }

@@ -13,6 +13,7 @@
 //! - `registry`: which models are loaded: on demand, warm set, keep-alive, LRU, memory check
 
 pub mod batch;
+pub mod embedder;
 pub mod prefix;
 pub mod queue;
 pub mod registry;

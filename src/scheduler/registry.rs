@@ -477,7 +477,8 @@ pub fn memory() -> Option<Memory> {
     })
 }
 
-fn created_of(path: &Path) -> u64 {
+/// Unix seconds a model file was written (OpenAI's `created`).
+pub fn created_of(path: &Path) -> u64 {
     std::fs::metadata(path)
         .and_then(|m| m.modified())
         .map(|t| unix(t) as u64)

@@ -35,6 +35,12 @@ pub async fn engine(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "default_model": state.default_model,
         "models": models,
+        "embedding_models": state
+            .embedders
+            .loaded()
+            .into_iter()
+            .map(|(id, info)| json!({"id": id, "info": info}))
+            .collect::<Vec<_>>(),
         "max_loaded": config.max_loaded,
         "keep_alive_seconds": config.keep_alive.as_seconds(),
         "keep_alive_override_seconds": config.keep_alive_override.map(|k| k.as_seconds()),

@@ -49,6 +49,14 @@ impl ApiError {
         }
     }
 
+    /// A fault in the server, under a fresh request id (logged when it is answered).
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::Internal {
+            request_id: format!("req-{:016x}", rand::random::<u64>()),
+            message: e.to_string(),
+        }
+    }
+
     fn parts(
         &self,
     ) -> (

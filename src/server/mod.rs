@@ -1,9 +1,10 @@
 //! The HTTP door: axum routes and wire types only; no model logic here.
 //!
-//! `openai` serves the OpenAI-compatible API, `validate` turns bodies into scheduler requests,
+//! `openai` serves the OpenAI-compatible API (`embeddings` its `/v1/embeddings`), `validate` turns bodies into scheduler requests,
 //! `errors` maps every failure to OpenAI's error JSON, `sse` streams.
 
 pub mod admin;
+pub mod embeddings;
 pub mod errors;
 pub mod guard;
 pub mod openai;
@@ -31,6 +32,8 @@ pub const DEFAULT_BODY_LIMIT: usize = 4 << 20;
 #[derive(Clone)]
 pub struct AppState {
     pub engines: Registry,
+    /// Embedding models, loaded on first request.
+    pub embedders: crate::scheduler::embedder::Embedders,
     /// The model `lantern serve` was started with (loaded and warmed before it listens).
     pub default_model: String,
     pub body_limit: usize,
@@ -53,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{id}", get(openai::get_model))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/api/engine", get(admin::engine))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.body_limit))

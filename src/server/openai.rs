@@ -15,7 +15,8 @@ use super::errors::ApiError;
 use super::validate::{validate_chat, validate_completion, ChatRequest, CompletionRequest, Plan};
 use super::{sse, AppState};
 use crate::engine::generate::FinishReason;
-use crate::scheduler::registry::ServableModel;
+use crate::scheduler::embedder::EmbeddingModelEntry;
+use crate::scheduler::registry::{created_of, ServableModel};
 use crate::scheduler::{EngineHandle, GenEvent, RegistryError, ScheduleError, Usage};
 
 /// Parse a JSON body, turning every kind of failure into an OpenAI-shaped 400 or 413.
@@ -512,6 +513,7 @@ fn model_json(m: &ServableModel) -> Value {
         "created": m.created,
         "owned_by": "lantern",
         "meta": {
+            "kind": "chat",
             "architecture": m.architecture,
             "quantization": m.quantization,
             "context_length": m.context_length,
@@ -521,9 +523,34 @@ fn model_json(m: &ServableModel) -> Value {
     })
 }
 
-/// Installed chat models, loaded or not (a request for one loads it).
+fn embedding_model_json(m: &EmbeddingModelEntry) -> Value {
+    json!({
+        "id": m.id,
+        "object": "model",
+        "created": created_of(&m.path),
+        "owned_by": "lantern",
+        "meta": {
+            "kind": "embedding",
+            "format": "safetensors",
+            "size_bytes": m.size_bytes,
+            "loaded": m.loaded,
+        },
+    })
+}
+
+/// Installed chat and embedding models, loaded or not (a request for one loads it).
+fn all_models(state: &AppState) -> Vec<(String, Value)> {
+    let chat = state.engines.servable();
+    let chat = chat.iter().map(|m| (m.id.clone(), model_json(m)));
+    let embed = state.embedders.installed();
+    let embed = embed
+        .iter()
+        .map(|m| (m.id.clone(), embedding_model_json(m)));
+    chat.chain(embed).collect()
+}
+
 pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
-    let data: Vec<Value> = state.engines.servable().iter().map(model_json).collect();
+    let data: Vec<Value> = all_models(&state).into_iter().map(|(_, v)| v).collect();
     Json(json!({"object": "list", "data": data}))
 }
 
@@ -531,12 +558,10 @@ pub async fn get_model(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    state
-        .engines
-        .servable()
-        .iter()
-        .find(|m| m.id == id)
-        .map(|m| Json(model_json(m)))
+    all_models(&state)
+        .into_iter()
+        .find(|(m, _)| *m == id)
+        .map(|(_, v)| Json(v))
         .ok_or(ApiError::ModelNotFound(id))
 }
 

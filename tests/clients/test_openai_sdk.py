@@ -29,8 +29,8 @@ def ask(text):
 def test_models(client):
     models = client.models.list()
     ids = [m.id for m in models.data]
-    # Every installed chat model; the embedding model is not a chat model.
-    assert MODEL in ids and "gemma3" in ids and "all-minilm" not in ids
+    # Every installed model, chat and embedding.
+    assert MODEL in ids and "gemma3" in ids and "all-minilm" in ids
     assert client.models.retrieve(MODEL).owned_by == "lantern"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
@@ -96,3 +96,36 @@ def test_errors_map_to_sdk_exceptions(client):
         client.chat.completions.create(model=MODEL, messages=[])
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4o", messages=ask("x"))
+
+
+def reference_embeddings():
+    import json
+    shared = Path(os.environ.get("LANTERN_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
+    return json.loads((shared / "embeddings.json").read_text())["items"]
+
+
+def cosine(a, b):
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
+
+
+def test_embeddings_base64_default_and_float(client):
+    items = reference_embeddings()[:4]
+    texts = [it["text"] for it in items]
+    # The SDK asks for base64 unless told otherwise and decodes it itself.
+    r = client.embeddings.create(model="all-minilm", input=texts)
+    floats = client.embeddings.create(model="all-minilm", input=texts, encoding_format="float")
+    assert [d.index for d in r.data] == [0, 1, 2, 3]
+    assert r.usage.prompt_tokens == sum(it["n_tokens"] for it in items)
+    for it, d, f in zip(items, r.data, floats.data):
+        assert len(d.embedding) == 384
+        assert cosine(d.embedding, it["embedding"]) >= 0.999
+        assert max(abs(a - b) for a, b in zip(d.embedding, f.embedding)) < 1e-6
+    one = client.embeddings.create(model="all-minilm", input="hello", dimensions=384)
+    assert len(one.data) == 1
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="all-minilm", input="hello", dimensions=128)
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model=MODEL, input="hello")
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="no-such-model", input="hello")
