@@ -17,11 +17,13 @@
 //!   chunked prefill → decode loop (forward, [`engine::sampler`], [`engine::stops`]) → text
 //!   streamed out whole, with its figures.
 
+pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod library;
 pub mod scheduler;
 pub mod server;
+pub mod store;
 
 pub use config::Config;
 pub use engine::ChatModel;

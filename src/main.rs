@@ -122,6 +122,16 @@ struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "LANTERN_BODY_LIMIT", default_value_t = lantern::server::DEFAULT_BODY_LIMIT)]
     body_limit: usize,
+    /// The SQLite database (default: lantern.db in the data directory). If it cannot be opened
+    /// the server still runs, without what it keeps there.
+    #[arg(long, env = "LANTERN_DB")]
+    db: Option<std::path::PathBuf>,
+    /// MiB of embedding vectors kept in memory (level 1 of the embedding cache).
+    #[arg(long, env = "LANTERN_EMBEDDING_CACHE_MIB", default_value_t = 64)]
+    embedding_cache_mib: usize,
+    /// MiB of embedding vectors kept in the database (level 2), least recently used dropped first.
+    #[arg(long, env = "LANTERN_EMBEDDING_STORE_MIB", default_value_t = 1024)]
+    embedding_store_mib: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -236,24 +246,45 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
                 .with_context(|| format!("bad --cors-origin `{o}`"))
         })
         .collect::<Result<Vec<_>>>()?;
-    let state = AppState {
-        engines: engines.clone(),
-        embedders,
-        default_model: name.clone(),
-        body_limit: args.body_limit,
-        keys,
-        cors_origins,
-        request_timeout: std::time::Duration::from_secs(args.request_timeout.max(1)),
-        rate: lantern::server::rate::RateLimiter::new(lantern::server::rate::Limits {
-            requests_per_minute: args.rate_limit_rpm,
-            tokens_per_minute: args.rate_limit_tpm,
-        }),
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let db_path = args
+        .db
+        .clone()
+        .unwrap_or_else(|| config.home().join("lantern.db"));
     runtime.block_on(async {
+        let store = match lantern::store::Store::open(&db_path).await {
+            Ok(store) => Some(store),
+            Err(e) => {
+                eprintln!(
+                    "warning: {e}; running without the database (no embedding cache on disk)"
+                );
+                None
+            }
+        };
+        let caches = lantern::cache::Caches {
+            embeddings: std::sync::Arc::new(lantern::cache::EmbeddingCache::new(
+                args.embedding_cache_mib << 20,
+                store,
+                args.embedding_store_mib << 20,
+            )),
+        };
+        let state = AppState {
+            engines: engines.clone(),
+            embedders,
+            caches,
+            default_model: name.clone(),
+            body_limit: args.body_limit,
+            keys,
+            cors_origins,
+            request_timeout: std::time::Duration::from_secs(args.request_timeout.max(1)),
+            rate: lantern::server::rate::RateLimiter::new(lantern::server::rate::Limits {
+                requests_per_minute: args.rate_limit_rpm,
+                tokens_per_minute: args.rate_limit_tpm,
+            }),
+        };
         // The default model and the warm set load (and warm up) before the server listens.
         let mut warm_set = vec![name.clone()];
         warm_set.extend(args.preload.iter().filter(|p| **p != name).cloned());

@@ -241,3 +241,99 @@ async fn concurrent_requests_all_get_their_own_vectors() {
         assert!(worst < 1e-5, "request {i}: off by {worst}");
     }
 }
+
+async fn get_json(s: &common::server::Server, path: &str) -> Value {
+    reqwest::get(format!("{}{path}", s.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn texts_body(texts: &[&str]) -> Value {
+    json!({"model": "all-minilm", "input": texts, "encoding_format": "float"})
+}
+
+#[tokio::test]
+async fn the_cache_survives_a_restart_and_can_be_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("lantern.db");
+    let db = db.to_str().unwrap();
+    let texts = ["the first text", "the second text", "the first text"];
+    let first = {
+        let s = start(&["--db", db]);
+        let (status, r) = post(&s, "/v1/embeddings", &texts_body(&texts)).await;
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["cache"]["computed"], 3, "{r}");
+        let (_, again) = post(&s, "/v1/embeddings", &texts_body(&texts)).await;
+        assert_eq!(again["cache"]["memory_hits"], 3, "{again}");
+        assert_eq!(again["data"], r["data"]);
+        r
+    };
+    // A new process: memory is empty, the database is not.
+    let s = start(&["--db", db]);
+    let (_, r) = post(&s, "/v1/embeddings", &texts_body(&texts)).await;
+    assert_eq!(r["cache"]["store_hits"], 3, "{r}");
+    assert_eq!(r["data"], first["data"]);
+    let stats = get_json(&s, "/api/cache").await;
+    let e = &stats["embeddings"];
+    assert_eq!(e["store"]["entries"], 2, "{stats}");
+    assert_eq!(e["store"]["bytes"], 2 * 384 * 4);
+    assert_eq!(
+        (e["lookups"].as_u64(), e["hit_rate"].as_f64()),
+        (Some(3), Some(1.0))
+    );
+    assert_eq!(e["memory"]["entries"], 2);
+
+    let cleared: Value = reqwest::Client::new()
+        .delete(format!("{}/api/cache/embeddings?model=all-minilm", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cleared["deleted"], json!({"memory": 2, "store": 2}));
+    let (_, r) = post(&s, "/v1/embeddings", &texts_body(&texts)).await;
+    assert_eq!(r["cache"]["computed"], 3, "{r}");
+}
+
+#[tokio::test]
+async fn a_corrupt_or_locked_database_never_fails_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.db");
+    std::fs::write(&bad, vec![0x5a; 4096]).unwrap();
+    let s = start(&["--db", bad.to_str().unwrap()]);
+    let (status, r) = post(&s, "/v1/embeddings", &texts_body(&["still served"])).await;
+    assert_eq!(status, 200, "{r}");
+    let stats = get_json(&s, "/api/cache").await;
+    assert_eq!(stats["embeddings"]["store"]["enabled"], false, "{stats}");
+    drop(s);
+    assert_eq!(
+        std::fs::read(&bad).unwrap(),
+        vec![0x5a; 4096],
+        "the file is left alone"
+    );
+
+    let db = dir.path().join("locked.db");
+    let s = start(&["--db", db.to_str().unwrap()]);
+    use sqlx::Connection;
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (status, r) = post(&s, "/v1/embeddings", &texts_body(&["while locked"])).await;
+    assert_eq!(status, 200, "{r}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let stats = get_json(&s, "/api/cache").await;
+    assert!(
+        stats["embeddings"]["store"]["errors"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+}

@@ -50,6 +50,8 @@ struct Job {
 pub struct Embedder {
     pub id: String,
     pub model: Arc<EmbeddingModel>,
+    /// sha256 of the weights file: cached vectors belong to these exact weights.
+    pub weights_sha256: String,
     queue: SyncSender<Job>,
 }
 
@@ -174,13 +176,22 @@ impl Embedders {
         }
         let device = self.device.clone();
         let started = std::time::Instant::now();
-        let model = tokio::task::spawn_blocking(move || EmbeddingModel::load(&dir, &device))
-            .await
-            .map_err(|e| EmbedderError::Failed(e.to_string()))?
-            .map_err(|source| EmbedderError::Load {
-                model: id.to_string(),
-                source,
-            })?;
+        let (model, weights_sha256) = tokio::task::spawn_blocking(move || {
+            let model = EmbeddingModel::load(&dir, &device)?;
+            let weights = dir.join("model.safetensors");
+            let sha =
+                crate::library::pull::sha256_file(&weights).map_err(|e| EmbedError::Read {
+                    path: weights,
+                    reason: e.to_string(),
+                })?;
+            Ok((model, sha))
+        })
+        .await
+        .map_err(|e| EmbedderError::Failed(e.to_string()))?
+        .map_err(|source| EmbedderError::Load {
+            model: id.to_string(),
+            source,
+        })?;
         tracing::info!(model = id, load = ?started.elapsed(), "embedding model loaded");
         let model = Arc::new(model);
         let (queue, jobs) = sync_channel(QUEUE_REQUESTS);
@@ -192,6 +203,7 @@ impl Embedders {
         let embedder = Arc::new(Embedder {
             id: id.to_string(),
             model,
+            weights_sha256,
             queue,
         });
         self.loaded

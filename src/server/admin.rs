@@ -1,6 +1,6 @@
 //! `/api/*`: what the UI and operators read about the server itself.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -46,4 +46,23 @@ pub async fn engine(State(state): State<AppState>) -> Json<Value> {
         "keep_alive_override_seconds": config.keep_alive_override.map(|k| k.as_seconds()),
         "memory": crate::scheduler::registry::memory(),
     }))
+}
+
+/// The caches: entries, bytes and hits per level, misses and hit rate.
+pub async fn cache(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"embeddings": state.caches.embeddings.stats().await}))
+}
+
+#[derive(serde::Deserialize)]
+pub struct ClearQuery {
+    model: Option<String>,
+}
+
+/// Forget cached embeddings, all or one model's (`?model=NAME`).
+pub async fn clear_embeddings(
+    State(state): State<AppState>,
+    Query(q): Query<ClearQuery>,
+) -> Json<Value> {
+    let (memory, store) = state.caches.embeddings.clear(q.model.as_deref()).await;
+    Json(json!({"deleted": {"memory": memory, "store": store}, "model": q.model}))
 }

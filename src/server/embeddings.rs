@@ -1,7 +1,8 @@
 //! `POST /v1/embeddings` as OpenAI shapes it: `input` as a string, a list of strings, a list of
 //! token ids or a list of such lists; `encoding_format` float or base64 (the official SDK asks
 //! for base64); `dimensions` only when it is the model's own. Texts past the model's window are
-//! cut (and listed in `truncated_inputs`) unless the request says `"truncate": false`.
+//! cut (and listed in `truncated_inputs`) unless the request says `"truncate": false`. Vectors
+//! come from the embedding cache where it has them (`cache` tells how many from where).
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -16,6 +17,7 @@ use super::openai::parse_body;
 use super::AppState;
 use crate::engine::models::bert::EmbedError;
 use crate::scheduler::embedder::EmbedderError;
+use crate::store::embeddings::ModelKey;
 
 /// OpenAI's own bound on inputs per request.
 pub const MAX_INPUTS: usize = 2048;
@@ -214,8 +216,15 @@ pub async fn embeddings(
                 .map(|n| json!({"index": i, "tokens": n, "kept": t.ids.len()}))
         })
         .collect();
-    let vectors = embedder
-        .embed(fitted.into_iter().map(|t| t.ids).collect())
+    let key = ModelKey {
+        model: model_id.clone(),
+        weights_sha256: embedder.weights_sha256.clone(),
+    };
+    let ids: Vec<Vec<u32>> = fitted.into_iter().map(|t| t.ids).collect();
+    let (vectors, outcome) = state
+        .caches
+        .embeddings
+        .get_or_compute(&key, &ids, |missing| embedder.embed(missing))
         .await
         .map_err(embedder_error)?;
     let data: Vec<Value> = vectors
@@ -235,6 +244,7 @@ pub async fn embeddings(
         "data": data,
         "model": model_id,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        "cache": outcome,
     });
     if !truncated.is_empty() {
         body["truncated_inputs"] = Value::Array(truncated);

@@ -34,6 +34,7 @@ pub struct AppState {
     pub engines: Registry,
     /// Embedding models, loaded on first request.
     pub embedders: crate::scheduler::embedder::Embedders,
+    pub caches: crate::cache::Caches,
     /// The model `lantern serve` was started with (loaded and warmed before it listens).
     pub default_model: String,
     pub body_limit: usize,
@@ -58,6 +59,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/api/engine", get(admin::engine))
+        .route("/api/cache", get(admin::cache))
+        .route(
+            "/api/cache/embeddings",
+            axum::routing::delete(admin::clear_embeddings),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.body_limit))
         .layer(axum::middleware::from_fn_with_state(

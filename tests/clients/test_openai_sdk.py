@@ -11,9 +11,10 @@ MODEL = "smollm2"
 
 
 @pytest.fixture(scope="module")
-def client():
+def client(tmp_path_factory):
     binary = os.environ.get("LANTERN_BIN", str(ROOT / "target/release/lantern"))
-    proc = subprocess.Popen([binary, "serve", MODEL, "--port", "0"],
+    db = tmp_path_factory.mktemp("db") / "lantern.db"
+    proc = subprocess.Popen([binary, "serve", MODEL, "--port", "0", "--db", str(db)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline().strip()
     assert line.startswith("listening on "), line

@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// Holds the server's own database unless the test gave one (`--db`).
+    pub data: Option<tempfile::TempDir>,
 }
 
 impl Drop for Server {
@@ -17,12 +19,20 @@ impl Drop for Server {
     }
 }
 
-/// `lantern serve` on port 0 with the installed default model; ready once it prints its address.
+/// `lantern serve` on port 0 with the installed default model and a fresh database of its own
+/// (unless `extra` names one with `--db`); ready once it prints its address.
 pub fn start(extra: &[&str]) -> Server {
     let home = super::model_path("smollm2");
     let home = home.parent().unwrap().parent().unwrap().parent().unwrap();
+    let data = (!extra.contains(&"--db")).then(|| tempfile::tempdir().unwrap());
+    let db = data.as_ref().map(|d| d.path().join("lantern.db"));
+    let db_args: Vec<&str> = match &db {
+        Some(p) => vec!["--db", p.to_str().unwrap()],
+        None => vec![],
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_lantern"))
         .args(["serve", "smollm2", "--port", "0"])
+        .args(&db_args)
         .args(extra)
         .env("LANTERN_HOME", home)
         .stdout(Stdio::piped())
@@ -39,7 +49,7 @@ pub fn start(extra: &[&str]) -> Server {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .trim_end_matches("/v1")
         .to_string();
-    Server { child, base }
+    Server { child, base, data }
 }
 
 pub fn chat(content: &str, extra: Value) -> Value {

@@ -1,0 +1,15 @@
+//! Caches in front of the engine: embeddings (memory over SQLite) and, for deterministic
+//! requests, whole responses.
+
+pub mod embeddings;
+pub mod lru;
+
+pub use embeddings::EmbeddingCache;
+
+use std::sync::Arc;
+
+/// The server's caches; cheap to clone.
+#[derive(Clone)]
+pub struct Caches {
+    pub embeddings: Arc<EmbeddingCache>,
+}
