@@ -29,6 +29,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Chat with a model in the terminal: one answer for PROMPT, or an interactive chat.
@@ -132,6 +134,12 @@ struct ServeArgs {
     /// MiB of embedding vectors kept in the database (level 2), least recently used dropped first.
     #[arg(long, env = "LANTERN_EMBEDDING_STORE_MIB", default_value_t = 1024)]
     embedding_store_mib: u64,
+    /// MiB of whole responses kept for deterministic requests (temperature 0 or a seed); 0: off.
+    #[arg(long, env = "LANTERN_RESPONSE_CACHE_MIB", default_value_t = 64)]
+    response_cache_mib: usize,
+    /// Seconds a cached response stays valid.
+    #[arg(long, env = "LANTERN_RESPONSE_CACHE_TTL", default_value_t = 3600)]
+    response_cache_ttl: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -269,6 +277,10 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
                 args.embedding_cache_mib << 20,
                 store,
                 args.embedding_store_mib << 20,
+            )),
+            responses: std::sync::Arc::new(lantern::cache::ResponseCache::new(
+                args.response_cache_mib << 20,
+                std::time::Duration::from_secs(args.response_cache_ttl),
             )),
         };
         let state = AppState {

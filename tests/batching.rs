@@ -56,8 +56,9 @@ async fn streamed(s: &Server, mut body: Value) -> (String, Value) {
 #[tokio::test]
 async fn sixteen_concurrent_greedy_streams_equal_the_same_requests_run_alone() {
     // Default settings: the batched run also reuses the alone runs' prompts from the prefix
-    // cache and splits prompts across steps; a token's logits depend on none of that.
-    let s = start(&[]);
+    // cache and splits prompts across steps; a token's logits depend on none of that. Only the
+    // response cache is off: it would answer the repeats without running the engine at all.
+    let s = start(&["--response-cache-mib", "0"]);
     // Alone, one after another.
     let mut alone = Vec::new();
     for topic in TOPICS {
@@ -240,7 +241,15 @@ async fn models_load_on_demand_unload_after_keep_alive_and_come_back() {
 
 #[tokio::test]
 async fn the_server_keep_alive_override_wins_and_max_loaded_unloads_the_least_recent() {
-    let s = start(&["--keep-alive-override", "-1", "--max-loaded", "1"]);
+    // The same request comes back after reloads: the response cache must not answer it.
+    let s = start(&[
+        "--keep-alive-override",
+        "-1",
+        "--max-loaded",
+        "1",
+        "--response-cache-mib",
+        "0",
+    ]);
     let (status, r) = post(
         &s,
         "/v1/completions",

@@ -3,8 +3,10 @@
 
 pub mod embeddings;
 pub mod lru;
+pub mod responses;
 
 pub use embeddings::EmbeddingCache;
+pub use responses::ResponseCache;
 
 use std::sync::Arc;
 
@@ -12,4 +14,5 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Caches {
     pub embeddings: Arc<EmbeddingCache>,
+    pub responses: Arc<ResponseCache>,
 }

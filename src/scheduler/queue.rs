@@ -45,6 +45,8 @@ pub struct EngineHandle {
     pub info: Arc<ModelInfo>,
     pub tokenizer: Arc<GgufTokenizer>,
     pub model: Arc<ChatModel>,
+    /// sha256 of the GGUF file when the loader computed it (responses cached for these weights).
+    pub weights_sha256: Option<Arc<str>>,
 }
 
 impl EngineHandle {
@@ -75,6 +77,7 @@ impl EngineHandle {
             info: Arc::new(model.transformer.info.clone()),
             tokenizer: Arc::new(model.tokenizer.clone()),
             model,
+            weights_sha256: None,
         }
     }
 
@@ -102,6 +105,16 @@ impl EngineHandle {
             ScheduleError::EngineStopped
         })?;
         Ok(rx)
+    }
+
+    /// A request answered without the engine (from the response cache) still uses the model:
+    /// its keep-alive takes effect and the idle clock restarts, as if the engine had run it.
+    pub fn served_without_engine(&self, keep_alive: Option<super::KeepAlive>) {
+        let mut s = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
+        s.requested_keep_alive = keep_alive;
+        if s.idle_since.is_some() {
+            s.idle_since = Some(std::time::Instant::now());
+        }
     }
 
     /// Scheduled requests not yet finished.

@@ -260,15 +260,18 @@ impl Registry {
         let loaded = tokio::task::spawn_blocking(move || {
             let model = ChatModel::load(&file, &device).map_err(|e| e.to_string())?;
             let warmup = warm_up(&model).map_err(|e| e.to_string())?;
-            Ok::<_, String>((model, warmup))
+            // Identifies the weights for the response cache (tens of ms with SHA extensions).
+            let sha = crate::library::pull::sha256_file(&file).map_err(|e| e.to_string())?;
+            Ok::<_, String>((model, warmup, sha))
         })
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r);
-        let (model, warmup_time) = loaded.map_err(|message| RegistryError::Load {
-            model: name.to_string(),
-            message,
-        })?;
+        let (model, warmup_time, weights_sha256) =
+            loaded.map_err(|message| RegistryError::Load {
+                model: name.to_string(),
+                message,
+            })?;
         let load_time = model.load_time;
         tracing::info!(
             model = name,
@@ -276,8 +279,10 @@ impl Registry {
             warmup_ms = warmup_time.as_millis() as u64,
             "model ready"
         );
+        let mut handle = EngineHandle::start(name, model, self.inner.config.engine);
+        handle.weights_sha256 = Some(weights_sha256.into());
         Ok(Loaded {
-            handle: EngineHandle::start(name, model, self.inner.config.engine),
+            handle,
             path,
             load_time,
             warmup_time,

@@ -50,7 +50,10 @@ pub async fn engine(State(state): State<AppState>) -> Json<Value> {
 
 /// The caches: entries, bytes and hits per level, misses and hit rate.
 pub async fn cache(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"embeddings": state.caches.embeddings.stats().await}))
+    Json(json!({
+        "embeddings": state.caches.embeddings.stats().await,
+        "responses": state.caches.responses.stats(),
+    }))
 }
 
 #[derive(serde::Deserialize)]
@@ -65,4 +68,9 @@ pub async fn clear_embeddings(
 ) -> Json<Value> {
     let (memory, store) = state.caches.embeddings.clear(q.model.as_deref()).await;
     Json(json!({"deleted": {"memory": memory, "store": store}, "model": q.model}))
+}
+
+/// Forget every cached response.
+pub async fn clear_responses(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"deleted": state.caches.responses.clear()}))
 }

@@ -64,6 +64,10 @@ pub fn router(state: AppState) -> Router {
             "/api/cache/embeddings",
             axum::routing::delete(admin::clear_embeddings),
         )
+        .route(
+            "/api/cache/responses",
+            axum::routing::delete(admin::clear_responses),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.body_limit))
         .layer(axum::middleware::from_fn_with_state(

@@ -14,6 +14,8 @@ use tokio::sync::mpsc;
 use super::errors::ApiError;
 use super::validate::{validate_chat, validate_completion, ChatRequest, CompletionRequest, Plan};
 use super::{sse, AppState};
+use crate::cache::responses::{KeyBuilder, Recorded, ResponseKey};
+use crate::cache::ResponseCache;
 use crate::engine::generate::FinishReason;
 use crate::scheduler::embedder::EmbeddingModelEntry;
 use crate::scheduler::registry::{created_of, ServableModel};
@@ -66,6 +68,8 @@ struct Totals {
     prompt: usize,
     cached: usize,
     completion: usize,
+    /// Served whole from the response cache: still counted, and said so.
+    from_cache: bool,
 }
 
 impl Totals {
@@ -78,28 +82,34 @@ impl Totals {
     }
 
     fn json(&self) -> Value {
-        json!({
+        let mut usage = json!({
             "prompt_tokens": self.prompt,
             "completion_tokens": self.completion,
             "total_tokens": self.prompt + self.completion,
             "prompt_tokens_details": {"cached_tokens": self.cached},
-        })
+        });
+        if self.from_cache {
+            usage["response_cached"] = json!(true);
+        }
+        usage
     }
 }
 
 fn timings_json(u: &Usage) -> Value {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    // No rate for work not done (a response from the cache, a prompt wholly reused).
+    let rate = |n: usize, d: std::time::Duration| {
+        (n > 0 && !d.is_zero()).then(|| n as f64 / d.as_secs_f64())
+    };
     json!({
         "queue_ms": ms(u.queue),
         "ttft_ms": ms(u.time_to_first_token),
         "prompt_ms": ms(u.prefill),
         "prompt_n": u.prompt_tokens,
         "cached_n": u.cached_tokens,
-        "prompt_per_second":
-            (u.prompt_tokens - u.cached_tokens) as f64 / u.prefill.as_secs_f64().max(1e-9),
+        "prompt_per_second": rate(u.prompt_tokens - u.cached_tokens, u.prefill),
         "predicted_ms": ms(u.decode),
-        "predicted_per_second":
-            u.completion_tokens.saturating_sub(1) as f64 / u.decode.as_secs_f64().max(1e-9),
+        "predicted_per_second": rate(u.completion_tokens.saturating_sub(1), u.decode),
     })
 }
 
@@ -246,15 +256,7 @@ pub async fn chat_completions(
         .await
         .map_err(registry_error)?;
     let plan = validate_chat(&engine, req)?;
-    respond(
-        &state,
-        engine,
-        plan,
-        Api::Chat,
-        session,
-        rate_key_of(&headers),
-    )
-    .await
+    respond(&state, engine, plan, Api::Chat, session, &headers).await
 }
 
 pub async fn completions(
@@ -270,15 +272,7 @@ pub async fn completions(
         .await
         .map_err(registry_error)?;
     let plan = validate_completion(&engine, req)?;
-    respond(
-        &state,
-        engine,
-        plan,
-        Api::Completions,
-        session,
-        rate_key_of(&headers),
-    )
-    .await
+    respond(&state, engine, plan, Api::Completions, session, &headers).await
 }
 
 /// The session a request belongs to: an `X-Session-Id` header, else the API key (as a short
@@ -327,43 +321,218 @@ fn record(account: &Account, api: Api, usage: &Usage, choices: usize) {
     );
 }
 
+/// What a request's `Cache-Control` allows the response cache: `no-cache` skips reading it
+/// (the fresh answer is still kept), `no-store` skips both.
+struct CacheUse {
+    read: bool,
+    write: bool,
+}
+
+impl CacheUse {
+    fn of(headers: &HeaderMap) -> Self {
+        let directives: Vec<String> = headers
+            .get_all(axum::http::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|d| d.trim().to_ascii_lowercase())
+            .collect();
+        let has = |d: &str| directives.iter().any(|x| x == d);
+        Self {
+            read: !has("no-cache") && !has("no-store"),
+            write: !has("no-store"),
+        }
+    }
+}
+
+/// The response-cache key of a deterministic request (greedy, or every choice seeded): the
+/// weights and everything that changes the output. None for anything else.
+fn response_key(engine: &EngineHandle, api: Api, plan: &Plan) -> Option<ResponseKey> {
+    let weights = engine.weights_sha256.as_deref()?;
+    let deterministic = plan
+        .requests
+        .iter()
+        .all(|r| r.sampling.temperature <= 0.0 || r.sampling.seed.is_some());
+    if !deterministic {
+        return None;
+    }
+    let optional = |x: Option<u64>| x.map_or(0, |v| v.wrapping_add(1));
+    let mut k = KeyBuilder::default()
+        .text(weights)
+        .text(if api == Api::Chat {
+            "chat"
+        } else {
+            "completions"
+        })
+        .number(plan.n as u64)
+        .number(optional(plan.logprobs.map(|l| l as u64)));
+    for r in &plan.requests {
+        let p = &r.sampling;
+        k = k
+            .tokens(&r.prompt)
+            .number(r.max_tokens as u64)
+            .float(p.temperature)
+            .number(p.top_k as u64)
+            .float(p.top_p)
+            .float(p.min_p)
+            .float(p.repetition_penalty)
+            .float(p.presence_penalty)
+            .float(p.frequency_penalty)
+            .number(p.seed.is_some() as u64)
+            .number(p.seed.unwrap_or(0))
+            .number(optional(p.top_logprobs.map(|t| t as u64)))
+            .number(r.cache_prompt as u64);
+        let mut bias: Vec<(u32, u32)> = p
+            .logit_bias
+            .iter()
+            .map(|(t, b)| (*t, b.to_bits()))
+            .collect();
+        bias.sort_unstable();
+        k = k.number(bias.len() as u64);
+        for (t, b) in bias {
+            k = k.number(t as u64).number(b as u64);
+        }
+        k = k.number(r.stop.len() as u64);
+        for stop in &r.stop {
+            k = k.text(stop);
+        }
+    }
+    Some(k.finish())
+}
+
+/// A stored response as event streams again, with the figures of a response that took no time.
+fn replay(recorded: &Recorded) -> Vec<mpsc::UnboundedReceiver<GenEvent>> {
+    recorded
+        .choices
+        .iter()
+        .map(|events| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            for e in events {
+                let e = match e {
+                    GenEvent::Done(u) => GenEvent::Done(Usage {
+                        cached_tokens: u.prompt_tokens,
+                        queue: Default::default(),
+                        time_to_first_token: Default::default(),
+                        prefill: Default::default(),
+                        decode: Default::default(),
+                        ..u.clone()
+                    }),
+                    other => other.clone(),
+                };
+                let _ = tx.send(e);
+            }
+            rx
+        })
+        .collect()
+}
+
+/// Pass the engine's events through while keeping a copy; when every choice is done, the
+/// response goes into the cache. A client that goes away still cancels the generation at once.
+fn recording(
+    streams: Vec<mpsc::UnboundedReceiver<GenEvent>>,
+    key: ResponseKey,
+    cache: std::sync::Arc<ResponseCache>,
+) -> Vec<mpsc::UnboundedReceiver<GenEvent>> {
+    let n = streams.len();
+    let kept = std::sync::Arc::new(std::sync::Mutex::new((vec![Vec::new(); n], 0usize)));
+    streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut events)| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let (kept, cache) = (kept.clone(), cache.clone());
+            tokio::spawn(async move {
+                loop {
+                    let event = tokio::select! {
+                        e = events.recv() => e,
+                        _ = tx.closed() => return,
+                    };
+                    let Some(event) = event else { return };
+                    let last = matches!(event, GenEvent::Done(_) | GenEvent::Failed(_));
+                    let mut guard = kept.lock().unwrap_or_else(|e| e.into_inner());
+                    guard.0[i].push(event.clone());
+                    if last {
+                        guard.1 += 1;
+                        if guard.1 == n {
+                            cache.put(key, std::mem::take(&mut guard.0));
+                        }
+                    }
+                    drop(guard);
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                }
+            });
+            rx
+        })
+        .collect()
+}
+
 async fn respond(
     state: &AppState,
     engine: EngineHandle,
     mut plan: Plan,
     api: Api,
     session: String,
-    rate_key: String,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let session = Account {
         session,
-        rate_key,
+        rate_key: rate_key_of(headers),
         limiter: state.rate.clone(),
     };
     let id = new_id(if api == Api::Chat { "chatcmpl" } else { "cmpl" });
     let limit = state.request_timeout;
+    let cache = &state.caches.responses;
+    let key = response_key(&engine, api, &plan).filter(|_| cache.enabled());
+    let control = CacheUse::of(headers);
+    if key.is_some() && !control.read {
+        cache.note_bypass();
+    }
+    let hit = key.filter(|_| control.read).and_then(|k| cache.get(&k));
+    let from_cache = hit.is_some();
+    // Scheduled before the response starts: a full queue is a 429 status, not an event.
+    let streams = match (hit, key) {
+        (Some(recorded), _) => {
+            engine.served_without_engine(plan.requests.first().and_then(|r| r.keep_alive));
+            replay(&recorded)
+        }
+        (None, Some(k)) if control.write => recording(
+            schedule_all(&engine, std::mem::take(&mut plan.requests))?,
+            k,
+            cache.clone(),
+        ),
+        _ => schedule_all(&engine, std::mem::take(&mut plan.requests))?,
+    };
     if plan.stream {
-        // Scheduled before the response starts: a full queue is a 429 status, not an event.
-        let streams = schedule_all(&engine, std::mem::take(&mut plan.requests))?;
-        return Ok(stream(engine, streams, plan, api, id, session, limit));
+        return Ok(stream(
+            engine, streams, plan, api, id, session, limit, from_cache,
+        ));
     }
     // Dropping the unfinished future on timeout drops its event streams: the engine cancels.
-    tokio::time::timeout(limit, complete(engine, plan, api, id, session))
-        .await
-        .map_err(|_| ApiError::Timeout(limit.as_secs()))?
+    tokio::time::timeout(
+        limit,
+        complete(engine, streams, plan, api, id, session, from_cache),
+    )
+    .await
+    .map_err(|_| ApiError::Timeout(limit.as_secs()))?
 }
 
 async fn complete(
     engine: EngineHandle,
+    streams: Vec<mpsc::UnboundedReceiver<GenEvent>>,
     plan: Plan,
     api: Api,
     id: String,
     session: Account,
+    from_cache: bool,
 ) -> Result<Response, ApiError> {
     let mut choices = Vec::new();
-    let mut totals = Totals::default();
+    let mut totals = Totals {
+        from_cache,
+        ..Totals::default()
+    };
     let mut last_usage = None;
-    let streams = schedule_all(&engine, plan.requests)?;
     let finished = futures_util::future::try_join_all(streams.into_iter().map(run_choice)).await?;
     for (index, choice) in finished.into_iter().enumerate() {
         totals.add(index, plan.n, &choice.usage);
@@ -406,6 +575,7 @@ async fn complete(
 
 /// Stream chunks. Every choice is scheduled at once (they generate side by side); their chunks
 /// are sent one choice after another, each with its index.
+#[allow(clippy::too_many_arguments)]
 fn stream(
     engine: EngineHandle,
     streams: Vec<mpsc::UnboundedReceiver<GenEvent>>,
@@ -414,6 +584,7 @@ fn stream(
     id: String,
     session: Account,
     limit: std::time::Duration,
+    from_cache: bool,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Value>(64);
     let timeout_tx = tx.clone();
@@ -430,7 +601,10 @@ fn stream(
         })
     };
     let produce = async move {
-        let mut totals = Totals::default();
+        let mut totals = Totals {
+            from_cache,
+            ..Totals::default()
+        };
         let mut last_usage = None;
         for (index, mut events) in streams.into_iter().enumerate() {
             if api == Api::Chat {
