@@ -45,7 +45,9 @@ clients: build .venv/.installed
 	touch $@
 
 # Lantern against llama.cpp (built from the llama-cpp-python sdist) on the same GGUF: the
-# engine against llama-bench, then the server against llama-server under 1..32 clients.
+# engine against llama-bench, then the server against llama-server under 1..32 clients; and
+# /v1/embeddings against sentence-transformers.
 bench: models build .venv/.installed
 	python3 benches/compare.py
 	LANTERN_BIN=$(LANTERN) .venv/bin/python benches/serve_compare.py --wait-quiet 120
+	LANTERN_BIN=$(LANTERN) $$(benches/embeddings/setup.sh) benches/embed_compare.py --wait-quiet 60
