@@ -339,3 +339,24 @@ async fn a_corrupt_or_locked_database_never_fails_a_request() {
     );
     sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
 }
+
+#[tokio::test]
+async fn identical_requests_at_once_compute_each_input_once() {
+    let s = start(&[]);
+    let body = texts_body(&["one text sent by many clients at once", "and a second one"]);
+    let answers =
+        futures_util::future::join_all((0..12).map(|_| post(&s, "/v1/embeddings", &body))).await;
+    let mut computed = 0;
+    for (status, r) in &answers {
+        assert_eq!(*status, 200, "{r}");
+        assert_eq!(r["data"], answers[0].1["data"]);
+        let c = &r["cache"];
+        let total: u64 = ["memory_hits", "store_hits", "joined", "computed"]
+            .iter()
+            .map(|k| c[*k].as_u64().unwrap())
+            .sum();
+        assert_eq!(total, 2, "{c}");
+        computed += c["computed"].as_u64().unwrap();
+    }
+    assert_eq!(computed, 2, "each input was computed by one request only");
+}

@@ -183,28 +183,40 @@ impl EmbeddingCache {
                 }
             }
         }
-        outcome.memory_hits = hashes.iter().filter(|h| found.contains_key(*h)).count();
 
-        // Claim what nobody computes yet; join what someone does.
+        // Claim what nobody computes yet; join what someone does. A finished computation is in
+        // memory before it leaves `in_flight`, so memory is looked at again under that lock: an
+        // input finished between the two looks is a hit, not a second computation.
         let mut mine = Vec::new();
         let mut waits = Vec::new();
         {
             let mut in_flight = lock(&self.in_flight);
-            for h in first_of.keys().filter(|h| !found.contains_key(*h)) {
-                let k = (key.clone(), *h);
+            let missing: Vec<InputHash> = first_of
+                .keys()
+                .filter(|h| !found.contains_key(*h))
+                .copied()
+                .collect();
+            for h in missing {
+                let k = (key.clone(), h);
                 match in_flight.get_mut(&k) {
                     Some(waiters) => {
                         let (tx, rx) = oneshot::channel();
                         waiters.push(tx);
-                        waits.push((*h, rx));
+                        waits.push((h, rx));
                     }
-                    None => {
-                        in_flight.insert(k, Vec::new());
-                        mine.push(*h);
-                    }
+                    None => match lock(&self.memory).get(&k) {
+                        Some(v) => {
+                            found.insert(h, v);
+                        }
+                        None => {
+                            in_flight.insert(k, Vec::new());
+                            mine.push(h);
+                        }
+                    },
                 }
             }
         }
+        outcome.memory_hits = hashes.iter().filter(|h| found.contains_key(*h)).count();
         let mut claim = Claim {
             cache: self,
             keys: mine.iter().map(|h| (key.clone(), *h)).collect(),
