@@ -21,6 +21,7 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod library;
+pub mod monitor;
 pub mod scheduler;
 pub mod server;
 pub mod store;

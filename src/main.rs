@@ -267,11 +267,13 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
             Ok(store) => Some(store),
             Err(e) => {
                 eprintln!(
-                    "warning: {e}; running without the database (no embedding cache on disk)"
+                    "warning: {e}; running without the database (no embedding cache on disk, \
+                     no request log)"
                 );
                 None
             }
         };
+        let (monitor, monitor_writer) = lantern::monitor::Monitor::start(store.clone());
         let caches = lantern::cache::Caches {
             embeddings: std::sync::Arc::new(lantern::cache::EmbeddingCache::new(
                 args.embedding_cache_mib << 20,
@@ -287,6 +289,7 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
             engines: engines.clone(),
             embedders,
             caches,
+            monitor,
             default_model: name.clone(),
             body_limit: args.body_limit,
             keys,
@@ -316,6 +319,10 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
         println!("listening on http://{addr}/v1");
         std::io::stdout().flush()?;
         lantern::server::serve(listener, state).await?;
+        // Every handle is gone with the server: the request log writes what is queued.
+        if let Some(writer) = monitor_writer {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), writer).await;
+        }
         Ok(())
     })
 }

@@ -1,10 +1,12 @@
 //! `/api/*`: what the UI and operators read about the server itself.
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::errors::ApiError;
 use super::AppState;
+use crate::monitor::summary::{group, GroupBy, Summary};
 
 /// Loaded models with their engines' live figures: running and waiting sequences, KV use,
 /// prefix-cache hit rate, keep-alive deadlines; and the memory the machine has left.
@@ -73,4 +75,187 @@ pub async fn clear_embeddings(
 /// Forget every cached response.
 pub async fn clear_responses(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"deleted": state.caches.responses.clear()}))
+}
+
+fn window_seconds(window: Option<&str>) -> Result<f64, ApiError> {
+    match window.unwrap_or("all") {
+        "5m" => Ok(300.0),
+        "1h" => Ok(3_600.0),
+        "1d" => Ok(86_400.0),
+        "all" => Ok(f64::INFINITY),
+        other => Err(ApiError::invalid(
+            format!("Invalid 'window' `{other}`: use 5m, 1h, 1d or all"),
+            "window",
+        )),
+    }
+}
+
+fn request_log(state: &AppState) -> Result<&crate::store::Store, ApiError> {
+    state.monitor.store().ok_or_else(|| ApiError::Unavailable {
+        message: "The request log needs the database, which could not be opened (see the \
+                  server's log)"
+            .into(),
+        code: "no_database",
+    })
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[derive(serde::Deserialize)]
+pub struct SessionsQuery {
+    window: Option<String>,
+    page: Option<u64>,
+    per_page: Option<u64>,
+}
+
+/// Every session with requests in the window: counts, tokens, TTFT and latency percentiles.
+pub async fn sessions(
+    State(state): State<AppState>,
+    Query(q): Query<SessionsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let window = window_seconds(q.window.as_deref())?;
+    let rows = request_log(&state)?
+        .requests_between(now() - window, f64::INFINITY, None)
+        .await
+        .map_err(ApiError::internal)?;
+    let sessions: Vec<Value> = group(&rows, GroupBy::Session)
+        .into_iter()
+        .map(|(id, summary)| json!({"id": id, "summary": summary}))
+        .collect();
+    Ok(Json(json!({
+        "window": q.window.as_deref().unwrap_or("all"),
+        "sessions": sessions,
+        "monitor": state.monitor.stats(),
+    })))
+}
+
+/// One session: its summary over the window and its request log, newest first, paged.
+pub async fn session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<SessionsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let window = window_seconds(q.window.as_deref())?;
+    let per_page = q.per_page.unwrap_or(50);
+    if !(1..=1000).contains(&per_page) {
+        return Err(ApiError::invalid(
+            "'per_page' must be between 1 and 1000",
+            "per_page",
+        ));
+    }
+    let page = q.page.unwrap_or(1).max(1);
+    let store = request_log(&state)?;
+    let rows = store
+        .requests_between(now() - window, f64::INFINITY, Some(&id))
+        .await
+        .map_err(ApiError::internal)?;
+    let (requests, total) = store
+        .requests_page(&id, (page - 1) * per_page, per_page)
+        .await
+        .map_err(ApiError::internal)?;
+    if total == 0 {
+        return Err(ApiError::RouteNotFound(format!(
+            "/api/sessions/{id} (no requests recorded for this session)"
+        )));
+    }
+    Ok(Json(json!({
+        "id": id,
+        "window": q.window.as_deref().unwrap_or("all"),
+        "summary": Summary::of(&rows),
+        "requests": requests,
+        "page": page,
+        "per_page": per_page,
+        "total": total,
+    })))
+}
+
+#[derive(serde::Deserialize)]
+pub struct UsageQuery {
+    from: Option<f64>,
+    to: Option<f64>,
+    group_by: Option<String>,
+    format: Option<String>,
+}
+
+/// Usage between two times (unix seconds), grouped by session, model or UTC day; JSON or CSV.
+pub async fn usage(
+    State(state): State<AppState>,
+    Query(q): Query<UsageQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let by = match q.group_by.as_deref().unwrap_or("session") {
+        "session" => GroupBy::Session,
+        "model" => GroupBy::Model,
+        "day" => GroupBy::Day,
+        other => {
+            return Err(ApiError::invalid(
+                format!("Invalid 'group_by' `{other}`: use session, model or day"),
+                "group_by",
+            ))
+        }
+    };
+    let (from, to) = (q.from.unwrap_or(0.0), q.to.unwrap_or(f64::INFINITY));
+    if from > to {
+        return Err(ApiError::invalid("'from' is after 'to'", "from"));
+    }
+    let rows = request_log(&state)?
+        .requests_between(from, to, None)
+        .await
+        .map_err(ApiError::internal)?;
+    let groups = group(&rows, by);
+    match q.format.as_deref().unwrap_or("json") {
+        "json" => {
+            let groups: Vec<Value> = groups
+                .into_iter()
+                .map(|(key, summary)| json!({"key": key, "summary": summary}))
+                .collect();
+            Ok(Json(
+                json!({"group_by": q.group_by.as_deref().unwrap_or("session"), "groups": groups}),
+            )
+            .into_response())
+        }
+        "csv" => {
+            let opt = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.3}"));
+            let mut csv = String::from(
+                "key,requests,errors,cancelled,prompt_tokens,cached_tokens,completion_tokens,\
+                 ttft_p50_ms,ttft_p95_ms,latency_p50_ms,latency_p95_ms,latency_p99_ms,tokens_per_second\n",
+            );
+            for (key, s) in groups {
+                let key = if key.contains([',', '"', '\n']) {
+                    format!("\"{}\"", key.replace('"', "\"\""))
+                } else {
+                    key
+                };
+                csv.push_str(&format!(
+                    "{key},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                    s.requests,
+                    s.errors,
+                    s.cancelled,
+                    s.prompt_tokens,
+                    s.cached_tokens,
+                    s.completion_tokens,
+                    opt(s.ttft_ms.p50),
+                    opt(s.ttft_ms.p95),
+                    opt(s.latency_ms.p50),
+                    opt(s.latency_ms.p95),
+                    opt(s.latency_ms.p99),
+                    opt(s.tokens_per_second),
+                ));
+            }
+            Ok((
+                [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+                csv,
+            )
+                .into_response())
+        }
+        other => Err(ApiError::invalid(
+            format!("Invalid 'format' `{other}`: use json or csv"),
+            "format",
+        )),
+    }
 }

@@ -18,6 +18,7 @@ use super::AppState;
 use crate::engine::models::bert::EmbedError;
 use crate::scheduler::embedder::EmbedderError;
 use crate::store::embeddings::ModelKey;
+use crate::store::requests::RequestRow;
 
 /// OpenAI's own bound on inputs per request.
 pub const MAX_INPUTS: usize = 2048;
@@ -28,7 +29,6 @@ pub struct EmbeddingRequest {
     input: Option<Value>,
     encoding_format: Option<String>,
     dimensions: Option<i64>,
-    #[allow(dead_code)]
     user: Option<String>,
     /// Lantern (as Ollama): cut inputs past the window (default) or refuse them.
     truncate: Option<bool>,
@@ -135,9 +135,12 @@ fn base64_vector(v: &[f32]) -> String {
 
 pub async fn embeddings(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let started = std::time::Instant::now();
     let req: EmbeddingRequest = parse_body(body, state.body_limit)?;
+    let session = super::openai::session_of(&headers, req.user.as_deref());
     let model_id = req
         .model
         .filter(|m| !m.is_empty())
@@ -249,6 +252,26 @@ pub async fn embeddings(
     if !truncated.is_empty() {
         body["truncated_inputs"] = Value::Array(truncated);
     }
+    state.monitor.record(RequestRow {
+        finished_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        session,
+        model: model_id,
+        api: "embeddings".into(),
+        status: 200,
+        outcome: "ok".into(),
+        error_kind: None,
+        prompt_tokens: prompt_tokens as u64,
+        cached_tokens: 0,
+        completion_tokens: 0,
+        queue_ms: None,
+        ttft_ms: None,
+        total_ms: started.elapsed().as_secs_f64() * 1e3,
+        tokens_per_second: None,
+        response_cached: outcome.computed == 0 && outcome.joined == 0,
+    });
     Ok(Json(body))
 }
 

@@ -35,6 +35,8 @@ pub struct AppState {
     /// Embedding models, loaded on first request.
     pub embedders: crate::scheduler::embedder::Embedders,
     pub caches: crate::cache::Caches,
+    /// Where every finished request is recorded.
+    pub monitor: crate::monitor::Monitor,
     /// The model `lantern serve` was started with (loaded and warmed before it listens).
     pub default_model: String,
     pub body_limit: usize,
@@ -60,6 +62,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/api/engine", get(admin::engine))
         .route("/api/cache", get(admin::cache))
+        .route("/api/sessions", get(admin::sessions))
+        .route("/api/sessions/{id}", get(admin::session))
+        .route("/api/usage", get(admin::usage))
         .route(
             "/api/cache/embeddings",
             axum::routing::delete(admin::clear_embeddings),

@@ -292,33 +292,84 @@ pub fn session_of(headers: &HeaderMap, user: Option<&str>) -> String {
 
 use super::rate::key_of as rate_key_of;
 
-/// Who a finished request is recorded and charged to.
+/// Who a finished request is recorded and charged to, and what it was.
 #[derive(Clone)]
 struct Account {
     session: String,
     rate_key: String,
     limiter: super::rate::RateLimiter,
+    monitor: crate::monitor::Monitor,
+    model: String,
+    api: Api,
+    started: std::time::Instant,
 }
 
-/// Every finished choice is recorded once, here: charged to its rate-limit key and, until the
-/// monitors exist, written to the log.
-fn record(account: &Account, api: Api, usage: &Usage, choices: usize) {
+/// How a request ended.
+enum Outcome {
+    Ok,
+    Error(String),
+    /// The client went away.
+    Cancelled,
+    Timeout,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Every finished request is recorded once, here, with the totals its client was told: charged
+/// to its rate-limit key, logged, and handed to the monitor.
+fn finish(account: &Account, totals: &Totals, last: Option<&Usage>, outcome: Outcome) {
     account.limiter.add_tokens(
         &account.rate_key,
-        (usage.prompt_tokens + usage.completion_tokens) as u64,
+        (totals.prompt + totals.completion) as u64,
     );
-    let session = account.session.as_str();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let (status, outcome, error_kind) = match outcome {
+        Outcome::Ok => (200, "ok", None),
+        Outcome::Error(kind) => (500, "error", Some(kind)),
+        Outcome::Cancelled => (499, "cancelled", None),
+        Outcome::Timeout => (504, "timeout", None),
+    };
+    let api = if account.api == Api::Chat {
+        "chat"
+    } else {
+        "completions"
+    };
+    let total_ms = ms(account.started.elapsed());
     tracing::info!(
-        session,
-        api = if api == Api::Chat { "chat" } else { "completions" },
-        prompt_tokens = usage.prompt_tokens,
-        completion_tokens = usage.completion_tokens,
-        choices,
-        queue_ms = usage.queue.as_millis() as u64,
-        ttft_ms = usage.time_to_first_token.as_millis() as u64,
-        finish = ?usage.finish_reason,
+        session = account.session.as_str(),
+        api,
+        model = account.model.as_str(),
+        outcome,
+        prompt_tokens = totals.prompt,
+        completion_tokens = totals.completion,
+        total_ms,
         "request finished"
     );
+    let decode = last.map(|u| u.decode).filter(|d| !d.is_zero());
+    account.monitor.record(crate::store::requests::RequestRow {
+        finished_at: unix_now(),
+        session: account.session.clone(),
+        model: account.model.clone(),
+        api: api.into(),
+        status,
+        outcome: outcome.into(),
+        error_kind,
+        prompt_tokens: totals.prompt as u64,
+        cached_tokens: totals.cached as u64,
+        completion_tokens: totals.completion as u64,
+        queue_ms: last.map(|u| ms(u.queue)),
+        ttft_ms: last.map(|u| ms(u.time_to_first_token)),
+        total_ms,
+        tokens_per_second: last.zip(decode).and_then(|(u, d)| {
+            (u.completion_tokens > 1).then(|| (u.completion_tokens - 1) as f64 / d.as_secs_f64())
+        }),
+        response_cached: totals.from_cache,
+    });
 }
 
 /// What a request's `Cache-Control` allows the response cache: `no-cache` skips reading it
@@ -480,6 +531,10 @@ async fn respond(
         session,
         rate_key: rate_key_of(headers),
         limiter: state.rate.clone(),
+        monitor: state.monitor.clone(),
+        model: engine.model_id.to_string(),
+        api,
+        started: std::time::Instant::now(),
     };
     let id = new_id(if api == Api::Chat { "chatcmpl" } else { "cmpl" });
     let limit = state.request_timeout;
@@ -510,12 +565,15 @@ async fn respond(
         ));
     }
     // Dropping the unfinished future on timeout drops its event streams: the engine cancels.
-    tokio::time::timeout(
-        limit,
-        complete(engine, streams, plan, api, id, session, from_cache),
-    )
-    .await
-    .map_err(|_| ApiError::Timeout(limit.as_secs()))?
+    let account = session.clone();
+    let answer = complete(engine, streams, plan, api, id, session, from_cache);
+    match tokio::time::timeout(limit, answer).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            finish(&account, &Totals::default(), None, Outcome::Timeout);
+            Err(ApiError::Timeout(limit.as_secs()))
+        }
+    }
 }
 
 async fn complete(
@@ -533,7 +591,14 @@ async fn complete(
         ..Totals::default()
     };
     let mut last_usage = None;
-    let finished = futures_util::future::try_join_all(streams.into_iter().map(run_choice)).await?;
+    let all = futures_util::future::try_join_all(streams.into_iter().map(run_choice));
+    let finished = match all.await {
+        Ok(f) => f,
+        Err(e) => {
+            finish(&session, &totals, None, Outcome::Error(e.to_string()));
+            return Err(e);
+        }
+    };
     for (index, choice) in finished.into_iter().enumerate() {
         totals.add(index, plan.n, &choice.usage);
         let finish = finish_reason(choice.usage.finish_reason);
@@ -568,8 +633,8 @@ async fn complete(
     });
     if let Some(u) = &last_usage {
         body["timings"] = timings_json(u);
-        record(&session, api, u, choices.len());
     }
+    finish(&session, &totals, last_usage.as_ref(), Outcome::Ok);
     Ok(Json(body).into_response())
 }
 
@@ -600,17 +665,25 @@ fn stream(
             "choices": choices,
         })
     };
+    let account = session.clone();
     let produce = async move {
         let mut totals = Totals {
             from_cache,
             ..Totals::default()
         };
         let mut last_usage = None;
+        let mut failed = None;
+        // The client went away: record what it was sent; dropping `events` cancels the rest.
+        let gone = |totals: &mut Totals, streamed: usize, last: Option<&Usage>| {
+            totals.completion += streamed;
+            finish(&session, totals, last, Outcome::Cancelled);
+        };
         for (index, mut events) in streams.into_iter().enumerate() {
+            let mut streamed = 0;
             if api == Api::Chat {
                 let first = json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
                 if tx.send(chunk(first)).await.is_err() {
-                    return;
+                    return gone(&mut totals, streamed, last_usage.as_ref());
                 }
             }
             let mut pending_tokens = Vec::new();
@@ -618,6 +691,7 @@ fn stream(
                 let message = match event {
                     GenEvent::Token { id, logprob, top } => {
                         pending_tokens.push((id, logprob, top));
+                        streamed += 1;
                         continue;
                     }
                     GenEvent::Text(text) => {
@@ -637,8 +711,8 @@ fn stream(
                     }
                     GenEvent::Done(usage) => {
                         totals.add(index, plan.n, &usage);
+                        streamed = 0;
                         let finish = finish_reason(usage.finish_reason);
-                        record(&session, api, &usage, 1);
                         last_usage = Some(usage);
                         chunk(match api {
                             Api::Chat => {
@@ -649,15 +723,17 @@ fn stream(
                             }
                         })
                     }
-                    GenEvent::Failed(message) => ApiError::Internal {
-                        request_id: new_id("req"),
-                        message,
+                    GenEvent::Failed(message) => {
+                        failed = Some(message.clone());
+                        ApiError::Internal {
+                            request_id: new_id("req"),
+                            message,
+                        }
+                        .body()
                     }
-                    .body(),
                 };
-                // The client went away: dropping `events` cancels the generation.
                 if tx.send(message).await.is_err() {
-                    return;
+                    return gone(&mut totals, streamed, last_usage.as_ref());
                 }
             }
         }
@@ -669,9 +745,12 @@ fn stream(
             }
             let _ = tx.send(last).await;
         }
+        let outcome = failed.map_or(Outcome::Ok, Outcome::Error);
+        finish(&session, &totals, last_usage.as_ref(), outcome);
     };
     tokio::spawn(async move {
         if tokio::time::timeout(limit, produce).await.is_err() {
+            finish(&account, &Totals::default(), None, Outcome::Timeout);
             let _ = timeout_tx
                 .send(ApiError::Timeout(limit.as_secs()).body())
                 .await;

@@ -2,6 +2,7 @@
 //! `migrations/` (checked in, embedded at build time, applied at open).
 
 pub mod embeddings;
+pub mod requests;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
