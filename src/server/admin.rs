@@ -99,13 +99,6 @@ fn request_log(state: &AppState) -> Result<&crate::store::Store, ApiError> {
     })
 }
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 #[derive(serde::Deserialize)]
 pub struct SessionsQuery {
     window: Option<String>,
@@ -120,7 +113,7 @@ pub async fn sessions(
 ) -> Result<Json<Value>, ApiError> {
     let window = window_seconds(q.window.as_deref())?;
     let rows = request_log(&state)?
-        .requests_between(now() - window, f64::INFINITY, None)
+        .requests_between(crate::monitor::unix_seconds() - window, f64::INFINITY, None)
         .await
         .map_err(ApiError::internal)?;
     let sessions: Vec<Value> = group(&rows, GroupBy::Session)
@@ -151,7 +144,11 @@ pub async fn session(
     let page = q.page.unwrap_or(1).max(1);
     let store = request_log(&state)?;
     let rows = store
-        .requests_between(now() - window, f64::INFINITY, Some(&id))
+        .requests_between(
+            crate::monitor::unix_seconds() - window,
+            f64::INFINITY,
+            Some(&id),
+        )
         .await
         .map_err(ApiError::internal)?;
     let (requests, total) = store

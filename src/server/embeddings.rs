@@ -253,10 +253,7 @@ pub async fn embeddings(
         body["truncated_inputs"] = Value::Array(truncated);
     }
     state.monitor.record(RequestRow {
-        finished_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0),
+        finished_at: crate::monitor::unix_seconds(),
         session,
         model: model_id,
         api: "embeddings".into(),

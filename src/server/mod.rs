@@ -3,12 +3,15 @@
 //! `openai` serves the OpenAI-compatible API (`embeddings` its `/v1/embeddings`), `validate` turns bodies into scheduler requests,
 //! `errors` maps every failure to OpenAI's error JSON, `sse` streams.
 
+pub mod accounting;
 pub mod admin;
 pub mod embeddings;
 pub mod errors;
 pub mod guard;
+pub mod models;
 pub mod openai;
 pub mod rate;
+pub mod response_cache;
 pub mod sse;
 pub mod validate;
 
@@ -55,8 +58,8 @@ pub const APP_ORIGINS: [&str; 2] = ["tauri://localhost", "http://tauri.localhost
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
-        .route("/v1/models", get(openai::list_models))
-        .route("/v1/models/{id}", get(openai::get_model))
+        .route("/v1/models", get(models::list_models))
+        .route("/v1/models/{id}", get(models::get_model))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))

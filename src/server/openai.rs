@@ -1,9 +1,9 @@
-//! `/v1/chat/completions`, `/v1/completions`, `/v1/models`: wire shapes exactly as OpenAI's, and
+//! `/v1/chat/completions`, `/v1/completions`: wire shapes exactly as OpenAI's, and
 //! Lantern's timings in an extra `timings` field that SDKs ignore.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,14 +11,12 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::accounting::{finish, Account, Outcome};
 use super::errors::ApiError;
+use super::response_cache::{recording, replay, response_key, CacheUse};
 use super::validate::{validate_chat, validate_completion, ChatRequest, CompletionRequest, Plan};
 use super::{sse, AppState};
-use crate::cache::responses::{KeyBuilder, Recorded, ResponseKey};
-use crate::cache::ResponseCache;
 use crate::engine::generate::FinishReason;
-use crate::scheduler::embedder::EmbeddingModelEntry;
-use crate::scheduler::registry::{created_of, ServableModel};
 use crate::scheduler::{EngineHandle, GenEvent, RegistryError, ScheduleError, Usage};
 
 /// Parse a JSON body, turning every kind of failure into an OpenAI-shaped 400 or 413.
@@ -64,12 +62,12 @@ fn finish_reason(f: FinishReason) -> &'static str {
 
 /// Token counts of a response; prompts shared by `n` choices count once, as OpenAI does.
 #[derive(Default)]
-struct Totals {
-    prompt: usize,
-    cached: usize,
-    completion: usize,
+pub(super) struct Totals {
+    pub(super) prompt: usize,
+    pub(super) cached: usize,
+    pub(super) completion: usize,
     /// Served whole from the response cache: still counted, and said so.
-    from_cache: bool,
+    pub(super) from_cache: bool,
 }
 
 impl Totals {
@@ -238,7 +236,7 @@ fn completion_logprobs(engine: &EngineHandle, tokens: &[TokenLogprobs]) -> Value
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Api {
+pub(super) enum Api {
     Chat,
     Completions,
 }
@@ -291,233 +289,6 @@ pub fn session_of(headers: &HeaderMap, user: Option<&str>) -> String {
 }
 
 use super::rate::key_of as rate_key_of;
-
-/// Who a finished request is recorded and charged to, and what it was.
-#[derive(Clone)]
-struct Account {
-    session: String,
-    rate_key: String,
-    limiter: super::rate::RateLimiter,
-    monitor: crate::monitor::Monitor,
-    model: String,
-    api: Api,
-    started: std::time::Instant,
-}
-
-/// How a request ended.
-enum Outcome {
-    Ok,
-    Error(String),
-    /// The client went away.
-    Cancelled,
-    Timeout,
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-/// Every finished request is recorded once, here, with the totals its client was told: charged
-/// to its rate-limit key, logged, and handed to the monitor.
-fn finish(account: &Account, totals: &Totals, last: Option<&Usage>, outcome: Outcome) {
-    account.limiter.add_tokens(
-        &account.rate_key,
-        (totals.prompt + totals.completion) as u64,
-    );
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    let (status, outcome, error_kind) = match outcome {
-        Outcome::Ok => (200, "ok", None),
-        Outcome::Error(kind) => (500, "error", Some(kind)),
-        Outcome::Cancelled => (499, "cancelled", None),
-        Outcome::Timeout => (504, "timeout", None),
-    };
-    let api = if account.api == Api::Chat {
-        "chat"
-    } else {
-        "completions"
-    };
-    let total_ms = ms(account.started.elapsed());
-    tracing::info!(
-        session = account.session.as_str(),
-        api,
-        model = account.model.as_str(),
-        outcome,
-        prompt_tokens = totals.prompt,
-        completion_tokens = totals.completion,
-        total_ms,
-        "request finished"
-    );
-    let decode = last.map(|u| u.decode).filter(|d| !d.is_zero());
-    account.monitor.record(crate::store::requests::RequestRow {
-        finished_at: unix_now(),
-        session: account.session.clone(),
-        model: account.model.clone(),
-        api: api.into(),
-        status,
-        outcome: outcome.into(),
-        error_kind,
-        prompt_tokens: totals.prompt as u64,
-        cached_tokens: totals.cached as u64,
-        completion_tokens: totals.completion as u64,
-        queue_ms: last.map(|u| ms(u.queue)),
-        ttft_ms: last.map(|u| ms(u.time_to_first_token)),
-        total_ms,
-        tokens_per_second: last.zip(decode).and_then(|(u, d)| {
-            (u.completion_tokens > 1).then(|| (u.completion_tokens - 1) as f64 / d.as_secs_f64())
-        }),
-        response_cached: totals.from_cache,
-    });
-}
-
-/// What a request's `Cache-Control` allows the response cache: `no-cache` skips reading it
-/// (the fresh answer is still kept), `no-store` skips both.
-struct CacheUse {
-    read: bool,
-    write: bool,
-}
-
-impl CacheUse {
-    fn of(headers: &HeaderMap) -> Self {
-        let directives: Vec<String> = headers
-            .get_all(axum::http::header::CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|d| d.trim().to_ascii_lowercase())
-            .collect();
-        let has = |d: &str| directives.iter().any(|x| x == d);
-        Self {
-            read: !has("no-cache") && !has("no-store"),
-            write: !has("no-store"),
-        }
-    }
-}
-
-/// The response-cache key of a deterministic request (greedy, or every choice seeded): the
-/// weights and everything that changes the output. None for anything else.
-fn response_key(engine: &EngineHandle, api: Api, plan: &Plan) -> Option<ResponseKey> {
-    let weights = engine.weights_sha256.as_deref()?;
-    let deterministic = plan
-        .requests
-        .iter()
-        .all(|r| r.sampling.temperature <= 0.0 || r.sampling.seed.is_some());
-    if !deterministic {
-        return None;
-    }
-    let optional = |x: Option<u64>| x.map_or(0, |v| v.wrapping_add(1));
-    let mut k = KeyBuilder::default()
-        .text(weights)
-        .text(if api == Api::Chat {
-            "chat"
-        } else {
-            "completions"
-        })
-        .number(plan.n as u64)
-        .number(optional(plan.logprobs.map(|l| l as u64)));
-    for r in &plan.requests {
-        let p = &r.sampling;
-        k = k
-            .tokens(&r.prompt)
-            .number(r.max_tokens as u64)
-            .float(p.temperature)
-            .number(p.top_k as u64)
-            .float(p.top_p)
-            .float(p.min_p)
-            .float(p.repetition_penalty)
-            .float(p.presence_penalty)
-            .float(p.frequency_penalty)
-            .number(p.seed.is_some() as u64)
-            .number(p.seed.unwrap_or(0))
-            .number(optional(p.top_logprobs.map(|t| t as u64)))
-            .number(r.cache_prompt as u64);
-        let mut bias: Vec<(u32, u32)> = p
-            .logit_bias
-            .iter()
-            .map(|(t, b)| (*t, b.to_bits()))
-            .collect();
-        bias.sort_unstable();
-        k = k.number(bias.len() as u64);
-        for (t, b) in bias {
-            k = k.number(t as u64).number(b as u64);
-        }
-        k = k.number(r.stop.len() as u64);
-        for stop in &r.stop {
-            k = k.text(stop);
-        }
-    }
-    Some(k.finish())
-}
-
-/// A stored response as event streams again, with the figures of a response that took no time.
-fn replay(recorded: &Recorded) -> Vec<mpsc::UnboundedReceiver<GenEvent>> {
-    recorded
-        .choices
-        .iter()
-        .map(|events| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            for e in events {
-                let e = match e {
-                    GenEvent::Done(u) => GenEvent::Done(Usage {
-                        cached_tokens: u.prompt_tokens,
-                        queue: Default::default(),
-                        time_to_first_token: Default::default(),
-                        prefill: Default::default(),
-                        decode: Default::default(),
-                        ..u.clone()
-                    }),
-                    other => other.clone(),
-                };
-                let _ = tx.send(e);
-            }
-            rx
-        })
-        .collect()
-}
-
-/// Pass the engine's events through while keeping a copy; when every choice is done, the
-/// response goes into the cache. A client that goes away still cancels the generation at once.
-fn recording(
-    streams: Vec<mpsc::UnboundedReceiver<GenEvent>>,
-    key: ResponseKey,
-    cache: std::sync::Arc<ResponseCache>,
-) -> Vec<mpsc::UnboundedReceiver<GenEvent>> {
-    let n = streams.len();
-    let kept = std::sync::Arc::new(std::sync::Mutex::new((vec![Vec::new(); n], 0usize)));
-    streams
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut events)| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let (kept, cache) = (kept.clone(), cache.clone());
-            tokio::spawn(async move {
-                loop {
-                    let event = tokio::select! {
-                        e = events.recv() => e,
-                        _ = tx.closed() => return,
-                    };
-                    let Some(event) = event else { return };
-                    let last = matches!(event, GenEvent::Done(_) | GenEvent::Failed(_));
-                    let mut guard = kept.lock().unwrap_or_else(|e| e.into_inner());
-                    guard.0[i].push(event.clone());
-                    if last {
-                        guard.1 += 1;
-                        if guard.1 == n {
-                            cache.put(key, std::mem::take(&mut guard.0));
-                        }
-                    }
-                    drop(guard);
-                    if tx.send(event).is_err() {
-                        return;
-                    }
-                }
-            });
-            rx
-        })
-        .collect()
-}
 
 async fn respond(
     state: &AppState,
@@ -757,65 +528,6 @@ fn stream(
         }
     });
     sse::stream(rx)
-}
-
-fn model_json(m: &ServableModel) -> Value {
-    json!({
-        "id": m.id,
-        "object": "model",
-        "created": m.created,
-        "owned_by": "lantern",
-        "meta": {
-            "kind": "chat",
-            "architecture": m.architecture,
-            "quantization": m.quantization,
-            "context_length": m.context_length,
-            "size_bytes": m.size_bytes,
-            "loaded": m.loaded,
-        },
-    })
-}
-
-fn embedding_model_json(m: &EmbeddingModelEntry) -> Value {
-    json!({
-        "id": m.id,
-        "object": "model",
-        "created": created_of(&m.path),
-        "owned_by": "lantern",
-        "meta": {
-            "kind": "embedding",
-            "format": "safetensors",
-            "size_bytes": m.size_bytes,
-            "loaded": m.loaded,
-        },
-    })
-}
-
-/// Installed chat and embedding models, loaded or not (a request for one loads it).
-fn all_models(state: &AppState) -> Vec<(String, Value)> {
-    let chat = state.engines.servable();
-    let chat = chat.iter().map(|m| (m.id.clone(), model_json(m)));
-    let embed = state.embedders.installed();
-    let embed = embed
-        .iter()
-        .map(|m| (m.id.clone(), embedding_model_json(m)));
-    chat.chain(embed).collect()
-}
-
-pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
-    let data: Vec<Value> = all_models(&state).into_iter().map(|(_, v)| v).collect();
-    Json(json!({"object": "list", "data": data}))
-}
-
-pub async fn get_model(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    all_models(&state)
-        .into_iter()
-        .find(|(m, _)| *m == id)
-        .map(|(_, v)| Json(v))
-        .ok_or(ApiError::ModelNotFound(id))
 }
 
 #[cfg(test)]

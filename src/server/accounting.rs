@@ -1,0 +1,78 @@
+//! Every finished chat or completion request is accounted for once, here: charged to its
+//! rate-limit key, logged, and recorded by the monitor with the totals its client was told.
+
+use super::openai::{Api, Totals};
+use crate::scheduler::Usage;
+
+/// Who a finished request is recorded and charged to, and what it was.
+#[derive(Clone)]
+pub(super) struct Account {
+    pub(super) session: String,
+    pub(super) rate_key: String,
+    pub(super) limiter: super::rate::RateLimiter,
+    pub(super) monitor: crate::monitor::Monitor,
+    pub(super) model: String,
+    pub(super) api: Api,
+    pub(super) started: std::time::Instant,
+}
+
+/// How a request ended.
+pub(super) enum Outcome {
+    Ok,
+    Error(String),
+    /// The client went away.
+    Cancelled,
+    Timeout,
+}
+
+/// Every finished request is recorded once, here, with the totals its client was told: charged
+/// to its rate-limit key, logged, and handed to the monitor.
+pub(super) fn finish(account: &Account, totals: &Totals, last: Option<&Usage>, outcome: Outcome) {
+    account.limiter.add_tokens(
+        &account.rate_key,
+        (totals.prompt + totals.completion) as u64,
+    );
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let (status, outcome, error_kind) = match outcome {
+        Outcome::Ok => (200, "ok", None),
+        Outcome::Error(kind) => (500, "error", Some(kind)),
+        Outcome::Cancelled => (499, "cancelled", None),
+        Outcome::Timeout => (504, "timeout", None),
+    };
+    let api = if account.api == Api::Chat {
+        "chat"
+    } else {
+        "completions"
+    };
+    let total_ms = ms(account.started.elapsed());
+    tracing::info!(
+        session = account.session.as_str(),
+        api,
+        model = account.model.as_str(),
+        outcome,
+        prompt_tokens = totals.prompt,
+        completion_tokens = totals.completion,
+        total_ms,
+        "request finished"
+    );
+    let decode = last.map(|u| u.decode).filter(|d| !d.is_zero());
+    account.monitor.record(crate::store::requests::RequestRow {
+        finished_at: crate::monitor::unix_seconds(),
+        session: account.session.clone(),
+        model: account.model.clone(),
+        api: api.into(),
+        status,
+        outcome: outcome.into(),
+        error_kind,
+        prompt_tokens: totals.prompt as u64,
+        cached_tokens: totals.cached as u64,
+        completion_tokens: totals.completion as u64,
+        queue_ms: last.map(|u| ms(u.queue)),
+        ttft_ms: last.map(|u| ms(u.time_to_first_token)),
+        total_ms,
+        tokens_per_second: last.zip(decode).and_then(|(u, d)| {
+            (u.completion_tokens > 1).then(|| (u.completion_tokens - 1) as f64 / d.as_secs_f64())
+        }),
+        response_cached: totals.from_cache,
+    });
+}

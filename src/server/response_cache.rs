@@ -1,0 +1,159 @@
+//! The response cache as the chat and completion routes use it: which requests it may serve
+//! (`Cache-Control`, determinism), their keys, and event streams replayed from it or recorded
+//! into it.
+
+use axum::http::HeaderMap;
+use tokio::sync::mpsc;
+
+use super::openai::Api;
+use super::validate::Plan;
+use crate::cache::responses::{KeyBuilder, Recorded, ResponseKey};
+use crate::cache::ResponseCache;
+use crate::scheduler::{EngineHandle, GenEvent, Usage};
+
+/// What a request's `Cache-Control` allows the response cache: `no-cache` skips reading it
+/// (the fresh answer is still kept), `no-store` skips both.
+pub(super) struct CacheUse {
+    pub(super) read: bool,
+    pub(super) write: bool,
+}
+
+impl CacheUse {
+    pub(super) fn of(headers: &HeaderMap) -> Self {
+        let directives: Vec<String> = headers
+            .get_all(axum::http::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|d| d.trim().to_ascii_lowercase())
+            .collect();
+        let has = |d: &str| directives.iter().any(|x| x == d);
+        Self {
+            read: !has("no-cache") && !has("no-store"),
+            write: !has("no-store"),
+        }
+    }
+}
+
+/// The response-cache key of a deterministic request (greedy, or every choice seeded): the
+/// weights and everything that changes the output. None for anything else.
+pub(super) fn response_key(engine: &EngineHandle, api: Api, plan: &Plan) -> Option<ResponseKey> {
+    let weights = engine.weights_sha256.as_deref()?;
+    let deterministic = plan
+        .requests
+        .iter()
+        .all(|r| r.sampling.temperature <= 0.0 || r.sampling.seed.is_some());
+    if !deterministic {
+        return None;
+    }
+    let optional = |x: Option<u64>| x.map_or(0, |v| v.wrapping_add(1));
+    let mut k = KeyBuilder::default()
+        .text(weights)
+        .text(if api == Api::Chat {
+            "chat"
+        } else {
+            "completions"
+        })
+        .number(plan.n as u64)
+        .number(optional(plan.logprobs.map(|l| l as u64)));
+    for r in &plan.requests {
+        let p = &r.sampling;
+        k = k
+            .tokens(&r.prompt)
+            .number(r.max_tokens as u64)
+            .float(p.temperature)
+            .number(p.top_k as u64)
+            .float(p.top_p)
+            .float(p.min_p)
+            .float(p.repetition_penalty)
+            .float(p.presence_penalty)
+            .float(p.frequency_penalty)
+            .number(p.seed.is_some() as u64)
+            .number(p.seed.unwrap_or(0))
+            .number(optional(p.top_logprobs.map(|t| t as u64)))
+            .number(r.cache_prompt as u64);
+        let mut bias: Vec<(u32, u32)> = p
+            .logit_bias
+            .iter()
+            .map(|(t, b)| (*t, b.to_bits()))
+            .collect();
+        bias.sort_unstable();
+        k = k.number(bias.len() as u64);
+        for (t, b) in bias {
+            k = k.number(t as u64).number(b as u64);
+        }
+        k = k.number(r.stop.len() as u64);
+        for stop in &r.stop {
+            k = k.text(stop);
+        }
+    }
+    Some(k.finish())
+}
+
+/// A stored response as event streams again, with the figures of a response that took no time.
+pub(super) fn replay(recorded: &Recorded) -> Vec<mpsc::UnboundedReceiver<GenEvent>> {
+    recorded
+        .choices
+        .iter()
+        .map(|events| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            for e in events {
+                let e = match e {
+                    GenEvent::Done(u) => GenEvent::Done(Usage {
+                        cached_tokens: u.prompt_tokens,
+                        queue: Default::default(),
+                        time_to_first_token: Default::default(),
+                        prefill: Default::default(),
+                        decode: Default::default(),
+                        ..u.clone()
+                    }),
+                    other => other.clone(),
+                };
+                let _ = tx.send(e);
+            }
+            rx
+        })
+        .collect()
+}
+
+/// Pass the engine's events through while keeping a copy; when every choice is done, the
+/// response goes into the cache. A client that goes away still cancels the generation at once.
+pub(super) fn recording(
+    streams: Vec<mpsc::UnboundedReceiver<GenEvent>>,
+    key: ResponseKey,
+    cache: std::sync::Arc<ResponseCache>,
+) -> Vec<mpsc::UnboundedReceiver<GenEvent>> {
+    let n = streams.len();
+    let kept = std::sync::Arc::new(std::sync::Mutex::new((vec![Vec::new(); n], 0usize)));
+    streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut events)| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let (kept, cache) = (kept.clone(), cache.clone());
+            tokio::spawn(async move {
+                loop {
+                    let event = tokio::select! {
+                        e = events.recv() => e,
+                        _ = tx.closed() => return,
+                    };
+                    let Some(event) = event else { return };
+                    let last = matches!(event, GenEvent::Done(_) | GenEvent::Failed(_));
+                    let mut guard = kept.lock().unwrap_or_else(|e| e.into_inner());
+                    guard.0[i].push(event.clone());
+                    if last {
+                        guard.1 += 1;
+                        if guard.1 == n {
+                            cache.put(key, std::mem::take(&mut guard.0));
+                        }
+                    }
+                    drop(guard);
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                }
+            });
+            rx
+        })
+        .collect()
+}
