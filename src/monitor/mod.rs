@@ -1,8 +1,9 @@
 //! Every finished request, recorded once: the server hands a row to the monitor where it counted
 //! the request's tokens, and a writer task stores rows in SQLite in small transactions, off the
 //! request path (a slow disk never slows generation). Closing the last handle flushes what is
-//! queued; a row is safe once its transaction commits.
+//! queued; a row is safe once its transaction commits. Each row also feeds `/metrics`.
 
+pub mod metrics;
 pub mod summary;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,7 @@ pub struct Monitor {
     rows: Option<mpsc::UnboundedSender<RequestRow>>,
     store: Option<Store>,
     counters: Arc<Counters>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 #[derive(Default)]
@@ -59,6 +61,7 @@ impl Monitor {
                     rows: None,
                     store,
                     counters,
+                    metrics: Arc::default(),
                 },
                 None,
             );
@@ -70,6 +73,7 @@ impl Monitor {
                 rows: Some(tx),
                 store,
                 counters,
+                metrics: Arc::default(),
             },
             Some(task),
         )
@@ -77,9 +81,14 @@ impl Monitor {
 
     pub fn record(&self, row: RequestRow) {
         self.counters.recorded.fetch_add(1, Ordering::Relaxed);
+        self.metrics.observe(&row);
         if let Some(tx) = &self.rows {
             let _ = tx.send(row);
         }
+    }
+
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
     }
 
     pub fn store(&self) -> Option<&Store> {

@@ -256,3 +256,44 @@ pub async fn usage(
         )),
     }
 }
+
+/// `/metrics` in Prometheus' text format: request counters and histograms, and the engines' and
+/// caches' figures as they are now.
+pub async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let m = state.monitor.metrics();
+    m.reset_gauges();
+    let (mut prefix_hits, mut prefix_misses) = (0, 0);
+    for model in state.engines.loaded() {
+        let (e, id) = (&model.engine, model.id.as_str());
+        m.running.with_label_values(&[id]).set(e.running as i64);
+        m.waiting.with_label_values(&[id]).set(e.waiting as i64);
+        m.kv_tokens.with_label_values(&[id]).set(e.kv_tokens as i64);
+        m.kv_budget_tokens
+            .with_label_values(&[id])
+            .set(e.kv_tokens_budget as i64);
+        m.loaded.with_label_values(&[id, "chat"]).set(1);
+        prefix_hits += e.prefix_cache.hits;
+        prefix_misses += e.prefix_cache.lookups - e.prefix_cache.hits;
+    }
+    for (id, _) in state.embedders.loaded() {
+        m.loaded.with_label_values(&[&id, "embedding"]).set(1);
+    }
+    m.cache_counts("prefix", &[("memory", prefix_hits)], prefix_misses);
+    let e = state.caches.embeddings.stats().await;
+    m.cache_counts(
+        "embeddings",
+        &[("memory", e.memory.hits), ("store", e.store.hits)],
+        e.misses,
+    );
+    let r = state.caches.responses.stats();
+    m.cache_counts("responses", &[("memory", r.hits)], r.misses);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response()
+}

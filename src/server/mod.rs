@@ -58,6 +58,7 @@ pub const APP_ORIGINS: [&str; 2] = ["tauri://localhost", "http://tauri.localhost
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(admin::metrics))
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{id}", get(models::get_model))
         .route("/v1/chat/completions", post(openai::chat_completions))

@@ -130,3 +130,25 @@ def test_embeddings_base64_default_and_float(client):
         client.embeddings.create(model=MODEL, input="hello")
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="no-such-model", input="hello")
+
+
+def test_metrics_parse_as_prometheus_text(client):
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    client.chat.completions.create(model=MODEL, messages=ask("Say hi."), temperature=0, max_tokens=4)
+    root = str(client.base_url).rstrip("/").removesuffix("/v1")
+    with urllib.request.urlopen(root + "/metrics") as r:
+        assert r.headers["content-type"].startswith("text/plain")
+        text = r.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["lantern_requests"].type == "counter"
+    ok = [s for s in families["lantern_requests"].samples
+          if s.name == "lantern_requests_total" and s.labels["model"] == MODEL
+          and s.labels["outcome"] == "ok"]
+    assert ok and ok[0].value >= 1
+    ttft = families["lantern_time_to_first_token_seconds"]
+    assert ttft.type == "histogram"
+    assert any(s.name.endswith("_count") and s.value >= 1 for s in ttft.samples)
+    loaded = [s for s in families["lantern_model_loaded"].samples if s.labels["model"] == MODEL]
+    assert loaded and loaded[0].value == 1
+    assert "lantern_running_sequences" in families and "lantern_cache_hits" in families
