@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::server::{post, start};
+use common::server::{delete_json, get_json, post, start};
 use serde_json::{json, Value};
 
 fn reference() -> Value {
@@ -244,15 +244,6 @@ async fn concurrent_requests_all_get_their_own_vectors() {
     }
 }
 
-async fn get_json(s: &common::server::Server, path: &str) -> Value {
-    reqwest::get(format!("{}{path}", s.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 fn texts_body(texts: &[&str]) -> Value {
     json!({"model": "all-minilm", "input": texts, "encoding_format": "float"})
 }
@@ -288,14 +279,7 @@ async fn the_cache_survives_a_restart_and_can_be_cleared() {
     );
     assert_eq!(e["memory"]["entries"], 2);
 
-    let cleared: Value = reqwest::Client::new()
-        .delete(format!("{}/api/cache/embeddings?model=all-minilm", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cleared = delete_json(&s, "/api/cache/embeddings?model=all-minilm").await;
     assert_eq!(cleared["deleted"], json!({"memory": 2, "store": 2}));
     let (_, r) = post(&s, "/v1/embeddings", &texts_body(&texts)).await;
     assert_eq!(r["cache"]["computed"], 3, "{r}");

@@ -3,16 +3,12 @@
 
 mod common;
 
-use common::server::{chat, start, Server};
+use common::server::{chat, get_json, start, Server};
 use serde_json::{json, Value};
 
 async fn get(s: &Server, path: &str) -> (u16, String) {
     let r = reqwest::get(format!("{}{path}", s.base)).await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
-}
-
-async fn get_json(s: &Server, path: &str) -> Value {
-    serde_json::from_str(&get(s, path).await.1).unwrap()
 }
 
 /// Poll until the monitor has written `n` rows (bounded: only guards against a hang).

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::server::{chat, engine_of, post, start, stream, Server};
+use common::server::{chat, delete_json, engine_of, get_json, post, start, stream, Server};
 use serde_json::{json, Value};
 
 async fn completed(s: &Server) -> u64 {
@@ -14,13 +14,7 @@ async fn completed(s: &Server) -> u64 {
 }
 
 async fn responses_stats(s: &Server) -> Value {
-    let v: Value = reqwest::get(format!("{}/api/cache", s.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["responses"].clone()
+    get_json(s, "/api/cache").await["responses"].clone()
 }
 
 async fn post_with(s: &Server, body: &Value, cache_control: &str) -> Value {
@@ -96,14 +90,7 @@ async fn greedy_repeats_come_from_the_cache_as_responses_and_streams() {
         (Some(2), Some(2)),
         "{stats}"
     );
-    let cleared: Value = reqwest::Client::new()
-        .delete(format!("{}/api/cache/responses", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cleared = delete_json(&s, "/api/cache/responses").await;
     assert_eq!(cleared["deleted"], 2);
     let (_, r) = post(&s, "/v1/chat/completions", &body).await;
     assert!(r["usage"].get("response_cached").is_none());

@@ -70,6 +70,28 @@ pub async fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
+/// `GET path`, its JSON body.
+pub async fn get_json(s: &Server, path: &str) -> Value {
+    reqwest::get(format!("{}{path}", s.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// `DELETE path`, its JSON body.
+pub async fn delete_json(s: &Server, path: &str) -> Value {
+    reqwest::Client::new()
+        .delete(format!("{}{path}", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// The `data:` payloads of an SSE response, `[DONE]` included.
 pub async fn stream(s: &Server, path: &str, body: &Value) -> Vec<String> {
     let text = reqwest::Client::new()
