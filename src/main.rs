@@ -273,7 +273,7 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
                 None
             }
         };
-        let (monitor, monitor_writer) = lantern::monitor::Monitor::start(store.clone());
+        let (monitor, monitor_writer) = lantern::monitor::Monitor::open(store.clone()).await;
         let caches = lantern::cache::Caches {
             embeddings: std::sync::Arc::new(lantern::cache::EmbeddingCache::new(
                 args.embedding_cache_mib << 20,

@@ -154,3 +154,264 @@ async fn rows_survive_the_server_being_killed() {
     let detail = get_json(&s, "/api/sessions/survivor").await;
     assert_eq!(detail["total"], 3, "{detail}");
 }
+
+/// A chat request in `session`; the status, the response headers and the body.
+async fn ask_raw(s: &Server, session: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.base))
+        .header("x-session-id", session)
+        .json(&chat("Say hi.", json!({"max_tokens": 4, "temperature": 0})))
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    (status, headers, r.json().await.unwrap())
+}
+
+async fn put(s: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .put(format!("{}{path}", s.base))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// Poll `/api/alerts` until `pred` holds (bounded: only guards against a hang).
+async fn alerts_until(s: &Server, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let a = get_json(s, "/api/alerts").await;
+        if pred(&a) {
+            return a;
+        }
+        assert!(std::time::Instant::now() < deadline, "{a}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn has_active(alerts: &Value, rule: &str, subject: &str) -> bool {
+    alerts["active"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["rule"] == rule && a["subject"] == subject)
+}
+
+#[tokio::test]
+async fn a_budget_warns_then_stops_with_429_until_it_is_raised_and_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("lantern.db");
+    let db = db.to_str().unwrap();
+    let s = start(&["--db", db]);
+    let (status, body) = put(
+        &s,
+        "/api/sessions/capped/budget",
+        &json!({"daily_tokens": 150}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["budget"]["daily_tokens"], 150);
+    assert_eq!(body["budget"]["source"], "session");
+
+    // Spend the budget: every answer says what is left; past 80% they carry the warning.
+    let (mut used, mut warned, mut rejected) = (0u64, false, None);
+    for _ in 0..50 {
+        let (status, headers, body) = ask_raw(&s, "capped").await;
+        if status == 429 {
+            rejected = Some((headers, body));
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        let remaining: u64 = headers["x-lantern-budget-remaining"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            remaining,
+            150u64.saturating_sub(used),
+            "admitted with {used} used"
+        );
+        let warning = headers.get("x-lantern-budget-warning");
+        assert_eq!(warning.is_some(), used >= 120, "{used}: {warning:?}");
+        warned |= warning.is_some();
+        used += body["usage"]["total_tokens"].as_u64().unwrap();
+    }
+    let (headers, body) = rejected.expect("the budget never stopped the session");
+    assert!(used >= 150);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Session 'capped' daily token budget of 150 tokens is used up"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("({used} used today)")),
+        "{message}"
+    );
+    assert!(
+        message.contains("resets at") && message.contains("UTC"),
+        "{message}"
+    );
+    assert_eq!(body["error"]["code"], "budget_exhausted");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry), "{retry}");
+    // About 35 tokens an answer: at least one was admitted between 120 and 150 used.
+    assert!(warned, "no answer carried the budget warning");
+
+    // Both thresholds are alerts; other sessions are not held back.
+    let alerts = alerts_until(&s, |a| has_active(a, "budget_exhausted", "capped")).await;
+    assert!(has_active(&alerts, "budget_warning", "capped"), "{alerts}");
+    assert!(alerts["active"].to_string().contains("used up"), "{alerts}");
+    assert_eq!(ask_raw(&s, "someone-else").await.0, 200);
+
+    // Raising the budget lets the session back in, and the alert resolves.
+    let (status, _) = put(
+        &s,
+        "/api/sessions/capped/budget",
+        &json!({"daily_tokens": 1_000_000}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(ask_raw(&s, "capped").await.0, 200);
+    alerts_until(&s, |a| !has_active(a, "budget_exhausted", "capped")).await;
+
+    // A default budget applies to sessions without their own, and is saved with the settings.
+    let mut settings = get_json(&s, "/api/monitor/settings").await;
+    settings["default_daily_tokens"] = json!(5);
+    let (status, saved) = put(&s, "/api/monitor/settings", &settings).await;
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(ask_raw(&s, "fresh").await.0, 200);
+    let (status, _, body) = ask_raw(&s, "fresh").await;
+    assert_eq!(status, 429);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("The default daily token budget (session 'fresh') of 5 tokens"),
+        "{body}"
+    );
+
+    // Sessions show their budget and what their tokens would have cost in the cloud.
+    written(
+        &s,
+        get_json(&s, "/api/sessions").await["monitor"]["recorded"]
+            .as_u64()
+            .unwrap(),
+    )
+    .await;
+    let sessions = get_json(&s, "/api/sessions").await;
+    let capped = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == "capped")
+        .unwrap();
+    assert_eq!(capped["budget"]["daily_tokens"], 1_000_000);
+    assert!(
+        capped["cloud_cost_usd"]["gpt-4o"].as_f64().unwrap() > 0.0,
+        "{capped}"
+    );
+
+    // Bad settings and budgets are 400s naming the field; nothing is changed by them.
+    let mut bad = settings.clone();
+    bad["alerts"]["error_rate"] = json!(2.0);
+    let (status, body) = put(&s, "/api/monitor/settings", &bad).await;
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (400, Some("alerts.error_rate"))
+    );
+    let (status, _) = put(&s, "/api/sessions/x/budget", &json!({"daily_tokens": 0})).await;
+    assert_eq!(status, 400);
+    let (status, _) = put(&s, "/api/sessions/x/budget", &json!({"tokens": 5})).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        get_json(&s, "/api/monitor/settings").await["default_daily_tokens"],
+        5
+    );
+
+    // After a restart the settings, the session's own budget and today's use are all back.
+    drop(s);
+    let s = start(&["--db", db]);
+    assert_eq!(
+        get_json(&s, "/api/monitor/settings").await["default_daily_tokens"],
+        5
+    );
+    assert_eq!(ask_raw(&s, "fresh").await.0, 429);
+    let budget = get_json(&s, "/api/sessions/capped/budget").await;
+    assert_eq!(budget["budget"]["daily_tokens"], 1_000_000);
+    assert!(budget["budget"]["used_today"].as_u64().unwrap() >= used);
+    // Deleting the session's own budget puts it back on the default (spent already).
+    let r = reqwest::Client::new()
+        .delete(format!("{}/api/sessions/capped/budget", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(ask_raw(&s, "capped").await.0, 429);
+}
+
+#[tokio::test]
+async fn the_live_stream_pushes_snapshots_and_alerts() {
+    let s = start(&[]);
+    // Any latency is over 1 ms: the first request fires the p95 alert.
+    let mut settings = get_json(&s, "/api/monitor/settings").await;
+    settings["alerts"]["p95_latency_ms"] = json!(1.0);
+    settings["alerts"]["min_requests"] = json!(1);
+    assert_eq!(put(&s, "/api/monitor/settings", &settings).await.0, 200);
+
+    let mut live = reqwest::get(format!("{}/api/monitor/stream", s.base))
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    assert_eq!(ask_raw(&s, "watched").await.0, 200);
+
+    let (mut saw_session, mut saw_alert, mut snapshots) = (false, false, 0);
+    let mut buffer = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !(saw_session && saw_alert) {
+        assert!(std::time::Instant::now() < deadline, "{buffer}");
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), live.chunk())
+            .await
+            .expect("the stream went quiet")
+            .unwrap()
+            .expect("the stream ended");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            let name = event.lines().find_map(|l| l.strip_prefix("event: "));
+            let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                continue;
+            };
+            let data: Value = serde_json::from_str(data).unwrap();
+            match name {
+                Some("snapshot") => {
+                    snapshots += 1;
+                    assert!(
+                        data["running"].is_u64() && data["waiting"].is_u64(),
+                        "{data}"
+                    );
+                    assert!(data["tokens_per_second"].as_f64().unwrap() >= 0.0);
+                    if data["sessions"]["watched"]["requests"] == 1 {
+                        saw_session = true;
+                        assert!(
+                            data["sessions"]["watched"]["completion_tokens"].as_u64() > Some(0)
+                        );
+                        assert!(data["last_minute"]["ttft_ms"]["p50"].as_f64().unwrap() > 0.0);
+                    }
+                }
+                Some("alert") => {
+                    if data["state"] == "fired" && data["alert"]["rule"] == "p95_latency" {
+                        saw_alert = true;
+                        assert_eq!(data["alert"]["subject"], "smollm2");
+                    }
+                }
+                other => panic!("unexpected event {other:?}: {event}"),
+            }
+        }
+    }
+    assert!(snapshots >= 1);
+    let alerts = get_json(&s, "/api/alerts").await;
+    assert!(has_active(&alerts, "p95_latency", "smollm2"), "{alerts}");
+}

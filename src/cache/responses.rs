@@ -200,6 +200,7 @@ mod tests {
             time_to_first_token: Duration::ZERO,
             prefill: Duration::ZERO,
             decode: Duration::ZERO,
+            inter_token: Vec::new(),
         })
     }
 

@@ -28,6 +28,7 @@ pub struct Metrics {
     duration: HistogramVec,
     queue: HistogramVec,
     per_token: HistogramVec,
+    inter_token: HistogramVec,
     pub running: IntGaugeVec,
     pub waiting: IntGaugeVec,
     pub kv_tokens: IntGaugeVec,
@@ -129,6 +130,13 @@ impl Default for Metrics {
                 &["model"],
                 &PER_TOKEN,
             ),
+            inter_token: histogram(
+                &r,
+                "inter_token_latency_seconds",
+                "Time between each generated token and the next, every token.",
+                &["model"],
+                &PER_TOKEN,
+            ),
             running: gauge(
                 &r,
                 "running_sequences",
@@ -201,6 +209,14 @@ impl Metrics {
             self.per_token
                 .with_label_values(&[model])
                 .observe(1.0 / tps);
+        }
+    }
+
+    /// The gaps between one request's successive tokens, as the engine sent them.
+    pub fn observe_inter_token(&self, model: &str, gaps: &[f32]) {
+        let h = self.inter_token.with_label_values(&[model]);
+        for &g in gaps {
+            h.observe(g as f64);
         }
     }
 

@@ -93,7 +93,7 @@ pub enum GroupBy {
     Day,
 }
 
-fn utc_day(unix: f64) -> String {
+pub(crate) fn utc_day(unix: f64) -> String {
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let days = (unix / 86_400.0).floor() as i64;
     let z = days + 719_468;

@@ -160,6 +160,8 @@ pub struct Usage {
     pub prefill: Duration,
     /// First token to the last.
     pub decode: Duration,
+    /// Seconds between each generated token and the next.
+    pub inter_token: Vec<f32>,
 }
 
 #[cfg(test)]

@@ -149,6 +149,9 @@ struct Sequence {
     queued_at: Instant,
     admitted_at: Option<Instant>,
     first_token_at: Option<Instant>,
+    last_token_at: Option<Instant>,
+    /// Seconds between each token and the next (the inter-token latency histogram).
+    inter_token: Vec<f32>,
     completion_tokens: usize,
 }
 
@@ -166,6 +169,7 @@ impl Sequence {
             time_to_first_token: first - self.queued_at,
             prefill: first - admitted,
             decode: now - first,
+            inter_token: self.inter_token.clone(),
         }
     }
 }
@@ -305,6 +309,8 @@ impl Worker {
                 queued_at: job.queued_at,
                 admitted_at: None,
                 first_token_at: None,
+                last_token_at: None,
+                inter_token: Vec::new(),
                 completion_tokens: 0,
             },
         );
@@ -403,7 +409,11 @@ impl Worker {
         let stop_ids = &self.model.tokenizer.special.stop_ids;
         let limit = self.model.transformer.info.context_length;
         let seq = self.seqs.get_mut(&id).expect("sampled sequences exist");
-        seq.first_token_at.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        seq.first_token_at.get_or_insert(now);
+        if let Some(last) = seq.last_token_at.replace(now) {
+            seq.inter_token.push((now - last).as_secs_f32());
+        }
         let sampled = seq.sampler.sample(logits, &seq.tokens);
         seq.completion_tokens += 1;
         let _ = seq.events.send(GenEvent::Token {

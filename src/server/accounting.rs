@@ -56,6 +56,12 @@ pub(super) fn finish(account: &Account, totals: &Totals, last: Option<&Usage>, o
         "request finished"
     );
     let decode = last.map(|u| u.decode).filter(|d| !d.is_zero());
+    if let Some(u) = last {
+        account
+            .monitor
+            .metrics()
+            .observe_inter_token(&account.model, &u.inter_token);
+    }
     account.monitor.record(crate::store::requests::RequestRow {
         finished_at: crate::monitor::unix_seconds(),
         session: account.session.clone(),

@@ -118,7 +118,7 @@ pub async fn sessions(
         .map_err(ApiError::internal)?;
     let sessions: Vec<Value> = group(&rows, GroupBy::Session)
         .into_iter()
-        .map(|(id, summary)| json!({"id": id, "summary": summary}))
+        .map(|(id, summary)| session_json(&state, &id, summary))
         .collect();
     Ok(Json(json!({
         "window": q.window.as_deref().unwrap_or("all"),
@@ -151,6 +151,7 @@ pub async fn session(
         )
         .await
         .map_err(ApiError::internal)?;
+    let all = Summary::of(&rows);
     let (requests, total) = store
         .requests_page(&id, (page - 1) * per_page, per_page)
         .await
@@ -160,15 +161,31 @@ pub async fn session(
             "/api/sessions/{id} (no requests recorded for this session)"
         )));
     }
+    let cost = super::monitoring::cloud_cost(&state, all.prompt_tokens, all.completion_tokens);
     Ok(Json(json!({
         "id": id,
         "window": q.window.as_deref().unwrap_or("all"),
-        "summary": Summary::of(&rows),
+        "summary": all,
+        "budget": state.monitor.budgets().status(&id, crate::monitor::unix_seconds()),
+        "cloud_cost_usd": cost,
         "requests": requests,
         "page": page,
         "per_page": per_page,
         "total": total,
     })))
+}
+
+/// One session in the list: its summary, budget, and what its tokens would have cost in the
+/// cloud (the price table).
+fn session_json(state: &AppState, id: &str, summary: Summary) -> Value {
+    let cost =
+        super::monitoring::cloud_cost(state, summary.prompt_tokens, summary.completion_tokens);
+    json!({
+        "id": id,
+        "budget": state.monitor.budgets().status(id, crate::monitor::unix_seconds()),
+        "cloud_cost_usd": cost,
+        "summary": summary,
+    })
 }
 
 #[derive(serde::Deserialize)]

@@ -137,10 +137,12 @@ pub async fn embeddings(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let started = std::time::Instant::now();
     let req: EmbeddingRequest = parse_body(body, state.body_limit)?;
     let session = super::openai::session_of(&headers, req.user.as_deref());
+    let admitted = super::budget::admit(&state, &session)?;
     let model_id = req
         .model
         .filter(|m| !m.is_empty())
@@ -269,7 +271,7 @@ pub async fn embeddings(
         tokens_per_second: None,
         response_cached: outcome.computed == 0 && outcome.joined == 0,
     });
-    Ok(Json(body))
+    Ok(admitted.onto(Json(body).into_response()))
 }
 
 #[cfg(test)]

@@ -29,6 +29,9 @@ pub enum ApiError {
     /// The server is too busy to queue the request; retry after the given seconds.
     #[error("{message}")]
     Overloaded { message: String, retry_after: u64 },
+    /// The session's daily token budget is spent; retry after the given seconds (its reset).
+    #[error("{message}")]
+    BudgetExhausted { message: String, retry_after: u64 },
     /// The server cannot take the request now for want of a resource (memory to load a model).
     #[error("{message}")]
     Unavailable { message: String, code: &'static str },
@@ -97,6 +100,12 @@ impl ApiError {
                 None,
                 Some("queue_full"),
             ),
+            Self::BudgetExhausted { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                None,
+                Some("budget_exhausted"),
+            ),
             Self::Unavailable { code, .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
@@ -136,7 +145,9 @@ impl IntoResponse for ApiError {
             tracing::error!(request_id, message, "internal error");
         }
         let mut response = (status, axum::Json(self.body())).into_response();
-        if let Self::Overloaded { retry_after, .. } = self {
+        if let Self::Overloaded { retry_after, .. } | Self::BudgetExhausted { retry_after, .. } =
+            self
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));

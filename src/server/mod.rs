@@ -5,10 +5,12 @@
 
 pub mod accounting;
 pub mod admin;
+pub mod budget;
 pub mod embeddings;
 pub mod errors;
 pub mod guard;
 pub mod models;
+pub mod monitoring;
 pub mod openai;
 pub mod rate;
 pub mod response_cache;
@@ -68,7 +70,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/cache", get(admin::cache))
         .route("/api/sessions", get(admin::sessions))
         .route("/api/sessions/{id}", get(admin::session))
+        .route(
+            "/api/sessions/{id}/budget",
+            get(monitoring::get_budget)
+                .put(monitoring::put_budget)
+                .delete(monitoring::delete_budget),
+        )
         .route("/api/usage", get(admin::usage))
+        .route("/api/alerts", get(monitoring::alerts))
+        .route("/api/monitor/stream", get(monitoring::stream))
+        .route(
+            "/api/monitor/settings",
+            get(monitoring::get_settings).put(monitoring::put_settings),
+        )
         .route(
             "/api/cache/embeddings",
             axum::routing::delete(admin::clear_embeddings),
@@ -90,7 +104,7 @@ pub fn router(state: AppState) -> Router {
         .layer(
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(state.cors_origins.clone()))
-                .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
                 .allow_headers([
                     header::AUTHORIZATION,
                     header::CONTENT_TYPE,

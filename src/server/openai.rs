@@ -248,13 +248,16 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let req: ChatRequest = parse_body(body, state.body_limit)?;
     let session = session_of(&headers, req.sampling.user.as_deref());
+    let admitted = super::budget::admit(&state, &session)?;
     let engine = state
         .engines
         .get(&req.model)
         .await
         .map_err(registry_error)?;
     let plan = validate_chat(&engine, req)?;
-    respond(&state, engine, plan, Api::Chat, session, &headers).await
+    respond(&state, engine, plan, Api::Chat, session, &headers)
+        .await
+        .map(|r| admitted.onto(r))
 }
 
 pub async fn completions(
@@ -264,13 +267,16 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse_body(body, state.body_limit)?;
     let session = session_of(&headers, req.sampling.user.as_deref());
+    let admitted = super::budget::admit(&state, &session)?;
     let engine = state
         .engines
         .get(&req.model)
         .await
         .map_err(registry_error)?;
     let plan = validate_completion(&engine, req)?;
-    respond(&state, engine, plan, Api::Completions, session, &headers).await
+    respond(&state, engine, plan, Api::Completions, session, &headers)
+        .await
+        .map(|r| admitted.onto(r))
 }
 
 /// The session a request belongs to: an `X-Session-Id` header, else the API key (as a short

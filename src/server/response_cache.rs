@@ -105,6 +105,7 @@ pub(super) fn replay(recorded: &Recorded) -> Vec<mpsc::UnboundedReceiver<GenEven
                         time_to_first_token: Default::default(),
                         prefill: Default::default(),
                         decode: Default::default(),
+                        inter_token: Vec::new(),
                         ..u.clone()
                     }),
                     other => other.clone(),

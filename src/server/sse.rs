@@ -22,3 +22,9 @@ fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -
         .keep_alive(KeepAlive::default())
         .into_response()
 }
+
+/// A channel of named events (the live monitor's snapshots and alerts) as an SSE response that
+/// lasts until the client goes away.
+pub fn events(rx: tokio::sync::mpsc::Receiver<Event>) -> Response {
+    sse(ReceiverStream::new(rx).map(Ok::<_, Infallible>))
+}

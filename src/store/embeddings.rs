@@ -166,10 +166,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn put_get_evict_clear() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+    #[sqlx::test]
+    async fn put_get_evict_clear(pool: sqlx::SqlitePool) {
+        let store = Store::from_pool(pool);
         let (a, b) = ([1u8; 32], [2u8; 32]);
         store
             .embeddings_put(&key("m"), &[(a, &[1.0, -2.5][..]), (b, &[3.0, 4.0][..])])

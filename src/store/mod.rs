@@ -1,8 +1,10 @@
 //! SQLite through sqlx, in WAL mode: the only code that writes SQL. The schema lives in
 //! `migrations/` (checked in, embedded at build time, applied at open).
 
+pub mod alerts;
 pub mod embeddings;
 pub mod requests;
+pub mod settings;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,6 +70,14 @@ impl Store {
             pool,
             path: path.to_path_buf(),
         })
+    }
+
+    /// A store over a pool that is already migrated (`#[sqlx::test]` hands tests one).
+    pub fn from_pool(pool: SqlitePool) -> Self {
+        Self {
+            pool,
+            path: PathBuf::from(":pool:"),
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -100,6 +100,24 @@ impl Store {
         Ok(rows.iter().map(row_of).collect())
     }
 
+    /// Tokens (prompt and completion) each session used since `from` (unix seconds).
+    pub async fn requests_tokens_by_session(
+        &self,
+        from: f64,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT session, SUM(prompt_tokens + completion_tokens) FROM requests \
+             WHERE finished_at >= ? GROUP BY session",
+        )
+        .bind(from)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<i64, _>(1) as u64))
+            .collect())
+    }
+
     /// One session's requests, newest first, a page at a time; and how many it has in all.
     pub async fn requests_page(
         &self,
@@ -149,10 +167,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn insert_then_query_by_time_and_session() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("r.db")).await.unwrap();
+    #[sqlx::test]
+    async fn insert_then_query_by_time_and_session(pool: sqlx::SqlitePool) {
+        let store = Store::from_pool(pool);
         let rows = vec![row("a", 10.0, 1), row("b", 20.0, 2), row("a", 30.0, 3)];
         store.requests_insert(&rows).await.unwrap();
         assert_eq!(
@@ -168,5 +185,15 @@ mod tests {
         assert_eq!((page, total), (vec![rows[2].clone()], 2));
         let (page, _) = store.requests_page("a", 1, 5).await.unwrap();
         assert_eq!(page, vec![rows[0].clone()]);
+    }
+
+    #[sqlx::test]
+    async fn tokens_by_session_since_a_time(pool: sqlx::SqlitePool) {
+        let store = Store::from_pool(pool);
+        let rows = vec![row("a", 10.0, 1), row("b", 20.0, 2), row("a", 30.0, 3)];
+        store.requests_insert(&rows).await.unwrap();
+        let mut used = store.requests_tokens_by_session(15.0).await.unwrap();
+        used.sort();
+        assert_eq!(used, vec![("a".to_string(), 13), ("b".to_string(), 12)]);
     }
 }

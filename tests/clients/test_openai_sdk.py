@@ -149,6 +149,11 @@ def test_metrics_parse_as_prometheus_text(client):
     ttft = families["lantern_time_to_first_token_seconds"]
     assert ttft.type == "histogram"
     assert any(s.name.endswith("_count") and s.value >= 1 for s in ttft.samples)
+    # Every gap between tokens is observed: 4 tokens give 3 gaps.
+    gaps = families["lantern_inter_token_latency_seconds"]
+    assert gaps.type == "histogram"
+    assert any(s.name.endswith("_count") and s.labels["model"] == MODEL and s.value >= 3
+               for s in gaps.samples)
     loaded = [s for s in families["lantern_model_loaded"].samples if s.labels["model"] == MODEL]
     assert loaded and loaded[0].value == 1
     assert "lantern_running_sequences" in families and "lantern_cache_hits" in families
