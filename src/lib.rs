@@ -19,7 +19,9 @@
 
 pub mod cache;
 pub mod config;
+pub mod devices;
 pub mod engine;
+pub mod jobs;
 pub mod library;
 pub mod monitor;
 pub mod scheduler;

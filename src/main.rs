@@ -1,5 +1,7 @@
 //! The `lantern` command line.
 
+mod cli;
+
 use std::io::{BufRead, Write};
 
 use anyhow::{Context, Result};
@@ -55,6 +57,15 @@ enum Command {
         /// Hugging Face endpoint (mirrors).
         #[arg(long, env = "LANTERN_HF_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
         endpoint: String,
+    },
+    /// Benchmark a model (or synthetic:1b|3b|8b) on the device: llama-bench's pp512 and tg128,
+    /// batched decode, TTFT, each against the hardware's measured ceiling.
+    Bench(cli::bench::BenchArgs),
+    /// List the CPU, memory and GPUs.
+    Devices {
+        /// Print JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -183,6 +194,8 @@ fn main() -> Result<()> {
         Command::Run(args) => run(&cli.config, args),
         Command::Serve(args) => serve(&cli.config, args),
         Command::Models { json } => models(&Library::new(&home), json),
+        Command::Bench(args) => cli::bench::bench(&cli.config, args),
+        Command::Devices { json } => cli::bench::devices(json),
         Command::Pull {
             target,
             file,
@@ -299,6 +312,7 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
                 requests_per_minute: args.rate_limit_rpm,
                 tokens_per_minute: args.rate_limit_tpm,
             }),
+            jobs: lantern::jobs::Jobs::default(),
         };
         // The default model and the warm set load (and warm up) before the server listens.
         let mut warm_set = vec![name.clone()];

@@ -6,6 +6,7 @@
 pub mod accounting;
 pub mod admin;
 pub mod budget;
+pub mod devices;
 pub mod embeddings;
 pub mod errors;
 pub mod guard;
@@ -51,6 +52,8 @@ pub struct AppState {
     /// Longest a request may take before it gets a 504 (a stream ends with an error event).
     pub request_timeout: std::time::Duration,
     pub rate: rate::RateLimiter,
+    /// Long jobs (benchmarks) started through the API.
+    pub jobs: crate::jobs::Jobs,
 }
 
 /// The desktop app's own origins (Tauri on Linux/macOS and on Windows).
@@ -78,6 +81,19 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/usage", get(admin::usage))
         .route("/api/alerts", get(monitoring::alerts))
+        .route("/api/devices", get(devices::devices))
+        .route("/api/devices/stream", get(devices::devices_stream))
+        .route(
+            "/api/bench",
+            get(devices::list_bench).post(devices::start_bench),
+        )
+        .route("/api/bench/compare", get(devices::compare_bench))
+        .route("/api/bench/{id}", get(devices::get_bench))
+        .route("/api/jobs", get(devices::list_jobs))
+        .route(
+            "/api/jobs/{id}",
+            get(devices::get_job).delete(devices::cancel_job),
+        )
         .route("/api/monitor/stream", get(monitoring::stream))
         .route(
             "/api/monitor/settings",

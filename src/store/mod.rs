@@ -2,6 +2,7 @@
 //! `migrations/` (checked in, embedded at build time, applied at open).
 
 pub mod alerts;
+pub mod bench;
 pub mod embeddings;
 pub mod requests;
 pub mod settings;

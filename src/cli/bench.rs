@@ -1,0 +1,178 @@
+//! `lantern bench` and `lantern devices`.
+
+use anyhow::{Context, Result};
+use lantern::devices::bench::{self, Observer, Options};
+use lantern::devices::inventory::{inventory, CpuProbe};
+use lantern::engine::device;
+use lantern::library::Library;
+use lantern::Config;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// An installed model (name or .gguf path), or synthetic:tiny|1b|3b|8b.
+    model: String,
+    /// Weight type of a synthetic model: q4_k (default), q8_0, q4_0, q6_k, f16, …
+    #[arg(long)]
+    quantization: Option<String>,
+    /// Fewer and shorter repetitions (a first look, tests).
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions of each test (llama-bench: 5).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Prompt tokens of the pp test (llama-bench: 512).
+    #[arg(long)]
+    n_prompt: Option<usize>,
+    /// Generated tokens of the tg test (llama-bench: 128).
+    #[arg(long)]
+    n_gen: Option<usize>,
+    /// Batch sizes of the aggregate decode test.
+    #[arg(long, value_delimiter = ',')]
+    batches: Option<Vec<usize>>,
+    /// md (llama-bench's table) or json.
+    #[arg(long, default_value = "md")]
+    output: String,
+    /// Store the result in this database (default: lantern.db in the data directory).
+    #[arg(long, env = "LANTERN_DB")]
+    db: Option<std::path::PathBuf>,
+    /// Do not store the result.
+    #[arg(long)]
+    no_store: bool,
+}
+
+/// Progress on stderr; Ctrl-C ends the process (nothing is stored mid-run).
+struct Stderr;
+
+impl Observer for Stderr {
+    fn progress(&mut self, fraction: f64, message: &str) {
+        eprintln!("[{:>3.0}%] {message}", 100.0 * fraction);
+    }
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+pub fn bench(config: &Config, args: BenchArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.output == "md" || args.output == "json",
+        "--output is md or json, not `{}`",
+        args.output
+    );
+    device::set_cpu_threads(config.threads);
+    let (dev, note) = device::open(&config.device);
+    if let Some(note) = &note {
+        eprintln!("{note}");
+    }
+    let path = if args.model.starts_with("synthetic:") {
+        None
+    } else {
+        Some(Library::new(&config.home()).resolve_gguf(&args.model)?)
+    };
+    let mut options = if args.quick {
+        Options::quick()
+    } else {
+        Options::default()
+    };
+    options.reps = args.reps.unwrap_or(options.reps);
+    options.n_prompt = args.n_prompt.unwrap_or(options.n_prompt);
+    options.n_gen = args.n_gen.unwrap_or(options.n_gen);
+    options.batches = args.batches.clone().unwrap_or(options.batches);
+    let target = bench::Target {
+        model: &args.model,
+        path: path.as_deref(),
+        quantization: args.quantization.as_deref(),
+    };
+    let result = bench::run_model(
+        &target,
+        &std::env::temp_dir(),
+        &dev,
+        note,
+        options,
+        &mut Stderr,
+    )?;
+    let mut value = serde_json::json!(result);
+    if !args.no_store {
+        let db = args.db.unwrap_or_else(|| config.home().join("lantern.db"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let id = runtime
+            .block_on(async {
+                let store = lantern::store::Store::open(&db).await?;
+                let row = lantern::store::bench::BenchRow {
+                    id: 0,
+                    finished_at: result.finished_at,
+                    model: result.model.name.clone(),
+                    quantization: result.model.quantization.clone(),
+                    device: result.device.clone(),
+                    software: result.software.clone(),
+                    result: value.clone(),
+                };
+                anyhow::Ok(store.bench_insert(&row).await?)
+            })
+            .with_context(|| format!("storing the result in {}", db.display()))?;
+        value["id"] = serde_json::json!(id);
+        eprintln!("stored as run {id} in {}", db.display());
+    }
+    if args.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", bench::markdown(&result));
+    }
+    Ok(())
+}
+
+pub fn devices(json: bool) -> Result<()> {
+    let mut probe = CpuProbe::new();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let inv = inventory(&mut probe);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&inv)?);
+        return Ok(());
+    }
+    let c = &inv.cpu;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    println!(
+        "CPU   {} ({}), {} cores / {} threads, {} MHz, {:.0}% busy",
+        c.model,
+        c.architecture,
+        c.physical_cores.map_or("?".into(), |n| n.to_string()),
+        c.threads,
+        c.frequency_mhz,
+        c.usage_percent
+    );
+    println!("      SIMD: {}", c.simd.join(" "));
+    println!(
+        "RAM   {:.1} GiB, {:.1} GiB available",
+        gib(c.memory_total_bytes),
+        gib(c.memory_available_bytes)
+    );
+    if let Some(r) = &inv.gpus.nvidia {
+        for g in &r.gpus {
+            println!(
+                "GPU {} {}: {:.1}/{:.1} GiB used, {}°C, {} W, {}% busy (driver {}, CUDA {})",
+                g.index,
+                g.name,
+                gib(g.memory_used_bytes.unwrap_or(0)),
+                gib(g.memory_total_bytes.unwrap_or(0)),
+                g.temperature_c.map_or("?".into(), |t| t.to_string()),
+                g.power_watts.map_or("?".into(), |w| format!("{w:.0}")),
+                g.utilization_percent.map_or("?".into(), |u| u.to_string()),
+                r.driver_version.as_deref().unwrap_or("?"),
+                r.cuda_version.as_deref().unwrap_or("?"),
+            );
+        }
+    }
+    if let Some(why) = &inv.gpus.nvidia_unavailable {
+        println!("GPU   none listed: {why}");
+    }
+    if let Some(m) = &inv.gpus.metal {
+        println!("GPU   {m}");
+    }
+    println!(
+        "Backends compiled in: cpu{}{}",
+        if inv.backends.cuda { ", cuda" } else { "" },
+        if inv.backends.metal { ", metal" } else { "" }
+    );
+    Ok(())
+}

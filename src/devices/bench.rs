@@ -1,0 +1,631 @@
+//! Benchmarks of one model variant on one device, with llama-bench's definitions: `pp512` is 512
+//! prompt tokens in one pass, `tg128` is 128 tokens generated one at a time from an empty context,
+//! each the mean ± sd of 5 repetitions. Also aggregate decode speed at batch 1/4/8/16, time to
+//! first token and peak memory; and each speed as a fraction of its ceiling (decode: the read
+//! bandwidth over the bytes of weights read per token; prompt: matmul throughput over the
+//! FLOPs per token).
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use super::ceiling::{self, Ceilings};
+use crate::engine::gguf::GgufFile;
+use crate::engine::models::{SeqInput, Transformer};
+
+/// What to run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Options {
+    pub reps: usize,
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    pub batches: Vec<usize>,
+    /// Decode steps timed at each batch size.
+    pub batch_steps: usize,
+    /// Prompt length of the time-to-first-token test.
+    pub ttft_prompt: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            reps: 5,
+            n_prompt: 512,
+            n_gen: 128,
+            batches: vec![1, 4, 8, 16],
+            batch_steps: 32,
+            ttft_prompt: 128,
+        }
+    }
+}
+
+impl Options {
+    /// A short run (tests, a first look): the same tests at a fraction of the length.
+    pub fn quick() -> Self {
+        Self {
+            reps: 2,
+            n_prompt: 64,
+            n_gen: 16,
+            batches: vec![1, 4],
+            batch_steps: 8,
+            ttft_prompt: 32,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let ok = (1..=100).contains(&self.reps)
+            && (1..=8192).contains(&self.n_prompt)
+            && (1..=4096).contains(&self.n_gen)
+            && (1..=4096).contains(&self.batch_steps)
+            && (1..=8192).contains(&self.ttft_prompt)
+            && !self.batches.is_empty()
+            && self.batches.iter().all(|b| (1..=256).contains(b));
+        ok.then_some(()).ok_or_else(|| {
+            "reps 1-100, n_prompt 1-8192, n_gen 1-4096, batch sizes 1-256, batch_steps 1-4096, \
+             ttft_prompt 1-8192"
+                .to_string()
+        })
+    }
+}
+
+/// Mean and sample standard deviation of repeated measurements.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Stat {
+    pub mean: f64,
+    pub sd: f64,
+    pub samples: Vec<f64>,
+}
+
+impl Stat {
+    pub fn of(samples: Vec<f64>) -> Self {
+        let n = samples.len() as f64;
+        let mean = samples.iter().sum::<f64>() / n.max(1.0);
+        let var = if samples.len() > 1 {
+            samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+        } else {
+            0.0
+        };
+        Self {
+            mean,
+            sd: var.sqrt(),
+            samples,
+        }
+    }
+}
+
+/// One speed and its ceiling.
+#[derive(Debug, Clone, Serialize)]
+pub struct Speed {
+    /// llama-bench's test name: pp512, tg128, or tg32@b8 for aggregate decode at batch 8.
+    pub test: String,
+    pub tokens_per_second: Stat,
+    /// The fastest the ceiling allows for this test (tokens/s).
+    pub roofline_tokens_per_second: f64,
+    /// `tokens_per_second.mean / roofline_tokens_per_second`.
+    pub roofline_fraction: f64,
+    /// What bounds it: `memory` (bandwidth) or `compute` (matmul throughput).
+    pub bound: &'static str,
+}
+
+/// The model as the benchmark sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelFacts {
+    pub name: String,
+    pub quantization: String,
+    pub architecture: String,
+    pub file_bytes: u64,
+    /// Weights in matrix products per token (the output head included).
+    pub params: u64,
+    /// Bytes of weights read to generate one token.
+    pub weight_bytes_per_token: u64,
+}
+
+/// A finished benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub model: ModelFacts,
+    pub device: String,
+    /// Set when the asked device was unavailable and the CPU ran it instead.
+    pub device_note: Option<String>,
+    pub threads: usize,
+    pub software: String,
+    pub options: Options,
+    pub ceilings: Ceilings,
+    pub speeds: Vec<Speed>,
+    pub ttft_ms: Stat,
+    /// Highest resident memory of the process during the tests (Linux `VmHWM`, reset after the
+    /// ceilings are measured; in a server it includes the other loaded models).
+    pub peak_rss_bytes: Option<u64>,
+    /// Unix seconds.
+    pub finished_at: f64,
+}
+
+/// Why a benchmark stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("invalid options: {0}")]
+    Options(String),
+    #[error("the model could not be loaded: {0}")]
+    Load(String),
+    #[error("the model failed while running: {0}")]
+    Run(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl From<candle_core::Error> for BenchError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Run(e.to_string())
+    }
+}
+
+impl From<crate::engine::models::ModelError> for BenchError {
+    fn from(e: crate::engine::models::ModelError) -> Self {
+        Self::Run(e.to_string())
+    }
+}
+
+/// Progress reports and the cancel check, from whoever runs the benchmark.
+pub trait Observer {
+    fn progress(&mut self, fraction: f64, message: &str);
+    fn cancelled(&self) -> bool;
+}
+
+/// What the weights cost per token, from the file's tensor table.
+fn facts(name: &str, gguf: &GgufFile) -> ModelFacts {
+    let tied = !gguf.has_tensor("output.weight");
+    let (mut params, mut bytes) = (0u64, 0u64);
+    for (tensor, info) in &gguf.tensors {
+        let is_embedding = tensor == "token_embd.weight";
+        if is_embedding && !tied {
+            continue; // only one row of it is read per token
+        }
+        bytes += info.size as u64;
+        if info.shape.len() >= 2 {
+            params += info.shape.iter().product::<usize>() as u64;
+        }
+    }
+    ModelFacts {
+        name: name.to_string(),
+        quantization: gguf.quantization().unwrap_or_else(|| "unknown".into()),
+        architecture: gguf.architecture().unwrap_or("unknown").to_string(),
+        file_bytes: gguf.file_size(),
+        params,
+        weight_bytes_per_token: bytes,
+    }
+}
+
+/// The largest projection of the first block (the shape and type the matmul ceiling uses).
+fn largest_projection(
+    gguf: &GgufFile,
+) -> Option<(candle_core::quantized::GgmlDType, usize, usize)> {
+    gguf.tensors
+        .iter()
+        .filter(|(name, t)| name.starts_with("blk.0.") && t.shape.len() == 2)
+        .max_by_key(|(_, t)| t.shape[0] * t.shape[1])
+        .map(|(_, t)| (t.dtype, t.shape[0], t.shape[1]))
+}
+
+fn argmax(logits: &Tensor) -> Result<Vec<u32>, BenchError> {
+    Ok(logits
+        .argmax(candle_core::D::Minus1)?
+        .to_dtype(candle_core::DType::U32)?
+        .to_vec1::<u32>()?)
+}
+
+/// Deterministic token ids below `vocab` (the content does not change the speed).
+fn ids(n: usize, vocab: usize, seed: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| ((i * 7919 + seed * 104_729 + 17) % vocab.max(1)) as u32)
+        .collect()
+}
+
+/// Start the peak over (Linux: writing 5 to clear_refs resets `VmHWM`).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Benchmark the GGUF at `path` (named `name`) on `device`.
+pub fn run(
+    name: &str,
+    path: &Path,
+    device: &Device,
+    device_note: Option<String>,
+    options: Options,
+    observer: &mut dyn Observer,
+) -> Result<BenchResult, BenchError> {
+    options.validate().map_err(BenchError::Options)?;
+    observer.progress(0.0, "loading the model");
+    let gguf = GgufFile::open(path).map_err(|e| BenchError::Load(e.to_string()))?;
+    let model = Transformer::load(&gguf, device).map_err(|e| BenchError::Load(e.to_string()))?;
+    let facts = facts(name, &gguf);
+    let vocab = model.info.vocab_size;
+    let context = model.info.context_length;
+    let longest = options
+        .n_prompt
+        .max(options.n_gen)
+        .max(options.ttft_prompt)
+        .max(16 + options.batch_steps);
+    if longest > context {
+        return Err(BenchError::Options(format!(
+            "a test needs {longest} positions; the model holds {context}"
+        )));
+    }
+    let check = |o: &dyn Observer| {
+        if o.cancelled() {
+            Err(BenchError::Cancelled)
+        } else {
+            Ok(())
+        }
+    };
+
+    observer.progress(
+        0.05,
+        "measuring the ceilings: memory bandwidth and matmul throughput",
+    );
+    let (dtype, n, k) = largest_projection(&gguf)
+        .ok_or_else(|| BenchError::Load("the model has no block 0 with a weight matrix".into()))?;
+    let ceilings = ceiling::measure(facts.weight_bytes_per_token, dtype, n, k)?;
+    check(observer)?;
+    reset_peak_rss(); // the ceilings' buffers are not the model's memory
+    let bandwidth_bound = ceilings.read_bandwidth_bytes_per_s / facts.weight_bytes_per_token as f64;
+    let compute_bound = ceilings.matmul_flops_per_s / (2.0 * facts.params as f64);
+
+    // One warm-up pass (first touches of the mapped weights are page faults, not speed).
+    let mut cache = model.new_cache();
+    model.forward(&mut [SeqInput {
+        tokens: &ids(8, vocab, 0),
+        cache: &mut cache,
+        all_logits: false,
+    }])?;
+
+    let reps = options.reps;
+    let mut pp = Vec::new();
+    for rep in 0..reps {
+        observer.progress(
+            0.2 + 0.25 * rep as f64 / reps as f64,
+            &format!("pp{} rep {}", options.n_prompt, rep + 1),
+        );
+        let prompt = ids(options.n_prompt, vocab, rep + 1);
+        let mut cache = model.new_cache();
+        let start = Instant::now();
+        let logits = model.forward(&mut [SeqInput {
+            tokens: &prompt,
+            cache: &mut cache,
+            all_logits: false,
+        }])?;
+        argmax(&logits)?;
+        pp.push(options.n_prompt as f64 / start.elapsed().as_secs_f64());
+        check(observer)?;
+    }
+
+    let mut tg = Vec::new();
+    for rep in 0..reps {
+        observer.progress(
+            0.45 + 0.3 * rep as f64 / reps as f64,
+            &format!("tg{} rep {}", options.n_gen, rep + 1),
+        );
+        let mut cache = model.new_cache();
+        let mut token = ids(1, vocab, rep + 1)[0];
+        let start = Instant::now();
+        for _ in 0..options.n_gen {
+            let logits = model.forward(&mut [SeqInput {
+                tokens: &[token],
+                cache: &mut cache,
+                all_logits: false,
+            }])?;
+            token = argmax(&logits)?[0];
+        }
+        tg.push(options.n_gen as f64 / start.elapsed().as_secs_f64());
+        check(observer)?;
+    }
+
+    let mut ttft = Vec::new();
+    for rep in 0..reps {
+        let prompt = ids(options.ttft_prompt, vocab, 100 + rep);
+        let mut cache = model.new_cache();
+        let start = Instant::now();
+        let logits = model.forward(&mut [SeqInput {
+            tokens: &prompt,
+            cache: &mut cache,
+            all_logits: false,
+        }])?;
+        argmax(&logits)?;
+        ttft.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    check(observer)?;
+
+    let mut speeds = vec![
+        speed(
+            format!("pp{}", options.n_prompt),
+            Stat::of(pp),
+            compute_bound,
+            "compute",
+        ),
+        speed(
+            format!("tg{}", options.n_gen),
+            Stat::of(tg),
+            bandwidth_bound,
+            "memory",
+        ),
+    ];
+    let batch_reps = reps.min(3);
+    for (i, &b) in options.batches.iter().enumerate() {
+        observer.progress(
+            0.8 + 0.2 * i as f64 / options.batches.len() as f64,
+            &format!("decode at batch {b}"),
+        );
+        let mut samples = Vec::new();
+        for rep in 0..batch_reps {
+            let mut caches: Vec<_> = (0..b).map(|_| model.new_cache()).collect();
+            let prompts: Vec<Vec<u32>> = (0..b).map(|s| ids(16, vocab, 1000 + s + rep)).collect();
+            let mut seqs: Vec<SeqInput> = caches
+                .iter_mut()
+                .zip(&prompts)
+                .map(|(cache, p)| SeqInput {
+                    tokens: p,
+                    cache,
+                    all_logits: false,
+                })
+                .collect();
+            let mut next = argmax(&model.forward(&mut seqs)?)?;
+            drop(seqs);
+            let start = Instant::now();
+            for _ in 0..options.batch_steps {
+                let tokens: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+                let mut seqs: Vec<SeqInput> = caches
+                    .iter_mut()
+                    .zip(&tokens)
+                    .map(|(cache, t)| SeqInput {
+                        tokens: t,
+                        cache,
+                        all_logits: false,
+                    })
+                    .collect();
+                next = argmax(&model.forward(&mut seqs)?)?;
+            }
+            samples.push((b * options.batch_steps) as f64 / start.elapsed().as_secs_f64());
+            check(observer)?;
+        }
+        // Each step reads the weights once for all b sequences, until compute runs out.
+        let (limit, bound) = if b as f64 * bandwidth_bound < compute_bound {
+            (b as f64 * bandwidth_bound, "memory")
+        } else {
+            (compute_bound, "compute")
+        };
+        speeds.push(speed(
+            format!("tg{}@b{b}", options.batch_steps),
+            Stat::of(samples),
+            limit,
+            bound,
+        ));
+    }
+    observer.progress(1.0, "done");
+    Ok(BenchResult {
+        model: facts,
+        device: device_name(device),
+        device_note,
+        threads: crate::engine::device::cpu_threads(),
+        software: format!("lantern {}", env!("CARGO_PKG_VERSION")),
+        options,
+        ceilings,
+        speeds,
+        ttft_ms: Stat::of(ttft),
+        peak_rss_bytes: peak_rss(),
+        finished_at: crate::monitor::unix_seconds(),
+    })
+}
+
+fn speed(test: String, tokens_per_second: Stat, roofline: f64, bound: &'static str) -> Speed {
+    Speed {
+        roofline_fraction: tokens_per_second.mean / roofline,
+        test,
+        tokens_per_second,
+        roofline_tokens_per_second: roofline,
+        bound,
+    }
+}
+
+pub fn device_name(device: &Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => "cuda".into(),
+        Device::Metal(_) => "metal".into(),
+    }
+}
+
+/// llama-bench's markdown table, with the roofline column.
+pub fn markdown(r: &BenchResult) -> String {
+    let gib = r.model.file_bytes as f64 / (1u64 << 30) as f64;
+    let params = r.model.params as f64;
+    let params = if params >= 1e9 {
+        format!("{:.2} B", params / 1e9)
+    } else {
+        format!("{:.2} M", params / 1e6)
+    };
+    let mut out = String::from(
+        "| model | size | params | backend | threads | test | t/s | roofline |\n\
+         | ----- | ---: | -----: | ------- | ------: | ---- | --: | -------: |\n",
+    );
+    for s in &r.speeds {
+        out.push_str(&format!(
+            "| {} {} | {gib:.2} GiB | {params} | {} | {} | {} | {:.2} ± {:.2} | {:.0}% of {:.1} ({}) |\n",
+            r.model.name,
+            r.model.quantization,
+            r.device.to_uppercase(),
+            r.threads,
+            s.test,
+            s.tokens_per_second.mean,
+            s.tokens_per_second.sd,
+            100.0 * s.roofline_fraction,
+            s.roofline_tokens_per_second,
+            s.bound,
+        ));
+    }
+    out.push_str(&format!(
+        "\nTTFT ({} tokens): {:.1} ± {:.1} ms · read bandwidth {:.1} GB/s over {:.0} MB · copy {:.1} GB/s · {} matmul {:.1} GFLOP/s · peak RSS {}\n",
+        r.options.ttft_prompt,
+        r.ttft_ms.mean,
+        r.ttft_ms.sd,
+        r.ceilings.read_bandwidth_bytes_per_s / 1e9,
+        r.model.weight_bytes_per_token as f64 / 1e6,
+        r.ceilings.copy_bandwidth_bytes_per_s / 1e9,
+        r.ceilings.matmul_dtype,
+        r.ceilings.matmul_flops_per_s / 1e9,
+        r.peak_rss_bytes
+            .map_or("n/a".into(), |b| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64)),
+    ));
+    if let Some(note) = &r.device_note {
+        out.push_str(&format!("\nNote: {note}\n"));
+    }
+    out
+}
+
+/// What to benchmark: an installed GGUF at `path`, or (`path` None) `synthetic:SHAPE` with
+/// `quantization` weights.
+pub struct Target<'a> {
+    pub model: &'a str,
+    pub path: Option<&'a Path>,
+    pub quantization: Option<&'a str>,
+}
+
+/// Benchmark `target`; a synthetic model is written into `scratch` and deleted afterwards.
+pub fn run_model(
+    target: &Target,
+    scratch: &Path,
+    device: &Device,
+    device_note: Option<String>,
+    options: Options,
+    observer: &mut dyn Observer,
+) -> Result<BenchResult, BenchError> {
+    let model = target.model;
+    if let Some(path) = target.path {
+        return run(model, path, device, device_note, options, observer);
+    }
+    let shape_name = model.strip_prefix("synthetic:").ok_or_else(|| {
+        BenchError::Load(format!(
+            "`{model}` is neither installed nor synthetic:SHAPE"
+        ))
+    })?;
+    let names: Vec<&str> = super::synthetic::SHAPES.iter().map(|s| s.name).collect();
+    let shape = super::synthetic::shape(shape_name).ok_or_else(|| {
+        BenchError::Options(format!(
+            "unknown synthetic shape `{shape_name}` (known: {})",
+            names.join(", ")
+        ))
+    })?;
+    let q = target.quantization.unwrap_or("q4_k");
+    let dtype = super::synthetic::parse_dtype(q).ok_or_else(|| {
+        BenchError::Options(format!(
+            "unknown quantization `{q}` (f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_k … q6_k)"
+        ))
+    })?;
+    observer.progress(
+        0.0,
+        &format!("writing a synthetic {shape_name} model in {q}"),
+    );
+    let dir = scratch.join(format!("synthetic-{}", std::process::id()));
+    let path = super::synthetic::write(&shape, dtype, &dir)
+        .map_err(|e| BenchError::Load(format!("writing the synthetic model: {e:#}")))?;
+    let result = run(model, &path, device, device_note, options, observer);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Quiet;
+    impl Observer for Quiet {
+        fn progress(&mut self, _: f64, _: &str) {}
+        fn cancelled(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn stats_are_mean_and_sample_sd() {
+        let s = Stat::of(vec![1.0, 2.0, 3.0]);
+        assert_eq!((s.mean, s.sd), (2.0, 1.0));
+        assert_eq!(Stat::of(vec![5.0]).sd, 0.0);
+    }
+
+    #[test]
+    fn a_tiny_synthetic_model_benchmarks_within_its_rooflines() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = super::super::synthetic::shape("tiny").unwrap();
+        let path = super::super::synthetic::write(
+            &shape,
+            candle_core::quantized::GgmlDType::Q8_0,
+            dir.path(),
+        )
+        .unwrap();
+        let r = run(
+            "tiny",
+            &path,
+            &Device::Cpu,
+            None,
+            Options::quick(),
+            &mut Quiet,
+        )
+        .unwrap();
+        let tests: Vec<&str> = r.speeds.iter().map(|s| s.test.as_str()).collect();
+        assert_eq!(tests, ["pp64", "tg16", "tg8@b1", "tg8@b4"]);
+        for s in &r.speeds {
+            assert!(s.tokens_per_second.mean > 0.0, "{s:?}");
+            assert_eq!(s.tokens_per_second.samples.len(), 2);
+            assert!(
+                s.roofline_fraction > 0.0 && s.roofline_fraction <= 1.0,
+                "{}: {} of {}",
+                s.test,
+                s.tokens_per_second.mean,
+                s.roofline_tokens_per_second
+            );
+        }
+        // 4 blocks of q, k, v, o and the MLP, plus the tied head.
+        let per_block = 256 * 256 + 2 * 128 * 256 + 256 * 256 + 3 * 768 * 256;
+        assert_eq!(r.model.params, (4 * per_block + 4096 * 256) as u64);
+        assert!(r.ttft_ms.mean > 0.0);
+        let table = markdown(&r);
+        assert!(table.contains("| tg16 |"), "{table}");
+    }
+
+    #[test]
+    fn cancelling_stops_the_run() {
+        struct Cancel;
+        impl Observer for Cancel {
+            fn progress(&mut self, _: f64, _: &str) {}
+            fn cancelled(&self) -> bool {
+                true
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let shape = super::super::synthetic::shape("tiny").unwrap();
+        let path = super::super::synthetic::write(
+            &shape,
+            candle_core::quantized::GgmlDType::Q8_0,
+            dir.path(),
+        )
+        .unwrap();
+        let err = run(
+            "tiny",
+            &path,
+            &Device::Cpu,
+            None,
+            Options::quick(),
+            &mut Cancel,
+        )
+        .unwrap_err();
+        assert!(matches!(err, BenchError::Cancelled));
+    }
+}

@@ -1,0 +1,130 @@
+//! What the hardware allows, measured on the spot: memory bandwidth (reading a buffer the size
+//! of the weights, as decode does each token; and a large copy) and matrix-multiply throughput at
+//! the weights' own type. Benchmarks are reported as fractions of these ceilings.
+
+use std::time::Instant;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::engine::device::on_compute_pool;
+use crate::engine::qmatmul::QLinear;
+
+/// Bytes per second reading `bytes` of memory on every compute thread, the best of `passes`
+/// (after one pass that faults the pages in). A working set that fits in cache reads at cache
+/// speed, as a model that small decodes at cache speed too.
+pub fn read_bandwidth(bytes: usize, passes: usize) -> f64 {
+    let words = (bytes / 8).max(1 << 12);
+    let data: Vec<u64> = (0..words as u64).collect();
+    let chunk = (words / (rayon::current_num_threads().max(1) * 8)).max(1 << 12);
+    let mut best = f64::INFINITY;
+    let mut sink = 0u64;
+    for pass in 0..=passes {
+        let start = Instant::now();
+        sink ^= on_compute_pool(|| {
+            data.par_chunks(chunk)
+                .map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+                .reduce(|| 0, u64::wrapping_add)
+        });
+        let secs = start.elapsed().as_secs_f64();
+        if pass > 0 {
+            best = best.min(secs);
+        }
+    }
+    std::hint::black_box(sink);
+    (words * 8) as f64 / best
+}
+
+/// Bytes per second copying `bytes` (counting bytes read and written), the best of `passes`.
+pub fn copy_bandwidth(bytes: usize, passes: usize) -> f64 {
+    let words = (bytes / 8).max(1 << 12);
+    let src: Vec<u64> = (0..words as u64).collect();
+    let mut dst = vec![0u64; words];
+    let chunk = (words / (rayon::current_num_threads().max(1) * 8)).max(1 << 12);
+    let mut best = f64::INFINITY;
+    for pass in 0..=passes {
+        let start = Instant::now();
+        on_compute_pool(|| {
+            dst.par_chunks_mut(chunk)
+                .zip(src.par_chunks(chunk))
+                .for_each(|(d, s)| d.copy_from_slice(s))
+        });
+        let secs = start.elapsed().as_secs_f64();
+        if pass > 0 {
+            best = best.min(secs);
+        }
+    }
+    std::hint::black_box(&dst);
+    (2 * words * 8) as f64 / best
+}
+
+/// Floating-point operations per second of a (rows × k) · (k × n) product with the weights in
+/// `dtype`, through the engine's own linear layer, the best of `passes`.
+pub fn matmul_flops(
+    dtype: GgmlDType,
+    rows: usize,
+    n: usize,
+    k: usize,
+    passes: usize,
+) -> candle_core::Result<f64> {
+    let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
+    let linear = QLinear::new(QTensor::quantize(&w, dtype)?)?;
+    let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)?;
+    let mut best = f64::INFINITY;
+    for pass in 0..=passes {
+        let start = Instant::now();
+        let y = on_compute_pool(|| linear.forward(&x))?;
+        std::hint::black_box(&y);
+        if pass > 0 {
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(2.0 * (rows * n * k) as f64 / best)
+}
+
+/// The ceilings a benchmark is judged against.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceilings {
+    /// Reading a buffer the size of the weights read per token (bytes/s).
+    pub read_bandwidth_bytes_per_s: f64,
+    /// Copying 512 MiB, bytes read and written (bytes/s): the main-memory figure.
+    pub copy_bandwidth_bytes_per_s: f64,
+    /// The model's weight type in a prompt-sized product (FLOP/s).
+    pub matmul_flops_per_s: f64,
+    pub matmul_dtype: String,
+    pub matmul_shape: [usize; 3],
+}
+
+/// Measure the ceilings for a model that reads `weight_bytes` per token with weights of `dtype`
+/// and its largest projection `n × k`.
+pub fn measure(
+    weight_bytes: u64,
+    dtype: GgmlDType,
+    n: usize,
+    k: usize,
+) -> candle_core::Result<Ceilings> {
+    let rows = 512;
+    Ok(Ceilings {
+        read_bandwidth_bytes_per_s: read_bandwidth(weight_bytes as usize, 5),
+        copy_bandwidth_bytes_per_s: copy_bandwidth(512 << 20, 3),
+        matmul_flops_per_s: matmul_flops(dtype, rows, n, k, 3)?,
+        matmul_dtype: format!("{dtype:?}"),
+        matmul_shape: [rows, n, k],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceilings_are_positive_and_finite() {
+        for bw in [read_bandwidth(8 << 20, 2), copy_bandwidth(8 << 20, 2)] {
+            assert!(bw.is_finite() && bw > 1e8, "{bw}");
+        }
+        let flops = matmul_flops(GgmlDType::Q8_0, 16, 64, 256, 2).unwrap();
+        assert!(flops.is_finite() && flops > 1e6, "{flops}");
+    }
+}

@@ -1,0 +1,195 @@
+//! Devices and benchmarks through the CLI and the HTTP API, on the CPU.
+
+mod common;
+
+use std::process::Command;
+
+use common::server::{get_json, post, start};
+use serde_json::{json, Value};
+
+fn lantern() -> Command {
+    let home = common::model_path("smollm2");
+    let home = home.parent().unwrap().parent().unwrap().parent().unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lantern"));
+    c.env("LANTERN_HOME", home);
+    c
+}
+
+#[test]
+fn the_inventory_lists_the_cpu_and_says_why_there_is_no_gpu() {
+    let out = lantern().args(["devices", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inv: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(inv["cpu"]["threads"].as_u64().unwrap() >= 1);
+    assert!(inv["cpu"]["memory_total_bytes"].as_u64().unwrap() > 0);
+    let listed = inv["gpus"]["nvidia"]["gpus"]
+        .as_array()
+        .map_or(0, |g| g.len());
+    if listed == 0 {
+        assert!(inv["gpus"]["nvidia_unavailable"].is_string(), "{inv}");
+    }
+}
+
+#[test]
+fn a_cli_benchmark_of_the_default_model_is_sane_and_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("b.db");
+    // A CUDA request on a machine without CUDA runs on the CPU and says so.
+    let out = lantern()
+        .args([
+            "--device", "cuda:0", "bench", "smollm2", "--quick", "--output", "json", "--db",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    if !lantern::devices::inventory::backends().cuda {
+        assert!(stderr.contains("using the CPU"), "{stderr}");
+        assert!(r["device_note"].as_str().unwrap().contains("using the CPU"));
+        assert_eq!(r["device"], "cpu");
+    }
+    assert_eq!(r["model"]["quantization"], "Q4_1");
+    assert!(r["id"].as_i64().unwrap() >= 1);
+    for s in r["speeds"].as_array().unwrap() {
+        let tps = s["tokens_per_second"]["mean"].as_f64().unwrap();
+        let fraction = s["roofline_fraction"].as_f64().unwrap();
+        assert!(tps > 0.0 && fraction > 0.0 && fraction <= 1.0, "{s}");
+    }
+    assert!(r["peak_rss_bytes"].as_u64().unwrap() > 50 << 20);
+    // A second run lands in the same history.
+    let out = lantern()
+        .args([
+            "bench",
+            "synthetic:tiny",
+            "--quick",
+            "--quantization",
+            "q8_0",
+            "--db",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.starts_with("| model | size | params | backend |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| pp64 |") && table.contains("| tg16 |"),
+        "{table}"
+    );
+}
+
+/// Poll a job until it leaves `running` (bounded: only guards against a hang).
+async fn finished(s: &common::server::Server, id: u64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let job = get_json(s, &format!("/api/jobs/{id}")).await;
+        if job["state"] != "running" {
+            return job;
+        }
+        assert!(std::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn benchmarks_run_as_jobs_are_stored_exported_and_compared() {
+    let s = start(&[]);
+    let inv = get_json(&s, "/api/devices").await;
+    assert!(inv["cpu"]["simd"].is_array(), "{inv}");
+
+    let mut ids = Vec::new();
+    for body in [
+        json!({"model": "synthetic:tiny", "quantization": "q4_0", "quick": true}),
+        json!({"model": "smollm2", "quick": true, "batches": [2]}),
+    ] {
+        let (status, started) = post(&s, "/api/bench", &body).await;
+        assert_eq!(status, 202, "{started}");
+        let job = finished(&s, started["job"].as_u64().unwrap()).await;
+        assert_eq!(job["state"], "done", "{job}");
+        assert_eq!(job["progress"], 1.0);
+        ids.push(job["result"]["id"].as_i64().unwrap());
+    }
+    let history = get_json(&s, "/api/bench").await;
+    let runs = history["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["model"], "smollm2");
+    assert_eq!(runs[1]["quantization"], "Q4_0");
+    let one = get_json(&s, &format!("/api/bench/{}", ids[1])).await;
+    let tests: Vec<&str> = one["result"]["speeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["test"].as_str().unwrap())
+        .collect();
+    assert_eq!(tests, ["pp64", "tg16", "tg8@b2"]);
+
+    let compare = get_json(&s, &format!("/api/bench/compare?a={}&b={}", ids[0], ids[1])).await;
+    let tg = compare["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["test"] == "tg16")
+        .unwrap();
+    let ratio =
+        tg["b_tokens_per_second"].as_f64().unwrap() / tg["a_tokens_per_second"].as_f64().unwrap();
+    assert!((tg["ratio"].as_f64().unwrap() - ratio).abs() < 1e-9);
+
+    let csv = reqwest::get(format!("{}/api/bench?format=csv", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(csv.starts_with("id,finished_at,model"), "{csv}");
+    assert_eq!(csv.lines().count(), 1 + 3 + 4, "{csv}");
+
+    // Bad requests are 400/404 in OpenAI's shape; a running job can be cancelled.
+    for (body, param) in [
+        (json!({"model": "synthetic:70b"}), "model"),
+        (
+            json!({"model": "synthetic:tiny", "quantization": "q9"}),
+            "quantization",
+        ),
+        (
+            json!({"model": "synthetic:tiny", "reps": 1, "colour": 1}),
+            "",
+        ),
+    ] {
+        let (status, err) = post(&s, "/api/bench", &body).await;
+        assert_eq!(status, 400, "{err}");
+        if !param.is_empty() {
+            assert_eq!(err["error"]["param"], param);
+        }
+    }
+    let (status, _) = post(&s, "/api/bench", &json!({"model": "nope"})).await;
+    assert_eq!(status, 404);
+    let (_, started) = post(&s, "/api/bench", &json!({"model": "smollm2", "reps": 50})).await;
+    let id = started["job"].as_u64().unwrap();
+    let r = reqwest::Client::new()
+        .delete(format!("{}/api/jobs/{id}", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(finished(&s, id).await["state"], "cancelled");
+    assert_eq!(
+        get_json(&s, "/api/bench").await["runs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
