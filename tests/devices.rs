@@ -7,6 +7,14 @@ use std::process::Command;
 use common::server::{get_json, post, start};
 use serde_json::{json, Value};
 
+/// Benchmarks here run one at a time: a ceiling measured while another test computes would be
+/// too low, and the roofline fraction is held to at most 1.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ALONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn lantern() -> Command {
     let home = common::model_path("smollm2");
     let home = home.parent().unwrap().parent().unwrap().parent().unwrap();
@@ -36,6 +44,7 @@ fn the_inventory_lists_the_cpu_and_says_why_there_is_no_gpu() {
 
 #[test]
 fn a_cli_benchmark_of_the_default_model_is_sane_and_stored() {
+    let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("b.db");
     // A CUDA request on a machine without CUDA runs on the CPU and says so.
@@ -56,6 +65,7 @@ fn a_cli_benchmark_of_the_default_model_is_sane_and_stored() {
     }
     assert_eq!(r["model"]["quantization"], "Q4_1");
     assert!(r["id"].as_i64().unwrap() >= 1);
+    assert_eq!(r["speeds"].as_array().unwrap().len(), 4);
     for s in r["speeds"].as_array().unwrap() {
         let tps = s["tokens_per_second"]["mean"].as_f64().unwrap();
         let fraction = s["roofline_fraction"].as_f64().unwrap();
@@ -104,8 +114,11 @@ async fn finished(s: &common::server::Server, id: u64) -> Value {
     }
 }
 
+// Each test has its own runtime: the lock only keeps the tests from overlapping.
+#[allow(clippy::await_holding_lock)]
 #[tokio::test]
 async fn benchmarks_run_as_jobs_are_stored_exported_and_compared() {
+    let _alone = alone();
     let s = start(&[]);
     let inv = get_json(&s, "/api/devices").await;
     assert!(inv["cpu"]["simd"].is_array(), "{inv}");
@@ -135,6 +148,10 @@ async fn benchmarks_run_as_jobs_are_stored_exported_and_compared() {
         .map(|s| s["test"].as_str().unwrap())
         .collect();
     assert_eq!(tests, ["pp64", "tg16", "tg8@b2"]);
+    for s in one["result"]["speeds"].as_array().unwrap() {
+        let fraction = s["roofline_fraction"].as_f64().unwrap();
+        assert!(fraction > 0.0 && fraction <= 1.0, "{s}");
+    }
 
     let compare = get_json(&s, &format!("/api/bench/compare?a={}&b={}", ids[0], ids[1])).await;
     let tg = compare["tests"]

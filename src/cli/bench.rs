@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// md (llama-bench's table) or json.
     #[arg(long, default_value = "md")]
     output: String,
+    /// Also write the result as JSON to this file.
+    #[arg(long)]
+    json_out: Option<std::path::PathBuf>,
     /// Store the result in this database (default: lantern.db in the data directory).
     #[arg(long, env = "LANTERN_DB")]
     db: Option<std::path::PathBuf>,
@@ -113,6 +116,10 @@ pub fn bench(config: &Config, args: BenchArgs) -> Result<()> {
             .with_context(|| format!("storing the result in {}", db.display()))?;
         value["id"] = serde_json::json!(id);
         eprintln!("stored as run {id} in {}", db.display());
+    }
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, serde_json::to_string_pretty(&value)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if args.output == "json" {
         println!("{}", serde_json::to_string_pretty(&value)?);

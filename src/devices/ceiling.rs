@@ -97,6 +97,22 @@ pub struct Ceilings {
     pub matmul_shape: [usize; 3],
 }
 
+impl Ceilings {
+    /// The higher of each figure: the hardware allows at least what it was ever seen to do.
+    pub fn best_with(&self, other: &Ceilings) -> Ceilings {
+        Ceilings {
+            read_bandwidth_bytes_per_s: self
+                .read_bandwidth_bytes_per_s
+                .max(other.read_bandwidth_bytes_per_s),
+            copy_bandwidth_bytes_per_s: self
+                .copy_bandwidth_bytes_per_s
+                .max(other.copy_bandwidth_bytes_per_s),
+            matmul_flops_per_s: self.matmul_flops_per_s.max(other.matmul_flops_per_s),
+            ..self.clone()
+        }
+    }
+}
+
 /// Measure the ceilings for a model that reads `weight_bytes` per token with weights of `dtype`
 /// and its largest projection `n × k`.
 pub fn measure(
@@ -110,7 +126,7 @@ pub fn measure(
         read_bandwidth_bytes_per_s: read_bandwidth(weight_bytes as usize, 5),
         copy_bandwidth_bytes_per_s: copy_bandwidth(512 << 20, 3),
         matmul_flops_per_s: matmul_flops(dtype, rows, n, k, 3)?,
-        matmul_dtype: format!("{dtype:?}"),
+        matmul_dtype: crate::engine::gguf::dtype_name(dtype).to_string(),
         matmul_shape: [rows, n, k],
     })
 }

@@ -304,7 +304,7 @@ impl GgufFile {
             .and_then(Value::as_u64)
             .and_then(|ft| FTYPES.iter().find(|(id, _)| *id == ft))
             .map(|(_, name)| name.to_string());
-        named.or_else(|| self.dominant_dtype().map(|d| format!("{d:?}")))
+        named.or_else(|| self.dominant_dtype().map(|d| dtype_name(d).to_string()))
     }
 
     /// The weight type holding the most bytes.
@@ -317,6 +317,27 @@ impl GgufFile {
             e.0 += info.size;
         }
         bytes.into_values().max_by_key(|(n, _)| *n).map(|(_, d)| d)
+    }
+}
+
+/// A weight type as llama.cpp names it (`Q4_K`, not candle's `Q4K`).
+pub fn dtype_name(d: GgmlDType) -> &'static str {
+    match d {
+        GgmlDType::F32 => "F32",
+        GgmlDType::F16 => "F16",
+        GgmlDType::BF16 => "BF16",
+        GgmlDType::Q4_0 => "Q4_0",
+        GgmlDType::Q4_1 => "Q4_1",
+        GgmlDType::Q5_0 => "Q5_0",
+        GgmlDType::Q5_1 => "Q5_1",
+        GgmlDType::Q8_0 => "Q8_0",
+        GgmlDType::Q8_1 => "Q8_1",
+        GgmlDType::Q2K => "Q2_K",
+        GgmlDType::Q3K => "Q3_K",
+        GgmlDType::Q4K => "Q4_K",
+        GgmlDType::Q5K => "Q5_K",
+        GgmlDType::Q6K => "Q6_K",
+        GgmlDType::Q8K => "Q8_K",
     }
 }
 
