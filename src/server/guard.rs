@@ -1,5 +1,6 @@
-//! Who may call: bearer API keys. With keys configured every route but `/health` needs one;
-//! without keys the server only listens on loopback addresses (`lantern serve` enforces it).
+//! Who may call: bearer API keys. With keys configured every route but `/health` and the UI's
+//! static files needs one; without keys the server only listens on loopback addresses
+//! (`lantern serve` enforces it).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -52,7 +53,8 @@ impl ApiKeys {
 }
 
 pub async fn require_key(State(keys): State<ApiKeys>, request: Request, next: Next) -> Response {
-    if keys.is_empty() || request.uri().path() == "/health" {
+    let path = request.uri().path();
+    if keys.is_empty() || path == "/health" || super::ui::is_public(path) {
         return next.run(request).await;
     }
     let header = request

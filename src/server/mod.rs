@@ -16,6 +16,7 @@ pub mod openai;
 pub mod rate;
 pub mod response_cache;
 pub mod sse;
+pub mod ui;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -62,6 +63,10 @@ pub const APP_ORIGINS: [&str; 2] = ["tauri://localhost", "http://tauri.localhost
 /// The router, without a listener (tests drive it with `oneshot`).
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(ui::asset))
+        .route("/index.html", get(ui::asset))
+        .route("/favicon.svg", get(ui::asset))
+        .route("/assets/{*path}", get(ui::asset))
         .route("/health", get(health))
         .route("/metrics", get(admin::metrics))
         .route("/v1/models", get(models::list_models))

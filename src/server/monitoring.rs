@@ -51,7 +51,13 @@ pub async fn stream(State(state): State<AppState>) -> Response {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_time = unix_seconds();
-        let mut generated: HashMap<String, u64> = HashMap::new();
+        // Tokens generated before the client connected are not this second's.
+        let mut generated: HashMap<String, u64> = state
+            .engines
+            .loaded()
+            .into_iter()
+            .map(|m| (m.id, m.engine.generated_tokens))
+            .collect();
         loop {
             let event = tokio::select! {
                 _ = tick.tick() => {

@@ -1,0 +1,70 @@
+// One test per page against the real server and the real default model; each saves a
+// screenshot of its page under test-results/screenshots/.
+import { test, expect, type Page } from "@playwright/test";
+
+const shot = (page: Page, name: string) =>
+  page.screenshot({ path: `test-results/screenshots/${name}.png`, fullPage: true });
+
+test("chat streams a reply and shows its figures", async ({ page }) => {
+  await page.goto("/#/chat");
+  await expect(page.getByTestId("model")).toHaveValue("smollm2");
+  await page.getByTestId("prompt").fill("Name three colours.");
+  await page.getByRole("button", { name: "Send" }).click();
+  const answer = page.locator('.message[data-role="assistant"]').last();
+  await expect(answer.getByTestId("figures")).toContainText(/\d+ prompt \+ \d+ generated tokens ·\s+TTFT \d+ ms ·\s+[\d.]+ tok\/s/);
+  await expect(answer.locator(".content")).not.toBeEmpty();
+  await shot(page, "chat");
+});
+
+test("models lists the installed models and what is loaded", async ({ page }) => {
+  await page.goto("/#/models");
+  const row = page.getByTestId("models").locator("tr", { hasText: "smollm2" });
+  await expect(row).toContainText("Q4_1");
+  await expect(row).toContainText("loaded");
+  await expect(page.getByTestId("models")).toContainText("all-minilm");
+  await shot(page, "models");
+});
+
+test("monitor charts move after requests", async ({ page, request }) => {
+  await page.goto("/#/monitor");
+  const tps = page.getByTestId("chart-tps").locator(".chart");
+  await expect(tps).toHaveAttribute("data-points", /^[1-9]/);
+  const r = await request.post("/v1/chat/completions", {
+    headers: { "X-Session-Id": "e2e-monitor" },
+    data: { model: "smollm2", messages: [{ role: "user", content: "Count to five." }], max_tokens: 24 },
+  });
+  expect(r.ok()).toBeTruthy();
+  await expect(page.getByTestId("sessions")).toContainText("e2e-monitor", { timeout: 15_000 });
+  // The snapshot after the request carries its TTFT: the chart's points keep coming.
+  const before = Number(await tps.getAttribute("data-points"));
+  await expect.poll(async () => Number(await tps.getAttribute("data-points"))).toBeGreaterThan(before);
+  await shot(page, "monitor");
+});
+
+test("benchmark runs with progress and stores the run", async ({ page }) => {
+  await page.goto("/#/benchmark");
+  await expect(page.getByTestId("devices")).toContainText("CPU");
+  await page.getByTestId("bench-model").selectOption("synthetic:tiny");
+  await page.getByTestId("bench-start").click();
+  await expect(page.getByTestId("bench-job").locator("progress")).toBeVisible();
+  await expect(page.getByTestId("bench-job")).toContainText("done:", { timeout: 90_000 });
+  await expect(page.getByTestId("bench-runs")).toContainText("synthetic:tiny");
+  await expect(page.getByTestId("bench-runs")).toContainText("tg16");
+  await shot(page, "benchmark");
+});
+
+test("settings persist across a reload", async ({ page }) => {
+  await page.goto("/#/settings");
+  await page.getByTestId("default-budget").fill("123456");
+  await page.getByTestId("p95-threshold").fill("9999");
+  await page.getByTestId("settings-save").click();
+  await expect(page.getByTestId("settings-saved")).toHaveText("Saved.");
+  await page.reload();
+  await expect(page.getByTestId("default-budget")).toHaveValue("123456");
+  await expect(page.getByTestId("p95-threshold")).toHaveValue("9999");
+  // A bad value shows the server's own message.
+  await page.getByTestId("p95-threshold").fill("-5");
+  await page.getByTestId("settings-save").click();
+  await expect(page.getByTestId("settings-error")).toContainText("p95_latency_ms");
+  await shot(page, "settings");
+});
