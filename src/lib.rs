@@ -22,6 +22,7 @@ pub mod config;
 pub mod devices;
 pub mod engine;
 pub mod jobs;
+pub mod lab;
 pub mod library;
 pub mod monitor;
 pub mod scheduler;

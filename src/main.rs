@@ -61,6 +61,10 @@ enum Command {
     /// Benchmark a model (or synthetic:1b|3b|8b) on the device: llama-bench's pp512 and tg128,
     /// batched decode, TTFT, each against the hardware's measured ceiling.
     Bench(cli::bench::BenchArgs),
+    /// Write other quantizations of an installed model as variants (`NAME-q8_0`, ...).
+    Quantize(cli::lab::QuantizeArgs),
+    /// How far a variant drifts from a reference: KL divergence, top-1 agreement, perplexity.
+    Quality(cli::lab::QualityArgs),
     /// List the CPU, memory and GPUs.
     Devices {
         /// Print JSON instead of a summary.
@@ -196,6 +200,8 @@ fn main() -> Result<()> {
         Command::Models { json } => models(&Library::new(&home), json),
         Command::Bench(args) => cli::bench::bench(&cli.config, args),
         Command::Devices { json } => cli::bench::devices(json),
+        Command::Quantize(args) => cli::lab::quantize(&cli.config, args),
+        Command::Quality(args) => cli::lab::quality(&cli.config, args),
         Command::Pull {
             target,
             file,

@@ -27,10 +27,20 @@ async fn the_page_and_its_assets_are_served_with_the_right_caching() {
         .find(|p| p.starts_with("/assets/") && p.ends_with(".js"))
         .expect("the page links its script");
 
-    let js = client.get(format!("{}{asset}", s.base)).send().await.unwrap();
+    let js = client
+        .get(format!("{}{asset}", s.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(js.status(), 200);
-    assert!(js.headers()["content-type"].to_str().unwrap().contains("javascript"));
-    assert_eq!(js.headers()["cache-control"], "public, max-age=31536000, immutable");
+    assert!(js.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("javascript"));
+    assert_eq!(
+        js.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
 
     let again = client
         .get(format!("{}/", s.base))
@@ -41,7 +51,11 @@ async fn the_page_and_its_assets_are_served_with_the_right_caching() {
     assert_eq!(again.status(), 304);
 
     // The API behind it still wants the key; a missing asset is a 404 in OpenAI's shape.
-    let api = client.get(format!("{}/v1/models", s.base)).send().await.unwrap();
+    let api = client
+        .get(format!("{}/v1/models", s.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(api.status(), 401);
     let missing = client
         .get(format!("{}/assets/nope.js", s.base))

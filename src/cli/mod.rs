@@ -1,3 +1,4 @@
 //! Subcommands with more than a few lines each.
 
 pub mod bench;
+pub mod lab;

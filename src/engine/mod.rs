@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod kv;
 pub mod models;
 pub mod qmatmul;
+pub mod quant;
 pub mod sampler;
 pub mod stops;
 pub mod template;

@@ -183,6 +183,11 @@ impl Registry {
         }
     }
 
+    /// The model library this registry serves from.
+    pub fn library(&self) -> &Library {
+        &self.inner.library
+    }
+
     pub fn config(&self) -> &RegistryConfig {
         &self.inner.config
     }

@@ -10,6 +10,7 @@ pub mod devices;
 pub mod embeddings;
 pub mod errors;
 pub mod guard;
+pub mod lab;
 pub mod models;
 pub mod monitoring;
 pub mod openai;
@@ -94,6 +95,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/bench/compare", get(devices::compare_bench))
         .route("/api/bench/{id}", get(devices::get_bench))
+        .route("/api/models/{id}/quantize", post(lab::quantize))
+        .route(
+            "/api/lab/quality",
+            get(lab::list_quality).post(lab::start_quality),
+        )
         .route("/api/jobs", get(devices::list_jobs))
         .route(
             "/api/jobs/{id}",

@@ -1,0 +1,220 @@
+//! How far a variant drifts from a reference, on a prompt set: the reference answers each prompt
+//! greedily, then both models are teacher-forced over that answer, and at every position we
+//! compare their next-token distributions — KL divergence (mean and p99), top-1 agreement, and
+//! each model's perplexity of the reference's answer — and time each one's greedy generation.
+
+use std::time::Instant;
+
+use candle_core::Tensor;
+use serde::Serialize;
+
+use crate::engine::models::{SeqInput, Transformer};
+use crate::engine::template::ChatMessage;
+use crate::engine::ChatModel;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QualityReport {
+    pub reference: String,
+    pub variant: String,
+    pub prompt_set: String,
+    pub prompts: usize,
+    /// Positions compared (tokens of the reference's answers).
+    pub positions: usize,
+    pub kl_mean: f64,
+    pub kl_p99: f64,
+    pub kl_max: f64,
+    /// Share of positions where both models' most likely token is the same.
+    pub top1_agreement: f64,
+    pub perplexity_reference: f64,
+    pub perplexity_variant: f64,
+    pub reference_tokens_per_second: f64,
+    pub variant_tokens_per_second: f64,
+    pub max_tokens: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QualityError {
+    #[error("the models do not share a vocabulary ({0} and {1} tokens): they cannot be compared token by token")]
+    Vocabulary(usize, usize),
+    #[error("{0}")]
+    Run(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl From<candle_core::Error> for QualityError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Run(e.to_string())
+    }
+}
+
+impl From<crate::engine::models::ModelError> for QualityError {
+    fn from(e: crate::engine::models::ModelError) -> Self {
+        Self::Run(e.to_string())
+    }
+}
+
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+    let log_sum = sum.ln() + max;
+    row.iter().map(|&x| x as f64 - log_sum).collect()
+}
+
+fn argmax(row: &[f64]) -> usize {
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
+}
+
+/// Greedy answer of `model` to `prompt`: its tokens (stopping at a stop token) and the time.
+fn greedy(
+    model: &Transformer,
+    prompt: &[u32],
+    max_tokens: usize,
+    stop_ids: &[u32],
+) -> Result<(Vec<u32>, f64), QualityError> {
+    let mut cache = model.new_cache();
+    let mut logits = model.forward(&mut [SeqInput {
+        tokens: prompt,
+        cache: &mut cache,
+        all_logits: false,
+    }])?;
+    let mut out = Vec::new();
+    let mut first = None;
+    for _ in 0..max_tokens {
+        let next = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?[0];
+        first.get_or_insert_with(Instant::now);
+        if stop_ids.contains(&next) {
+            break;
+        }
+        out.push(next);
+        logits = model.forward(&mut [SeqInput {
+            tokens: &[next],
+            cache: &mut cache,
+            all_logits: false,
+        }])?;
+    }
+    // From the first token on: the decode speed, as llama-bench's tg measures it.
+    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    Ok((out, secs))
+}
+
+fn all_logits(model: &Transformer, tokens: &[u32]) -> Result<Vec<Vec<f32>>, QualityError> {
+    let mut cache = model.new_cache();
+    let logits: Tensor = model.forward(&mut [SeqInput {
+        tokens,
+        cache: &mut cache,
+        all_logits: true,
+    }])?;
+    Ok(logits.to_vec2::<f32>()?)
+}
+
+fn rank(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let k = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[k.min(sorted.len()) - 1]
+}
+
+/// Compare `variant` with `reference` on `prompts`. `progress(fraction, message)` returns false
+/// to cancel.
+pub fn compare(
+    names: (&str, &str),
+    reference: &ChatModel,
+    variant: &Transformer,
+    prompt_set: &str,
+    prompts: &[String],
+    max_tokens: usize,
+    progress: &mut dyn FnMut(f64, &str) -> bool,
+) -> Result<QualityReport, QualityError> {
+    let (rv, vv) = (
+        reference.transformer.info.vocab_size,
+        variant.info.vocab_size,
+    );
+    if rv != vv {
+        return Err(QualityError::Vocabulary(rv, vv));
+    }
+    let stop_ids = &reference.tokenizer.special.stop_ids;
+    let mut kls = Vec::new();
+    let (mut agree, mut nll_ref, mut nll_var) = (0usize, 0f64, 0f64);
+    let (mut ref_tokens, mut ref_secs, mut var_tokens, mut var_secs) = (0usize, 0f64, 0usize, 0f64);
+    for (i, prompt) in prompts.iter().enumerate() {
+        if !progress(
+            i as f64 / prompts.len() as f64,
+            &format!("prompt {} of {}", i + 1, prompts.len()),
+        ) {
+            return Err(QualityError::Cancelled);
+        }
+        let ids = reference
+            .chat_prompt(&[ChatMessage::new("user", prompt.as_str())])
+            .map_err(|e| QualityError::Run(e.to_string()))?;
+        let (answer, secs) = greedy(&reference.transformer, &ids, max_tokens, stop_ids)?;
+        ref_tokens += answer.len().saturating_sub(1);
+        ref_secs += secs;
+        let (own, secs) = greedy(variant, &ids, max_tokens, stop_ids)?;
+        var_tokens += own.len().saturating_sub(1);
+        var_secs += secs;
+        if answer.is_empty() {
+            continue;
+        }
+        let mut seq = ids.clone();
+        seq.extend(&answer);
+        let (r, v) = (
+            all_logits(&reference.transformer, &seq)?,
+            all_logits(variant, &seq)?,
+        );
+        for (j, &next) in answer.iter().enumerate() {
+            let row = ids.len() - 1 + j;
+            let (p, q) = (log_softmax(&r[row]), log_softmax(&v[row]));
+            let kl: f64 = p
+                .iter()
+                .zip(&q)
+                .map(|(&lp, &lq)| lp.exp() * (lp - lq))
+                .sum::<f64>()
+                .max(0.0);
+            kls.push(kl);
+            agree += (argmax(&p) == argmax(&q)) as usize;
+            nll_ref -= p[next as usize];
+            nll_var -= q[next as usize];
+        }
+    }
+    let n = kls.len();
+    let mean = |x: f64| if n == 0 { 0.0 } else { x / n as f64 };
+    let kl_mean = mean(kls.iter().sum());
+    kls.sort_by(f64::total_cmp);
+    let speed = |t: usize, s: f64| if s > 0.0 { t as f64 / s } else { 0.0 };
+    progress(1.0, "done");
+    Ok(QualityReport {
+        reference: names.0.to_string(),
+        variant: names.1.to_string(),
+        prompt_set: prompt_set.to_string(),
+        prompts: prompts.len(),
+        positions: n,
+        kl_mean,
+        kl_p99: rank(&kls, 99.0),
+        kl_max: kls.last().copied().unwrap_or(0.0),
+        top1_agreement: mean(agree as f64),
+        perplexity_reference: mean(nll_ref).exp(),
+        perplexity_variant: mean(nll_var).exp(),
+        reference_tokens_per_second: speed(ref_tokens, ref_secs),
+        variant_tokens_per_second: speed(var_tokens, var_secs),
+        max_tokens,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_softmax_normalizes() {
+        let p = log_softmax(&[1.0, 2.0, 3.0]);
+        let total: f64 = p.iter().map(|x| x.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-12);
+        assert_eq!(argmax(&p), 2);
+        assert_eq!(rank(&[1.0, 2.0, 3.0, 4.0], 50.0), 2.0);
+    }
+}

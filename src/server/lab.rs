@@ -1,0 +1,198 @@
+//! `/api/models/{id}/quantize` and `/api/lab/*`: quantizations and quality measurements, run as
+//! jobs, their results stored.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::errors::ApiError;
+use super::AppState;
+use crate::engine::quant;
+use crate::lab::{prompts, quality};
+
+type Body = Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>;
+
+fn path_of(state: &AppState, id: &str) -> Result<std::path::PathBuf, ApiError> {
+    state
+        .engines
+        .servable()
+        .into_iter()
+        .find(|m| m.id == id)
+        .map(|m| m.path)
+        .ok_or_else(|| ApiError::ModelNotFound(id.to_string()))
+}
+
+fn accepted(id: u64) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"job": id, "url": format!("/api/jobs/{id}")})),
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuantizeRequest {
+    /// Target types: q8_0, q6_k, q5_k, q4_k, q4_0, ...
+    to: Vec<String>,
+}
+
+/// `POST /api/models/{id}/quantize` with `{"to": ["q8_0", "q4_k"]}`: a job writing each variant
+/// (`ID-q8_0`, ...) next to the model; its result lists them.
+pub async fn quantize(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: QuantizeRequest = super::openai::parse_body(body, state.body_limit)?;
+    if req.to.is_empty() {
+        return Err(ApiError::invalid("'to' names no target type", "to"));
+    }
+    let targets = req
+        .to
+        .iter()
+        .map(|t| quant::parse_target(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::invalid(e.to_string(), "to"))?;
+    let src = path_of(&state, &id)?;
+    let models_dir = state.engines.library().models_dir().to_path_buf();
+    let job = state
+        .jobs
+        .spawn("quantize", &format!("quantize {id}"), move |job| {
+            let mut variants = Vec::new();
+            for (i, &to) in targets.iter().enumerate() {
+                let (variant, dst) = quant::variant_path(&models_dir, &id, &src, to);
+                let share = 1.0 / targets.len() as f64;
+                let report = quant::requantize(&src, &dst, to, &mut |f, tensor| {
+                    job.progress((i as f64 + f) * share, &format!("{variant}: {tensor}"));
+                    !job.cancelled()
+                })
+                .map_err(|e| e.to_string())?;
+                variants.push(json!({"id": variant, "report": report}));
+            }
+            Ok(json!({"model": id, "variants": variants}))
+        });
+    Ok(accepted(job))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QualityRequest {
+    reference: String,
+    variant: String,
+    /// Prompts inline; or `jsonl`, a prompt set as JSONL text; default: the built-in set.
+    prompts: Option<Vec<String>>,
+    jsonl: Option<String>,
+    /// Use only the first N prompts.
+    limit: Option<usize>,
+    max_tokens: Option<usize>,
+}
+
+/// `POST /api/lab/quality`: a job measuring a variant against a reference (KL divergence, top-1
+/// agreement, perplexity, speed); the report is stored and listed at `GET /api/lab/quality`.
+pub async fn start_quality(
+    State(state): State<AppState>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: QualityRequest = super::openai::parse_body(body, state.body_limit)?;
+    let (set, mut list) = match (req.prompts, req.jsonl) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "give 'prompts' or 'jsonl', not both",
+                "prompts",
+            ))
+        }
+        (Some(list), None) if list.is_empty() || list.iter().any(|p| p.trim().is_empty()) => {
+            return Err(ApiError::invalid(
+                "'prompts' must be non-empty strings",
+                "prompts",
+            ))
+        }
+        (Some(list), None) => ("custom".to_string(), list),
+        (None, Some(text)) => (
+            "custom".to_string(),
+            prompts::parse_jsonl(&text).map_err(|e| ApiError::invalid(e, "jsonl"))?,
+        ),
+        (None, None) => (
+            "builtin".to_string(),
+            prompts::BUILTIN.iter().map(|s| s.to_string()).collect(),
+        ),
+    };
+    if let Some(n) = req.limit {
+        list.truncate(n.max(1));
+    }
+    let max_tokens = req.max_tokens.unwrap_or(32);
+    if !(1..=1024).contains(&max_tokens) {
+        return Err(ApiError::invalid(
+            "'max_tokens' must be between 1 and 1024",
+            "max_tokens",
+        ));
+    }
+    let (ref_path, var_path) = (
+        path_of(&state, &req.reference)?,
+        path_of(&state, &req.variant)?,
+    );
+    let device = state.engines.config().device.clone();
+    let store = state.monitor.store().cloned();
+    let runtime = tokio::runtime::Handle::current();
+    let title = format!("quality {} vs {}", req.variant, req.reference);
+    let job = state.jobs.spawn("quality", &title, move |job| {
+        job.progress(0.0, "loading the models");
+        let load = |p: &std::path::Path| {
+            crate::engine::ChatModel::load(p, &device).map_err(|e| format!("{}: {e}", p.display()))
+        };
+        let (reference, variant) = (load(&ref_path)?, load(&var_path)?);
+        let report = quality::compare(
+            (&req.reference, &req.variant),
+            &reference,
+            &variant.transformer,
+            &set,
+            &list,
+            max_tokens,
+            &mut |f, m| {
+                job.progress(f, m);
+                !job.cancelled()
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let mut value = json!(report);
+        if let Some(store) = store {
+            let row = crate::store::lab::QualityRow {
+                id: 0,
+                finished_at: crate::monitor::unix_seconds(),
+                reference: report.reference.clone(),
+                variant: report.variant.clone(),
+                prompt_set: report.prompt_set.clone(),
+                report: value.clone(),
+            };
+            let id = runtime
+                .block_on(store.quality_insert(&row))
+                .map_err(|e| format!("the report could not be stored: {e}"))?;
+            value["id"] = json!(id);
+        }
+        Ok(value)
+    });
+    Ok(accepted(job))
+}
+
+#[derive(serde::Deserialize)]
+pub struct ListQuery {
+    limit: Option<u64>,
+}
+
+pub async fn list_quality(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.monitor.store().ok_or_else(|| ApiError::Unavailable {
+        message: "Lab results need the database, which could not be opened".into(),
+        code: "no_database",
+    })?;
+    let runs = store
+        .quality_recent(q.limit.unwrap_or(100).clamp(1, 10_000))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({"runs": runs})))
+}
