@@ -46,6 +46,8 @@ pub struct ChatModel {
     pub tokenizer: GgufTokenizer,
     pub template: ChatTemplate,
     pub load_time: Duration,
+    /// The file's weight type as llama.cpp names it (`Q4_1`, `Q4_K_M`): the model's variant.
+    pub quantization: Option<String>,
 }
 
 impl ChatModel {
@@ -69,6 +71,7 @@ impl ChatModel {
             tokenizer,
             template,
             load_time,
+            quantization: gguf.quantization(),
         })
     }
 

@@ -282,6 +282,8 @@ mod tests {
             total_ms,
             tokens_per_second: None,
             response_cached: false,
+            variant: None,
+            compression: None,
         }
     }
 

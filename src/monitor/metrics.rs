@@ -274,6 +274,8 @@ mod tests {
             total_ms: 120.0,
             tokens_per_second: Some(100.0),
             response_cached: false,
+            variant: None,
+            compression: None,
         };
         m.observe(&row);
         m.observe(&row);

@@ -325,6 +325,8 @@ mod tests {
             total_ms: 1.0,
             tokens_per_second: None,
             response_cached: false,
+            variant: None,
+            compression: None,
         };
         for i in 0..1000 {
             monitor.clone().record(row(i));

@@ -58,6 +58,8 @@ mod tests {
             total_ms: 1.0,
             tokens_per_second: None,
             response_cached: false,
+            variant: None,
+            compression: None,
         }
     }
 

@@ -164,6 +164,8 @@ mod tests {
             total_ms: total,
             tokens_per_second: Some(10.0),
             response_cached: false,
+            variant: None,
+            compression: None,
         };
         let rows = vec![
             mk("a", "ok", 11, 100.0),

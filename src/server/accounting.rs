@@ -14,6 +14,10 @@ pub(super) struct Account {
     pub(super) model: String,
     pub(super) api: Api,
     pub(super) started: std::time::Instant,
+    /// The model's weight type (or an experiment's variant name).
+    pub(super) variant: Option<String>,
+    /// The compression applied to the prompt, as `prune@0.5`.
+    pub(super) compression: Option<String>,
 }
 
 /// How a request ended.
@@ -80,5 +84,7 @@ pub(super) fn finish(account: &Account, totals: &Totals, last: Option<&Usage>, o
             (u.completion_tokens > 1).then(|| (u.completion_tokens - 1) as f64 / d.as_secs_f64())
         }),
         response_cached: totals.from_cache,
+        variant: account.variant.clone(),
+        compression: account.compression.clone(),
     });
 }

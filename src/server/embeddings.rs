@@ -270,6 +270,8 @@ pub async fn embeddings(
         total_ms: started.elapsed().as_secs_f64() * 1e3,
         tokens_per_second: None,
         response_cached: outcome.computed == 0 && outcome.joined == 0,
+        variant: None,
+        compression: None,
     });
     Ok(admitted.onto(Json(body).into_response()))
 }

@@ -248,6 +248,8 @@ mod tests {
             total_ms: 1.0,
             tokens_per_second: None,
             response_cached: false,
+            variant: None,
+            compression: None,
         };
         let d = deltas(&[row("a", 200, 5), row("b", 500, 0), row("a", 200, 7)]);
         assert_eq!(

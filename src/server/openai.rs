@@ -255,9 +255,10 @@ pub async fn chat_completions(
         .await
         .map_err(registry_error)?;
     let plan = validate_chat(&engine, req)?;
+    let compression = plan.compression.clone();
     respond(&state, engine, plan, Api::Chat, session, &headers)
         .await
-        .map(|r| admitted.onto(r))
+        .map(|r| with_compression(admitted.onto(r), compression.as_ref()))
 }
 
 pub async fn completions(
@@ -274,9 +275,30 @@ pub async fn completions(
         .await
         .map_err(registry_error)?;
     let plan = validate_completion(&engine, req)?;
+    let compression = plan.compression.clone();
     respond(&state, engine, plan, Api::Completions, session, &headers)
         .await
-        .map(|r| admitted.onto(r))
+        .map(|r| with_compression(admitted.onto(r), compression.as_ref()))
+}
+
+/// Set on answers whose prompt was compressed: `prune@0.5 612->306` (method and target, then the
+/// prompt's tokens before and after).
+pub const COMPRESSION: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-lantern-compression");
+
+fn with_compression(mut r: Response, c: Option<&super::validate::Applied>) -> Response {
+    if let Some(c) = c {
+        let text = format!(
+            "{} {}->{}",
+            c.label(),
+            c.report.original_tokens,
+            c.report.compressed_tokens
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&text) {
+            r.headers_mut().insert(COMPRESSION, v);
+        }
+    }
+    r
 }
 
 /// The session a request belongs to: an `X-Session-Id` header, else the API key (as a short
@@ -312,6 +334,8 @@ async fn respond(
         model: engine.model_id.to_string(),
         api,
         started: std::time::Instant::now(),
+        variant: engine.model.quantization.clone(),
+        compression: plan.compression.as_ref().map(|c| c.label()),
     };
     let id = new_id(if api == Api::Chat { "chatcmpl" } else { "cmpl" });
     let limit = state.request_timeout;

@@ -84,6 +84,8 @@ pub struct Sampling {
     pub keep_alive: Option<serde_json::Value>,
     /// llama.cpp's extension: reuse the KV of a cached prompt prefix (default true).
     pub cache_prompt: Option<bool>,
+    /// Lantern's extension: compress the prompt first, `{"method": "prune", "ratio": 0.5}`.
+    pub compression: Option<crate::compress::Spec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,11 +119,48 @@ pub struct CompletionRequest {
 /// What the handlers need besides the scheduled requests.
 #[derive(Debug)]
 pub struct Plan {
+    /// The compression applied to the prompt, if the request asked for one.
+    pub compression: Option<Applied>,
     pub requests: Vec<ValidatedRequest>,
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
     pub logprobs: Option<usize>,
+}
+
+/// A compression that was applied: what was asked and what it did.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub spec: crate::compress::Spec,
+    pub report: crate::compress::Report,
+}
+
+impl Applied {
+    pub fn label(&self) -> String {
+        self.spec.label()
+    }
+}
+
+/// Run `f` (compute-heavy) where it may block: off the async workers when on a multi-thread
+/// runtime.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+fn compression_spec(
+    spec: Option<crate::compress::Spec>,
+) -> Result<Option<crate::compress::Spec>, ApiError> {
+    match spec {
+        Some(s) => {
+            s.validate()
+                .map_err(|e| ApiError::invalid(e, "compression"))?;
+            Ok(Some(s))
+        }
+        None => Ok(None),
+    }
 }
 
 fn range<T: PartialOrd + Copy + std::fmt::Display>(
@@ -353,6 +392,14 @@ pub fn validate_chat(engine: &EngineHandle, req: ChatRequest) -> Result<Plan, Ap
         };
         messages.push(ChatMessage::new(role, content));
     }
+    let mut compression = None;
+    if let Some(spec) = compression_spec(req.sampling.compression)? {
+        let (compressed, report) =
+            blocking(|| crate::compress::compress_chat(&engine.model, messages, &spec))
+                .map_err(|e| ApiError::invalid(e, "compression"))?;
+        messages = compressed;
+        compression = Some(Applied { spec, report });
+    }
     let prompt = engine
         .model
         .chat_prompt(&messages)
@@ -373,6 +420,7 @@ pub fn validate_chat(engine: &EngineHandle, req: ChatRequest) -> Result<Plan, Ap
     let keep_alive = req.sampling.keep_alive()?;
     let (max_tokens, sampling, stop) = req.sampling.params(engine, prompt.len(), top_logprobs)?;
     Ok(Plan {
+        compression,
         requests: per_choice(
             prompt,
             n,
@@ -403,8 +451,30 @@ pub fn validate_completion(
     let logprobs = range(req.logprobs, 0, 5, "logprobs")?.map(|l| l as usize);
     let n = req.sampling.n()?;
     let keep_alive = req.sampling.keep_alive()?;
+    let spec = compression_spec(req.sampling.compression)?;
+    let mut compression: Option<Applied> = None;
     let mut requests = Vec::new();
     for prompt in prompts {
+        // Each prompt is compressed on its own; the report adds them up.
+        let prompt = match spec {
+            Some(spec) => {
+                let (text, report) =
+                    blocking(|| crate::compress::compress_text(&engine.model, &prompt, &spec))
+                        .map_err(|e| ApiError::invalid(e, "compression"))?;
+                compression = Some(match compression.take() {
+                    None => Applied { spec, report },
+                    Some(mut a) => {
+                        a.report.original_tokens += report.original_tokens;
+                        a.report.compressed_tokens += report.compressed_tokens;
+                        a.report.ratio = a.report.compressed_tokens as f64
+                            / a.report.original_tokens.max(1) as f64;
+                        a
+                    }
+                });
+                text
+            }
+            None => prompt,
+        };
         let ids = engine
             .model
             .prompt_ids(&prompt)
@@ -430,6 +500,7 @@ pub fn validate_completion(
         ));
     }
     Ok(Plan {
+        compression,
         requests,
         n,
         stream: req.sampling.stream,

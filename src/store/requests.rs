@@ -24,11 +24,15 @@ pub struct RequestRow {
     pub total_ms: f64,
     pub tokens_per_second: Option<f64>,
     pub response_cached: bool,
+    /// The model's variant: its weight type, or an experiment's variant name.
+    pub variant: Option<String>,
+    /// Compression applied to the prompt (`prune@0.5`).
+    pub compression: Option<String>,
 }
 
 const COLUMNS: &str = "finished_at, session, model, api, status, outcome, error_kind, \
     prompt_tokens, cached_tokens, completion_tokens, queue_ms, ttft_ms, total_ms, \
-    tokens_per_second, response_cached";
+    tokens_per_second, response_cached, variant, compression";
 
 fn row_of(r: &sqlx::sqlite::SqliteRow) -> RequestRow {
     RequestRow {
@@ -47,6 +51,8 @@ fn row_of(r: &sqlx::sqlite::SqliteRow) -> RequestRow {
         total_ms: r.get(12),
         tokens_per_second: r.get(13),
         response_cached: r.get::<i64, _>(14) != 0,
+        variant: r.get(15),
+        compression: r.get(16),
     }
 }
 
@@ -56,7 +62,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for r in rows {
             sqlx::query(&format!(
-                "INSERT INTO requests ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO requests ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             ))
             .bind(r.finished_at)
             .bind(&r.session)
@@ -73,6 +79,8 @@ impl Store {
             .bind(r.total_ms)
             .bind(r.tokens_per_second)
             .bind(r.response_cached as i64)
+            .bind(&r.variant)
+            .bind(&r.compression)
             .execute(&mut *tx)
             .await?;
         }
@@ -164,6 +172,8 @@ mod tests {
             total_ms: 100.0,
             tokens_per_second: Some(50.0),
             response_cached: false,
+            variant: None,
+            compression: None,
         }
     }
 
