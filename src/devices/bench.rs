@@ -130,6 +130,9 @@ pub struct BenchResult {
     /// Set when the asked device was unavailable and the CPU ran it instead.
     pub device_note: Option<String>,
     pub threads: usize,
+    /// The GPUs NVML lists, when the run was on one (their theoretical bandwidth beside the
+    /// measured ceiling).
+    pub gpus: Option<Vec<super::nvidia::Gpu>>,
     pub software: String,
     pub options: Options,
     pub ceilings: Ceilings,
@@ -282,7 +285,7 @@ pub fn run(
     );
     let (dtype, n, k) = largest_projection(&gguf)
         .ok_or_else(|| BenchError::Load("the model has no block 0 with a weight matrix".into()))?;
-    let before = ceiling::measure(facts.weight_bytes_per_token, dtype, n, k)?;
+    let before = ceiling::measure(device, facts.weight_bytes_per_token, dtype, n, k)?;
     check(observer)?;
     let mut peak = Peak::default();
 
@@ -398,7 +401,7 @@ pub fn run(
     // Measured again after the tests, keeping the best of each: a ceiling taken while something
     // else ran on the machine would be too low.
     observer.progress(0.98, "measuring the ceilings again");
-    let after = ceiling::measure(facts.weight_bytes_per_token, dtype, n, k)?;
+    let after = ceiling::measure(device, facts.weight_bytes_per_token, dtype, n, k)?;
     let ceilings = before.best_with(&after);
     let bandwidth_bound = ceilings.read_bandwidth_bytes_per_s / facts.weight_bytes_per_token as f64;
     let compute_bound = ceilings.matmul_flops_per_s / (2.0 * facts.params as f64);
@@ -436,6 +439,9 @@ pub fn run(
         device: device_name(device),
         device_note,
         threads: crate::engine::device::cpu_threads(),
+        gpus: (!device.is_cpu())
+            .then(|| super::nvidia::probe().ok().map(|r| r.gpus))
+            .flatten(),
         software: format!("lantern {}", env!("CARGO_PKG_VERSION")),
         options,
         ceilings,

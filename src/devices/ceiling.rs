@@ -113,19 +113,74 @@ impl Ceilings {
     }
 }
 
-/// Measure the ceilings for a model that reads `weight_bytes` per token with weights of `dtype`
-/// and its largest projection `n × k`.
+/// Measure the ceilings on `device` for a model that reads `weight_bytes` per token with weights
+/// of `dtype` and its largest projection `n × k`.
 pub fn measure(
+    device: &Device,
     weight_bytes: u64,
     dtype: GgmlDType,
     n: usize,
     k: usize,
 ) -> candle_core::Result<Ceilings> {
     let rows = 512;
+    if !device.is_cpu() {
+        return measure_accelerator(device, weight_bytes, dtype, rows, n, k);
+    }
     Ok(Ceilings {
         read_bandwidth_bytes_per_s: read_bandwidth(weight_bytes as usize, 5),
         copy_bandwidth_bytes_per_s: copy_bandwidth(512 << 20, 3),
         matmul_flops_per_s: matmul_flops(dtype, rows, n, k, 3)?,
+        matmul_dtype: crate::engine::gguf::dtype_name(dtype).to_string(),
+        matmul_shape: [rows, n, k],
+    })
+}
+
+/// The best of `passes` timings of `f`, each ended by a device synchronization.
+fn best_secs(
+    device: &Device,
+    passes: usize,
+    mut f: impl FnMut() -> candle_core::Result<()>,
+) -> candle_core::Result<f64> {
+    f()?; // warm-up: allocations, kernel loads
+    device.synchronize()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..passes {
+        let start = Instant::now();
+        f()?;
+        device.synchronize()?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// On a GPU: device memory read (a reduction over a weights-sized buffer) and copy bandwidth,
+/// the better of the two being what decode can use; and the quantized matmul's throughput.
+fn measure_accelerator(
+    device: &Device,
+    weight_bytes: u64,
+    dtype: GgmlDType,
+    rows: usize,
+    n: usize,
+    k: usize,
+) -> candle_core::Result<Ceilings> {
+    let elems = (weight_bytes as usize / 4).max(1 << 20);
+    let buffer = Tensor::ones(elems, candle_core::DType::F32, device)?;
+    let read = best_secs(device, 5, || buffer.sum_all().map(|_| ()))?;
+    let copy = best_secs(device, 5, || buffer.copy().map(|_| ()))?;
+    let bytes = (elems * 4) as f64;
+    let (read_bw, copy_bw) = (bytes / read, 2.0 * bytes / copy);
+    let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
+    let linear =
+        candle_core::quantized::QMatMul::from_qtensor(QTensor::quantize_onto(&w, dtype, device)?)?;
+    let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)?.to_device(device)?;
+    let mm = best_secs(device, 5, || {
+        use candle_core::Module;
+        linear.forward(&x).map(|_| ())
+    })?;
+    Ok(Ceilings {
+        read_bandwidth_bytes_per_s: read_bw.max(copy_bw),
+        copy_bandwidth_bytes_per_s: copy_bw,
+        matmul_flops_per_s: 2.0 * (rows * n * k) as f64 / mm,
         matmul_dtype: crate::engine::gguf::dtype_name(dtype).to_string(),
         matmul_shape: [rows, n, k],
     })
