@@ -65,6 +65,8 @@ enum Command {
     Quantize(cli::lab::QuantizeArgs),
     /// How far a variant drifts from a reference: KL divergence, top-1 agreement, perplexity.
     Quality(cli::lab::QualityArgs),
+    /// Run an experiment on a running server: variants side by side on a prompt set.
+    Compare(cli::lab::CompareArgs),
     /// List the CPU, memory and GPUs.
     Devices {
         /// Print JSON instead of a summary.
@@ -202,6 +204,7 @@ fn main() -> Result<()> {
         Command::Devices { json } => cli::bench::devices(json),
         Command::Quantize(args) => cli::lab::quantize(&cli.config, args),
         Command::Quality(args) => cli::lab::quality(&cli.config, args),
+        Command::Compare(args) => cli::lab::compare(args),
         Command::Pull {
             target,
             file,
@@ -319,6 +322,7 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
                 tokens_per_minute: args.rate_limit_tpm,
             }),
             jobs: lantern::jobs::Jobs::default(),
+            pairs: Default::default(),
         };
         // The default model and the warm set load (and warm up) before the server listens.
         let mut warm_set = vec![name.clone()];

@@ -129,3 +129,174 @@ pub fn quality(config: &Config, args: QualityArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// The experiment's name (created if new, resumed if it exists).
+    name: String,
+    /// A variant: NAME=MODEL, optionally with ,compression=METHOD@RATIO ,temperature=T ,weight=W.
+    /// Repeat for each (2 to 8); the first is the reference.
+    #[arg(long = "variant", required = true)]
+    variants: Vec<String>,
+    /// A JSONL prompt set; default: the built-in set.
+    #[arg(long)]
+    prompts: Option<std::path::PathBuf>,
+    /// Use only the first N prompts.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// The running `lantern serve` to run it on.
+    #[arg(long, env = "LANTERN_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// An API key, if the server wants one.
+    #[arg(long, env = "LANTERN_API_KEY")]
+    api_key: Option<String>,
+}
+
+fn parse_variant(text: &str) -> Result<serde_json::Value> {
+    let mut parts = text.split(',');
+    let (name, model) = parts
+        .next()
+        .and_then(|p| p.split_once('='))
+        .ok_or_else(|| anyhow::anyhow!("--variant `{text}`: expected NAME=MODEL[,key=value...]"))?;
+    let mut v = serde_json::json!({"name": name, "model": model});
+    for part in parts {
+        let (k, val) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--variant `{text}`: `{part}` is not key=value"))?;
+        match k {
+            "compression" => {
+                let (method, ratio) = val.split_once('@').unwrap_or((val, "1"));
+                v["compression"] =
+                    serde_json::json!({"method": method, "ratio": ratio.parse::<f64>()?});
+            }
+            "temperature" => v["temperature"] = serde_json::json!(val.parse::<f32>()?),
+            "weight" => v["weight"] = serde_json::json!(val.parse::<f64>()?),
+            other => anyhow::bail!("--variant `{text}`: unknown key `{other}`"),
+        }
+    }
+    Ok(v)
+}
+
+/// Run an experiment on a running server and print its summary.
+pub fn compare(args: CompareArgs) -> Result<()> {
+    let base = args.server.trim_end_matches('/');
+    let call =
+        |method: &str, path: &str, body: Option<&serde_json::Value>| -> Result<serde_json::Value> {
+            let mut req = ureq::request(method, &format!("{base}{path}"));
+            if let Some(k) = &args.api_key {
+                req = req.set("Authorization", &format!("Bearer {k}"));
+            }
+            let resp = match body {
+                Some(b) => req.send_json(b.clone()),
+                None => req.call(),
+            };
+            match resp {
+                Ok(r) => Ok(r.into_json()?),
+                Err(ureq::Error::Status(code, r)) => {
+                    let v: serde_json::Value = r.into_json().unwrap_or_default();
+                    anyhow::bail!(
+                        "{code}: {}",
+                        v["error"]["message"].as_str().unwrap_or("error")
+                    )
+                }
+                Err(e) => Err(anyhow::anyhow!("{base}: {e} (is `lantern serve` running?)")),
+            }
+        };
+    let variants = args
+        .variants
+        .iter()
+        .map(|v| parse_variant(v))
+        .collect::<Result<Vec<_>>>()?;
+    let mut prompts: Option<Vec<String>> = match &args.prompts {
+        Some(p) => Some(
+            prompts::parse_jsonl(&std::fs::read_to_string(p)?)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(n) = args.limit {
+        let list =
+            prompts.get_or_insert_with(|| prompts::BUILTIN.iter().map(|s| s.to_string()).collect());
+        list.truncate(n.max(1));
+    }
+    let spec = serde_json::json!({
+        "name": args.name, "variants": variants, "prompts": prompts, "max_tokens": args.max_tokens,
+    });
+    match call("POST", "/api/lab/experiments", Some(&spec)) {
+        Ok(_) => eprintln!("created experiment {}", args.name),
+        Err(e) if e.to_string().contains("exists") => {
+            eprintln!("resuming experiment {}", args.name)
+        }
+        Err(e) => return Err(e),
+    }
+    let started = call(
+        "POST",
+        &format!("/api/lab/experiments/{}/run", args.name),
+        Some(&serde_json::json!({})),
+    )?;
+    let job = started["job"].as_u64().unwrap_or(0);
+    loop {
+        let j = call("GET", &format!("/api/jobs/{job}"), None)?;
+        match j["state"].as_str() {
+            Some("running") => {
+                eprint!(
+                    "\r[{:>3.0}%] {}        ",
+                    100.0 * j["progress"].as_f64().unwrap_or(0.0),
+                    j["message"].as_str().unwrap_or("")
+                );
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Some("done") => break,
+            _ => anyhow::bail!(
+                "the run ended: {}",
+                j["error"].as_str().unwrap_or("cancelled")
+            ),
+        }
+    }
+    eprintln!();
+    let e = call("GET", &format!("/api/lab/experiments/{}", args.name), None)?;
+    let ci = |x: &serde_json::Value, digits: usize| match x["mean"].as_f64() {
+        Some(m) => format!(
+            "{m:.digits$} [{:.digits$}, {:.digits$}]",
+            x["low"].as_f64().unwrap_or(m),
+            x["high"].as_f64().unwrap_or(m)
+        ),
+        None => "–".into(),
+    };
+    println!("| variant | model | TTFT ms (95% CI) | tok/s (95% CI) | prompt tokens | similarity to {} | win rate |", e["summary"]["reference"].as_str().unwrap_or("?"));
+    println!("|---|---|---|---|---|---|---|");
+    for v in e["summary"]["variants"].as_array().into_iter().flatten() {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            v["name"].as_str().unwrap_or(""),
+            v["model"].as_str().unwrap_or(""),
+            ci(&v["ttft_ms"], 1),
+            ci(&v["tokens_per_second"], 1),
+            ci(&v["prompt_tokens"], 0),
+            ci(&v["similarity"], 3),
+            v["win_rate"].as_f64().map_or("–".into(), |w| format!(
+                "{:.0}% of {}",
+                100.0 * w,
+                v["votes"]
+            )),
+        );
+    }
+    for p in e["summary"]["pairs"].as_array().into_iter().flatten() {
+        let f = |k: &str| p[k].as_f64().map_or("–".into(), |x| format!("{x:.3}"));
+        println!(
+            "{} vs {}: similarity Δ {} (p {}), tok/s Δ {} (p {}), votes {}–{} (p {})",
+            p["a"].as_str().unwrap_or(""),
+            p["b"].as_str().unwrap_or(""),
+            f("similarity_difference"),
+            f("similarity_p"),
+            f("tokens_per_second_difference"),
+            f("tokens_per_second_p"),
+            p["a_wins"],
+            p["b_wins"],
+            f("votes_p"),
+        );
+    }
+    Ok(())
+}

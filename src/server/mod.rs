@@ -9,6 +9,7 @@ pub mod budget;
 pub mod devices;
 pub mod embeddings;
 pub mod errors;
+pub mod experiments;
 pub mod guard;
 pub mod lab;
 pub mod models;
@@ -54,8 +55,10 @@ pub struct AppState {
     /// Longest a request may take before it gets a 504 (a stream ends with an error event).
     pub request_timeout: std::time::Duration,
     pub rate: rate::RateLimiter,
-    /// Long jobs (benchmarks) started through the API.
+    /// Long jobs (benchmarks, quantizations, experiments) started through the API.
     pub jobs: crate::jobs::Jobs,
+    /// Blind-vote pairs handed out and not yet voted on.
+    pub pairs: experiments::Pairs,
 }
 
 /// The desktop app's own origins (Tauri on Linux/macOS and on Windows).
@@ -100,6 +103,14 @@ pub fn router(state: AppState) -> Router {
             "/api/lab/quality",
             get(lab::list_quality).post(lab::start_quality),
         )
+        .route(
+            "/api/lab/experiments",
+            get(experiments::list).post(experiments::create),
+        )
+        .route("/api/lab/experiments/{key}", get(experiments::get))
+        .route("/api/lab/experiments/{key}/run", post(experiments::run))
+        .route("/api/lab/experiments/{key}/pair", get(experiments::pair))
+        .route("/api/lab/experiments/{key}/votes", post(experiments::vote))
         .route("/api/jobs", get(devices::list_jobs))
         .route(
             "/api/jobs/{id}",

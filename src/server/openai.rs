@@ -246,15 +246,24 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: ChatRequest = parse_body(body, state.body_limit)?;
+    let mut req: ChatRequest = parse_body(body, state.body_limit)?;
     let session = session_of(&headers, req.sampling.user.as_deref());
     let admitted = super::budget::admit(&state, &session)?;
+    // `experiment:NAME` runs this session's variant: its model, and its compression and
+    // temperature where the request names none.
+    let routed = super::experiments::route(&state, &req.model, &session).await?;
+    if let Some((_, v)) = &routed {
+        req.model = v.model.clone();
+        req.sampling.compression = req.sampling.compression.or(v.compression);
+        req.sampling.temperature = req.sampling.temperature.or(v.temperature);
+    }
     let engine = state
         .engines
         .get(&req.model)
         .await
         .map_err(registry_error)?;
-    let plan = validate_chat(&engine, req)?;
+    let mut plan = validate_chat(&engine, req)?;
+    plan.variant = routed.map(|(label, _)| label);
     let compression = plan.compression.clone();
     respond(&state, engine, plan, Api::Chat, session, &headers)
         .await
@@ -334,7 +343,10 @@ async fn respond(
         model: engine.model_id.to_string(),
         api,
         started: std::time::Instant::now(),
-        variant: engine.model.quantization.clone(),
+        variant: plan
+            .variant
+            .clone()
+            .or_else(|| engine.model.quantization.clone()),
         compression: plan.compression.as_ref().map(|c| c.label()),
     };
     let id = new_id(if api == Api::Chat { "chatcmpl" } else { "cmpl" });

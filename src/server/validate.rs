@@ -121,6 +121,8 @@ pub struct CompletionRequest {
 pub struct Plan {
     /// The compression applied to the prompt, if the request asked for one.
     pub compression: Option<Applied>,
+    /// The experiment variant that served it (`EXPERIMENT/VARIANT`), set by the router.
+    pub variant: Option<String>,
     pub requests: Vec<ValidatedRequest>,
     pub n: usize,
     pub stream: bool,
@@ -420,6 +422,7 @@ pub fn validate_chat(engine: &EngineHandle, req: ChatRequest) -> Result<Plan, Ap
     let keep_alive = req.sampling.keep_alive()?;
     let (max_tokens, sampling, stop) = req.sampling.params(engine, prompt.len(), top_logprobs)?;
     Ok(Plan {
+        variant: None,
         compression,
         requests: per_choice(
             prompt,
@@ -500,6 +503,7 @@ pub fn validate_completion(
         ));
     }
     Ok(Plan {
+        variant: None,
         compression,
         requests,
         n,

@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod bench;
 pub mod embeddings;
+pub mod experiments;
 pub mod lab;
 pub mod requests;
 pub mod settings;

@@ -133,6 +133,8 @@ impl Store {
         offset: u64,
         limit: u64,
     ) -> Result<(Vec<RequestRow>, u64), StoreError> {
+        // One read transaction: the page and the count see the same rows.
+        let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM requests WHERE session = ? \
              ORDER BY finished_at DESC, id DESC LIMIT ? OFFSET ?"
@@ -140,13 +142,14 @@ impl Store {
         .bind(session)
         .bind(limit as i64)
         .bind(offset as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
         let total: i64 = sqlx::query("SELECT COUNT(*) FROM requests WHERE session = ?")
             .bind(session)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await?
             .get(0);
+        tx.commit().await?;
         Ok((rows.iter().map(row_of).collect(), total as u64))
     }
 }
