@@ -296,6 +296,7 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
             }
         };
         let (monitor, monitor_writer) = lantern::monitor::Monitor::open(store.clone()).await;
+        let monitor_store = store.clone();
         let caches = lantern::cache::Caches {
             embeddings: std::sync::Arc::new(lantern::cache::EmbeddingCache::new(
                 args.embedding_cache_mib << 20,
@@ -323,6 +324,9 @@ fn serve(config: &Config, args: ServeArgs) -> Result<()> {
             }),
             jobs: lantern::jobs::Jobs::default(),
             pairs: Default::default(),
+            compression: std::sync::Arc::new(
+                lantern::compress::SessionDefaults::open(monitor_store.clone()).await,
+            ),
         };
         // The default model and the warm set load (and warm up) before the server listens.
         let mut warm_set = vec![name.clone()];

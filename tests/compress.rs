@@ -117,3 +117,59 @@ async fn a_request_asks_for_compression_and_the_log_records_it() {
         assert_eq!(status, 400, "{err}");
     }
 }
+
+#[tokio::test]
+async fn a_session_default_applies_until_cleared_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("lantern.db");
+    let db = db.to_str().unwrap();
+    let s = start(&["--db", db]);
+    let client = reqwest::Client::new();
+    let r = client
+        .put(format!("{}/api/sessions/reader/compression", s.base))
+        .json(&json!({"method": "truncate", "ratio": 0.4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ask = |base: String| {
+        let client = client.clone();
+        async move {
+            client
+                .post(format!("{base}/v1/chat/completions"))
+                .header("x-session-id", "reader")
+                .json(&json!({"model": "smollm2", "max_tokens": 4,
+                              "messages": [{"role": "user", "content": long_prompt()}]}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = ask(s.base.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["x-lantern-compression"]
+        .to_str()
+        .unwrap()
+        .starts_with("truncate@0.4 "));
+    drop(s);
+    let s = start(&["--db", db]);
+    let r = ask(s.base.clone()).await;
+    assert!(
+        r.headers().contains_key("x-lantern-compression"),
+        "saved across a restart"
+    );
+    client
+        .delete(format!("{}/api/sessions/reader/compression", s.base))
+        .send()
+        .await
+        .unwrap();
+    let r = ask(s.base.clone()).await;
+    assert!(!r.headers().contains_key("x-lantern-compression"));
+    let bad = client
+        .put(format!("{}/api/sessions/reader/compression", s.base))
+        .json(&json!({"method": "prune", "ratio": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}

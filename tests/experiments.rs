@@ -91,6 +91,28 @@ async fn an_experiment_runs_resumes_votes_and_routes() {
     );
     assert!(summary["pairs"][0]["similarity_p"].as_f64().unwrap() > 0.0);
 
+    // Exported as CSV: a header and one line per row.
+    let csv = reqwest::get(format!(
+        "{}/api/lab/experiments/sampling?format=csv",
+        s.base
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        csv.starts_with("experiment,prompt_index,prompt,variant,"),
+        "{csv}"
+    );
+    assert_eq!(
+        csv.lines()
+            .filter(|l| l.starts_with("\"sampling\""))
+            .count(),
+        8,
+        "{csv}"
+    );
+
     // A blind vote: names hidden in the pair, revealed once voted; a pair is used once.
     let pair = get_json(&s, "/api/lab/experiments/sampling/pair").await;
     assert!(pair["a"].is_string() && pair["b"].is_string() && pair.get("variants").is_none());

@@ -427,3 +427,69 @@ mod tests {
         .is_err());
     }
 }
+
+/// Per-session compression defaults (applied when a request names none), saved in the
+/// database's settings.
+#[derive(Default)]
+pub struct SessionDefaults {
+    map: std::sync::Mutex<std::collections::BTreeMap<String, Spec>>,
+    store: Option<crate::store::Store>,
+}
+
+const SETTINGS_KEY: &str = "compression.sessions";
+
+impl SessionDefaults {
+    /// The saved defaults (none when there is no database or nothing was saved).
+    pub async fn open(store: Option<crate::store::Store>) -> Self {
+        let mut map = std::collections::BTreeMap::new();
+        if let Some(db) = &store {
+            match db.settings_get(SETTINGS_KEY).await {
+                Ok(Some(json)) => match serde_json::from_str(&json) {
+                    Ok(saved) => map = saved,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "compression defaults not understood; left as saved")
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "compression defaults not read"),
+            }
+        }
+        Self {
+            map: std::sync::Mutex::new(map),
+            store,
+        }
+    }
+
+    pub fn get(&self, session: &str) -> Option<Spec> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(session)
+            .copied()
+    }
+
+    /// Set (Some) or clear (None) a session's default, saved before it applies.
+    pub async fn set(
+        &self,
+        session: &str,
+        spec: Option<Spec>,
+    ) -> Result<(), crate::store::StoreError> {
+        let json = {
+            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match spec {
+                Some(s) => map.insert(session.to_string(), s),
+                None => map.remove(session),
+            };
+            serde_json::to_string(&map).expect("specs serialize")
+        };
+        if let Some(db) = &self.store {
+            db.settings_put(SETTINGS_KEY, &json).await?;
+        }
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        match spec {
+            Some(s) => map.insert(session.to_string(), s),
+            None => map.remove(session),
+        };
+        Ok(())
+    }
+}

@@ -84,14 +84,31 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError
     Ok(Json(json!({"experiments": all})))
 }
 
-/// `GET /api/lab/experiments/{id or name}`: the definition, every row, and the summary.
+#[derive(serde::Deserialize)]
+pub struct Format {
+    format: Option<String>,
+}
+
+/// `GET /api/lab/experiments/{id or name}`: the definition, every row, and the summary;
+/// `?format=csv`: the rows as CSV.
 pub async fn get(
     State(state): State<AppState>,
     Path(key): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    axum::extract::Query(q): axum::extract::Query<Format>,
+) -> Result<Response, ApiError> {
     let e = experiment(&state, &key).await?;
     let db = store(&state)?;
     let rows = db.experiment_rows(e.id).await.map_err(ApiError::internal)?;
+    match q.format.as_deref().unwrap_or("json") {
+        "json" => {}
+        "csv" => return Ok(csv(&e, &rows)),
+        other => {
+            return Err(ApiError::invalid(
+                format!("Invalid 'format' `{other}`: use json or csv"),
+                "format",
+            ))
+        }
+    }
     let votes = db.votes(e.id).await.map_err(ApiError::internal)?;
     let prompts = e.spec.prompt_list();
     let total = prompts.len() * e.spec.variants.len();
@@ -104,7 +121,37 @@ pub async fn get(
         "summary": experiments::summarize(&e.spec, &rows, &votes),
         "rows": rows,
         "votes": votes.len(),
-    })))
+    }))
+    .into_response())
+}
+
+fn csv(e: &Experiment, rows: &[Row]) -> Response {
+    let field = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let prompts = e.spec.prompt_list();
+    let opt = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.6}"));
+    let mut out = String::from(
+        "experiment,prompt_index,prompt,variant,ttft_ms,tokens_per_second,prompt_tokens,completion_tokens,similarity,output\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{},{},{},{},{:.3},{},{},{},{},{}\n",
+            field(&e.name),
+            r.prompt_index,
+            field(prompts.get(r.prompt_index).map_or("", |p| p.as_str())),
+            field(&r.variant),
+            r.ttft_ms,
+            opt(r.tokens_per_second),
+            r.prompt_tokens,
+            r.completion_tokens,
+            opt(r.similarity),
+            field(&r.output),
+        ));
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+        out,
+    )
+        .into_response()
 }
 
 /// One generation through the scheduler, as an API request would run: the answer's text and

@@ -59,6 +59,8 @@ pub struct AppState {
     pub jobs: crate::jobs::Jobs,
     /// Blind-vote pairs handed out and not yet voted on.
     pub pairs: experiments::Pairs,
+    /// Sessions' default prompt compression.
+    pub compression: std::sync::Arc<crate::compress::SessionDefaults>,
 }
 
 /// The desktop app's own origins (Tauri on Linux/macOS and on Windows).
@@ -87,6 +89,12 @@ pub fn router(state: AppState) -> Router {
             get(monitoring::get_budget)
                 .put(monitoring::put_budget)
                 .delete(monitoring::delete_budget),
+        )
+        .route(
+            "/api/sessions/{id}/compression",
+            get(monitoring::get_compression)
+                .put(monitoring::put_compression)
+                .delete(monitoring::delete_compression),
         )
         .route("/api/usage", get(admin::usage))
         .route("/api/alerts", get(monitoring::alerts))

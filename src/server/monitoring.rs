@@ -215,6 +215,39 @@ async fn set_budget(
     Ok(Json(budget_json(state, session)))
 }
 
+pub async fn get_compression(State(state): State<AppState>, Path(id): Path<String>) -> Json<Value> {
+    Json(json!({"session": id, "compression": state.compression.get(&id)}))
+}
+
+/// `PUT /api/sessions/{id}/compression` with `{"method": "prune", "ratio": 0.5}`: the session's
+/// requests are compressed so unless they ask otherwise.
+pub async fn put_compression(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let spec: crate::compress::Spec = super::openai::parse_body(body, state.body_limit)?;
+    spec.validate().map_err(|e| ApiError::invalid(e, "ratio"))?;
+    state
+        .compression
+        .set(&id, Some(spec))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({"session": id, "compression": spec})))
+}
+
+pub async fn delete_compression(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .compression
+        .set(&id, None)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({"session": id, "compression": null})))
+}
+
 /// What a session's tokens would have cost at each price in the table (US dollars).
 pub fn cloud_cost(state: &AppState, prompt: u64, completion: u64) -> BTreeMap<String, f64> {
     state

@@ -262,6 +262,10 @@ pub async fn chat_completions(
         .get(&req.model)
         .await
         .map_err(registry_error)?;
+    req.sampling.compression = req
+        .sampling
+        .compression
+        .or_else(|| state.compression.get(&session));
     let mut plan = validate_chat(&engine, req)?;
     plan.variant = routed.map(|(label, _)| label);
     let compression = plan.compression.clone();
@@ -275,8 +279,12 @@ pub async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: CompletionRequest = parse_body(body, state.body_limit)?;
+    let mut req: CompletionRequest = parse_body(body, state.body_limit)?;
     let session = session_of(&headers, req.sampling.user.as_deref());
+    req.sampling.compression = req
+        .sampling
+        .compression
+        .or_else(|| state.compression.get(&session));
     let admitted = super::budget::admit(&state, &session)?;
     let engine = state
         .engines
