@@ -37,6 +37,9 @@ pub struct ExperimentSpec {
     pub reference: Option<String>,
     /// Prompts; default: the built-in set.
     pub prompts: Option<Vec<String>>,
+    /// Use only the first N prompts of the set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_limit: Option<usize>,
     #[serde(default = "default_max_tokens")]
     pub max_tokens: usize,
 }
@@ -446,6 +449,7 @@ mod tests {
             ],
             reference: None,
             prompts: None,
+            prompt_limit: None,
             max_tokens: 16,
         }
     }

@@ -135,6 +135,7 @@ mod tests {
             variants: vec![variant("a"), variant("b")],
             reference: None,
             prompts: Some(vec!["hi".into()]),
+            prompt_limit: None,
             max_tokens: 8,
         };
         let id = store.experiment_create(&spec).await.unwrap().unwrap();

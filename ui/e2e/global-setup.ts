@@ -1,15 +1,21 @@
 // Start the real server for the browser tests and stop it after them.
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
+import { homedir, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 
 export default async function globalSetup() {
   const bin = process.env.LANTERN_BIN ?? resolve(import.meta.dirname, "../../target/release/lantern");
   const data = mkdtempSync(join(tmpdir(), "lantern-e2e-"));
+  // A data directory of its own, with the installed default models linked in: what the tests
+  // write (quantized variants) stays out of the user's.
+  const home = process.env.LANTERN_HOME ?? join(process.env.XDG_DATA_HOME ?? join(homedir(), ".local/share"), "lantern");
+  mkdirSync(join(data, "models"));
+  for (const model of ["smollm2", "all-minilm"]) symlinkSync(join(home, "models", model), join(data, "models", model));
   const server = spawn(bin, ["serve", "smollm2", "--port", "0", "--db", join(data, "lantern.db")], {
     stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, LANTERN_HOME: data },
   });
   const line: string = await new Promise((ok, fail) => {
     const timer = setTimeout(() => fail(new Error("lantern serve did not start in 60 s")), 60_000);

@@ -25,6 +25,35 @@ test("models lists the installed models and what is loaded", async ({ page }) =>
   await shot(page, "models");
 });
 
+test("models quantizes with a visible progress bar", async ({ page }) => {
+  await page.goto("/#/models");
+  await page.getByTestId("quant-target-smollm2").selectOption("q4_0");
+  await page.getByTestId("quantize-smollm2").click();
+  const job = page.getByTestId("quantize-job");
+  await expect(job.locator("progress")).toBeVisible();
+  await expect(job).toContainText("done", { timeout: 60_000 });
+  await expect(job).toContainText("Wrote smollm2-q4_0");
+  await expect(page.getByTestId("models")).toContainText("smollm2-q4_0");
+  await shot(page, "models-quantized");
+});
+
+test("compare runs two variants and records a blind vote", async ({ page }) => {
+  await page.goto("/#/compare");
+  await page.getByTestId("exp-name").fill("e2e-compare");
+  await page.getByTestId("exp-prompts").fill("Say hi.\nName a fruit.");
+  await page.getByTestId("exp-run").click();
+  await expect(page.getByTestId("exp-job")).toContainText("done", { timeout: 90_000 });
+  const outputs = page.getByTestId("exp-outputs");
+  await expect(outputs.locator("tbody tr")).toHaveCount(2);
+  await expect(outputs).not.toContainText("…");
+  await page.getByTestId("vote-next").click();
+  await expect(page.getByTestId("vote-pair")).toBeVisible();
+  await page.getByTestId("vote-a").click();
+  await expect(page.getByTestId("vote-revealed")).toContainText("winner: a");
+  await expect(page.getByTestId("exp-summary")).toContainText("of 1");
+  await shot(page, "compare");
+});
+
 test("monitor charts move after requests", async ({ page, request }) => {
   await page.goto("/#/monitor");
   const tps = page.getByTestId("chart-tps").locator(".chart");
