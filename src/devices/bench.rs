@@ -499,11 +499,12 @@ pub fn markdown(r: &BenchResult) -> String {
         ));
     }
     out.push_str(&format!(
-        "\nTTFT ({} tokens): {:.1} ± {:.1} ms · read bandwidth {:.1} GB/s over {:.0} MB · copy {:.1} GB/s · {} matmul {:.1} GFLOP/s · peak RSS {}\n",
+        "\nTTFT ({} tokens): {:.1} ± {:.1} ms · read bandwidth {:.1} GB/s ({}) over {:.0} MB · copy {:.1} GB/s · {} matmul {:.1} GFLOP/s · peak RSS {}\n",
         r.options.ttft_prompt,
         r.ttft_ms.mean,
         r.ttft_ms.sd,
         r.ceilings.read_bandwidth_bytes_per_s / 1e9,
+        r.ceilings.bandwidth_source,
         r.model.weight_bytes_per_token as f64 / 1e6,
         r.ceilings.copy_bandwidth_bytes_per_s / 1e9,
         r.ceilings.matmul_dtype,
