@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::errors::ApiError;
 use super::AppState;
@@ -180,12 +180,14 @@ pub async fn start_quality(
 #[derive(serde::Deserialize)]
 pub struct ListQuery {
     limit: Option<u64>,
+    format: Option<String>,
 }
 
+/// `GET /api/lab/quality?limit=&format=json|csv`: stored measurements, newest first.
 pub async fn list_quality(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let store = state.monitor.store().ok_or_else(|| ApiError::Unavailable {
         message: "Lab results need the database, which could not be opened".into(),
         code: "no_database",
@@ -194,5 +196,42 @@ pub async fn list_quality(
         .quality_recent(q.limit.unwrap_or(100).clamp(1, 10_000))
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({"runs": runs})))
+    match q.format.as_deref().unwrap_or("json") {
+        "json" => Ok(Json(json!({"runs": runs})).into_response()),
+        "csv" => {
+            let mut csv = String::from(
+                "id,finished_at,reference,variant,prompt_set,prompts,positions,kl_mean,kl_p99,top1_agreement,perplexity_reference,perplexity_variant,reference_tokens_per_second,variant_tokens_per_second\n",
+            );
+            let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+            for r in &runs {
+                let f = |k: &str| r.report[k].to_string();
+                csv.push_str(&format!(
+                    "{},{:.3},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                    r.id,
+                    r.finished_at,
+                    quote(&r.reference),
+                    quote(&r.variant),
+                    quote(&r.prompt_set),
+                    f("prompts"),
+                    f("positions"),
+                    f("kl_mean"),
+                    f("kl_p99"),
+                    f("top1_agreement"),
+                    f("perplexity_reference"),
+                    f("perplexity_variant"),
+                    f("reference_tokens_per_second"),
+                    f("variant_tokens_per_second"),
+                ));
+            }
+            Ok((
+                [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+                csv,
+            )
+                .into_response())
+        }
+        other => Err(ApiError::invalid(
+            format!("Invalid 'format' `{other}`: use json or csv"),
+            "format",
+        )),
+    }
 }
