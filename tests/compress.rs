@@ -29,12 +29,16 @@ fn truncate_and_prune_hit_their_ratio_and_keep_the_question() {
     let question = "What is the name of the town?";
     for method in [Method::Truncate, Method::Prune] {
         for ratio in [0.3, 0.5, 0.7] {
-            let spec = Spec { method, ratio };
+            let spec = Spec {
+                method,
+                ratio,
+                scorer: None,
+            };
             let messages = vec![
                 ChatMessage::new("system", "Answer briefly."),
                 ChatMessage::new("user", long_prompt()),
             ];
-            let (out, report) = compress_chat(model, messages, &spec).unwrap();
+            let (out, report) = compress_chat(model, None, messages, &spec).unwrap();
             assert!(
                 (report.ratio - ratio).abs() <= 0.05,
                 "{method:?}@{ratio}: {report:?}"
@@ -52,12 +56,13 @@ fn truncate_and_prune_hit_their_ratio_and_keep_the_question() {
     let spec = Spec {
         method: Method::Normalize,
         ratio: 1.0,
+        scorer: None,
     };
     let messy = vec![ChatMessage::new(
         "user",
         "Hello   there.\n\n\n\nHello   there.\nWhat now?",
     )];
-    let (out, report) = compress_chat(model, messy, &spec).unwrap();
+    let (out, report) = compress_chat(model, None, messy, &spec).unwrap();
     assert_eq!(out[0].content, "Hello there.\n\nHello there. What now?");
     assert!(report.compressed_tokens < report.original_tokens);
 }

@@ -25,13 +25,17 @@ pub enum Method {
 }
 
 /// What a request (or a session, or an experiment's variant) asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     pub method: Method,
     /// Tokens kept over tokens given, in (0, 1].
     #[serde(default = "one")]
     pub ratio: f64,
+    /// `prune`: the installed model that scores tokens (default: the request's own model). A
+    /// small one is cheaper; ratios are still counted in the request model's tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scorer: Option<String>,
 }
 
 fn one() -> f64 {
@@ -227,7 +231,12 @@ fn self_information(model: &ChatModel, text: &str) -> Result<Vec<(f64, usize, us
     Ok(scores)
 }
 
-fn prune(model: &ChatModel, context: &str, budget: usize) -> Result<String, String> {
+fn prune(
+    model: &ChatModel,
+    scorer: &ChatModel,
+    context: &str,
+    budget: usize,
+) -> Result<String, String> {
     // Words with their byte spans; each word's score is the mean self-information of the
     // tokens that start inside it, and its cost the number of those tokens.
     let mut words: Vec<(usize, usize, f64, usize)> = Vec::new();
@@ -248,7 +257,7 @@ fn prune(model: &ChatModel, context: &str, budget: usize) -> Result<String, Stri
     if words.is_empty() {
         return Ok(String::new());
     }
-    let scores = self_information(model, context)?;
+    let scores = self_information(scorer, context)?;
     let mut w = 0;
     for (score, s, _) in scores {
         while w + 1 < words.len() && s >= words[w + 1].0 {
@@ -304,6 +313,7 @@ fn prune(model: &ChatModel, context: &str, budget: usize) -> Result<String, Stri
 /// Compress one context to `budget` tokens with `method`.
 fn apply(
     model: &ChatModel,
+    scorer: &ChatModel,
     method: Method,
     context: &str,
     budget: usize,
@@ -311,7 +321,7 @@ fn apply(
     Ok(match method {
         Method::Normalize => normalize(context),
         Method::Truncate => truncate(model, &normalize(context), budget),
-        Method::Prune => prune(model, &normalize(context), budget)?,
+        Method::Prune => prune(model, scorer, &normalize(context), budget)?,
     })
 }
 
@@ -319,6 +329,7 @@ fn apply(
 /// message) stay; everything else shares the budget in proportion to its length.
 pub fn compress_chat(
     model: &ChatModel,
+    scorer: Option<&ChatModel>,
     messages: Vec<ChatMessage>,
     spec: &Spec,
 ) -> Result<(Vec<ChatMessage>, Report), String> {
@@ -349,7 +360,7 @@ pub fn compress_chat(
         } else {
             (budget as f64 * count(model, &context) as f64 / compressible as f64).floor() as usize
         };
-        let compressed = apply(model, spec.method, &context, share)?;
+        let compressed = apply(model, scorer.unwrap_or(model), spec.method, &context, share)?;
         out[i].content = match (compressed.is_empty(), question.is_empty()) {
             (true, _) => question.trim_start().to_string(),
             (false, true) => compressed,
@@ -370,10 +381,12 @@ pub fn compress_chat(
 /// Compress a completion prompt: its last sentence stays.
 pub fn compress_text(
     model: &ChatModel,
+    scorer: Option<&ChatModel>,
     text: &str,
     spec: &Spec,
 ) -> Result<(String, Report), String> {
-    let (messages, report) = compress_chat(model, vec![ChatMessage::new("user", text)], spec)?;
+    let (messages, report) =
+        compress_chat(model, scorer, vec![ChatMessage::new("user", text)], spec)?;
     Ok((
         messages
             .into_iter()
@@ -421,7 +434,8 @@ mod tests {
         );
         assert!(Spec {
             method: Method::Prune,
-            ratio: 0.0
+            ratio: 0.0,
+            scorer: None
         }
         .validate()
         .is_err());
@@ -465,7 +479,7 @@ impl SessionDefaults {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(session)
-            .copied()
+            .cloned()
     }
 
     /// Set (Some) or clear (None) a session's default, saved before it applies.
@@ -476,8 +490,8 @@ impl SessionDefaults {
     ) -> Result<(), crate::store::StoreError> {
         let json = {
             let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            match spec {
-                Some(s) => map.insert(session.to_string(), s),
+            match &spec {
+                Some(s) => map.insert(session.to_string(), s.clone()),
                 None => map.remove(session),
             };
             serde_json::to_string(&map).expect("specs serialize")

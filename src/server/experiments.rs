@@ -176,7 +176,16 @@ async fn generate(
     }
     let req: super::validate::ChatRequest =
         serde_json::from_value(body).map_err(|e| e.to_string())?;
-    let plan = super::validate::validate_chat(&engine, req).map_err(|e| e.to_string())?;
+    let scorer = match variant
+        .compression
+        .as_ref()
+        .and_then(|c| c.scorer.as_deref())
+    {
+        Some(name) => Some(state.engines.get(name).await.map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let plan = super::validate::validate_chat(&engine, req, scorer.as_ref().map(|s| &*s.model))
+        .map_err(|e| e.to_string())?;
     let request = plan.requests.into_iter().next().ok_or("nothing to run")?;
     let mut events = engine.schedule(request).map_err(|e| e.to_string())?;
     let mut text = String::new();

@@ -230,7 +230,7 @@ pub async fn put_compression(
     spec.validate().map_err(|e| ApiError::invalid(e, "ratio"))?;
     state
         .compression
-        .set(&id, Some(spec))
+        .set(&id, Some(spec.clone()))
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(json!({"session": id, "compression": spec})))

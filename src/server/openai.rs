@@ -254,7 +254,7 @@ pub async fn chat_completions(
     let routed = super::experiments::route(&state, &req.model, &session).await?;
     if let Some((_, v)) = &routed {
         req.model = v.model.clone();
-        req.sampling.compression = req.sampling.compression.or(v.compression);
+        req.sampling.compression = req.sampling.compression.or_else(|| v.compression.clone());
         req.sampling.temperature = req.sampling.temperature.or(v.temperature);
     }
     let engine = state
@@ -266,7 +266,8 @@ pub async fn chat_completions(
         .sampling
         .compression
         .or_else(|| state.compression.get(&session));
-    let mut plan = validate_chat(&engine, req)?;
+    let scorer = scorer_of(&state, req.sampling.compression.as_ref()).await?;
+    let mut plan = validate_chat(&engine, req, scorer.as_ref().map(|s| &*s.model))?;
     plan.variant = routed.map(|(label, _)| label);
     let compression = plan.compression.clone();
     respond(&state, engine, plan, Api::Chat, session, &headers)
@@ -291,7 +292,8 @@ pub async fn completions(
         .get(&req.model)
         .await
         .map_err(registry_error)?;
-    let plan = validate_completion(&engine, req)?;
+    let scorer = scorer_of(&state, req.sampling.compression.as_ref()).await?;
+    let plan = validate_completion(&engine, req, scorer.as_ref().map(|s| &*s.model))?;
     let compression = plan.compression.clone();
     respond(&state, engine, plan, Api::Completions, session, &headers)
         .await
@@ -316,6 +318,25 @@ fn with_compression(mut r: Response, c: Option<&super::validate::Applied>) -> Re
         }
     }
     r
+}
+
+/// The engine of the model a compression scores with, when it names one (loaded if need be).
+async fn scorer_of(
+    state: &AppState,
+    spec: Option<&crate::compress::Spec>,
+) -> Result<Option<EngineHandle>, ApiError> {
+    match spec.and_then(|s| s.scorer.as_deref()) {
+        Some(name) => Ok(Some(state.engines.get(name).await.map_err(
+            |e| match registry_error(e) {
+                ApiError::ModelNotFound(m) => ApiError::invalid(
+                    format!("compression scorer `{m}` is not an installed model"),
+                    "compression",
+                ),
+                other => other,
+            },
+        )?)),
+        None => Ok(None),
+    }
 }
 
 /// The session a request belongs to: an `X-Session-Id` header, else the API key (as a short

@@ -333,7 +333,12 @@ impl Sampling {
 }
 
 /// Validate a chat request for `engine`, the model its `model` field named.
-pub fn validate_chat(engine: &EngineHandle, req: ChatRequest) -> Result<Plan, ApiError> {
+/// `scorer`: the model a `prune` compression scores tokens with, when it names one.
+pub fn validate_chat(
+    engine: &EngineHandle,
+    mut req: ChatRequest,
+    scorer: Option<&crate::engine::ChatModel>,
+) -> Result<Plan, ApiError> {
     let unsupported = [
         ("tools", &req.tools),
         ("tool_choice", &req.tool_choice),
@@ -395,9 +400,9 @@ pub fn validate_chat(engine: &EngineHandle, req: ChatRequest) -> Result<Plan, Ap
         messages.push(ChatMessage::new(role, content));
     }
     let mut compression = None;
-    if let Some(spec) = compression_spec(req.sampling.compression)? {
+    if let Some(spec) = compression_spec(req.sampling.compression.take())? {
         let (compressed, report) =
-            blocking(|| crate::compress::compress_chat(&engine.model, messages, &spec))
+            blocking(|| crate::compress::compress_chat(&engine.model, scorer, messages, &spec))
                 .map_err(|e| ApiError::invalid(e, "compression"))?;
         messages = compressed;
         compression = Some(Applied { spec, report });
@@ -442,7 +447,8 @@ pub fn validate_chat(engine: &EngineHandle, req: ChatRequest) -> Result<Plan, Ap
 
 pub fn validate_completion(
     engine: &EngineHandle,
-    req: CompletionRequest,
+    mut req: CompletionRequest,
+    scorer: Option<&crate::engine::ChatModel>,
 ) -> Result<Plan, ApiError> {
     if req.echo {
         return Err(ApiError::invalid("`echo` is not supported", "echo"));
@@ -454,16 +460,18 @@ pub fn validate_completion(
     let logprobs = range(req.logprobs, 0, 5, "logprobs")?.map(|l| l as usize);
     let n = req.sampling.n()?;
     let keep_alive = req.sampling.keep_alive()?;
-    let spec = compression_spec(req.sampling.compression)?;
+    let spec = compression_spec(req.sampling.compression.take())?;
     let mut compression: Option<Applied> = None;
     let mut requests = Vec::new();
     for prompt in prompts {
         // Each prompt is compressed on its own; the report adds them up.
-        let prompt = match spec {
+        let prompt = match &spec {
             Some(spec) => {
-                let (text, report) =
-                    blocking(|| crate::compress::compress_text(&engine.model, &prompt, &spec))
-                        .map_err(|e| ApiError::invalid(e, "compression"))?;
+                let spec = spec.clone();
+                let (text, report) = blocking(|| {
+                    crate::compress::compress_text(&engine.model, scorer, &prompt, &spec)
+                })
+                .map_err(|e| ApiError::invalid(e, "compression"))?;
                 compression = Some(match compression.take() {
                     None => Applied { spec, report },
                     Some(mut a) => {
