@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::server::{get_json, post, start};
+use common::server::{get_json, post, start, wait_job};
 use serde_json::{json, Value};
 
 /// Benchmarks here run one at a time: a ceiling measured while another test computes would be
@@ -101,19 +101,6 @@ fn a_cli_benchmark_of_the_default_model_is_sane_and_stored() {
     );
 }
 
-/// Poll a job until it leaves `running` (bounded: only guards against a hang).
-async fn finished(s: &common::server::Server, id: u64) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let job = get_json(s, &format!("/api/jobs/{id}")).await;
-        if job["state"] != "running" {
-            return job;
-        }
-        assert!(std::time::Instant::now() < deadline, "{job}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
 // Each test has its own runtime: the lock only keeps the tests from overlapping.
 #[allow(clippy::await_holding_lock)]
 #[tokio::test]
@@ -130,7 +117,7 @@ async fn benchmarks_run_as_jobs_are_stored_exported_and_compared() {
     ] {
         let (status, started) = post(&s, "/api/bench", &body).await;
         assert_eq!(status, 202, "{started}");
-        let job = finished(&s, started["job"].as_u64().unwrap()).await;
+        let job = wait_job(&s, started["job"].as_u64().unwrap()).await;
         assert_eq!(job["state"], "done", "{job}");
         assert_eq!(job["progress"], 1.0);
         ids.push(job["result"]["id"].as_i64().unwrap());
@@ -201,7 +188,7 @@ async fn benchmarks_run_as_jobs_are_stored_exported_and_compared() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(finished(&s, id).await["state"], "cancelled");
+    assert_eq!(wait_job(&s, id).await["state"], "cancelled");
     assert_eq!(
         get_json(&s, "/api/bench").await["runs"]
             .as_array()

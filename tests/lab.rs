@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::server::{get_json, post, start};
+use common::server::{get_json, post, start, wait_job};
 use serde_json::{json, Value};
 
 /// A data directory holding only the default model (linked), so variants are written there and
@@ -84,18 +84,6 @@ fn every_target_type_round_trips_and_q8_0_drifts_less_than_q4_0() {
     assert!(q8["top1_agreement"].as_f64() >= q4["top1_agreement"].as_f64());
 }
 
-async fn finished(s: &common::server::Server, id: u64) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let job = get_json(s, &format!("/api/jobs/{id}")).await;
-        if job["state"] != "running" {
-            return job;
-        }
-        assert!(std::time::Instant::now() < deadline, "{job}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn quantize_and_measure_as_jobs_over_http() {
     let (_dir, home) = home();
@@ -103,7 +91,7 @@ async fn quantize_and_measure_as_jobs_over_http() {
     let (status, started) =
         post(&s, "/api/models/smollm2/quantize", &json!({"to": ["q8_0"]})).await;
     assert_eq!(status, 202, "{started}");
-    let job = finished(&s, started["job"].as_u64().unwrap()).await;
+    let job = wait_job(&s, started["job"].as_u64().unwrap()).await;
     assert_eq!(job["state"], "done", "{job}");
     let report = &job["result"]["variants"][0]["report"];
     assert_eq!(report["target"], "Q8_0");
@@ -130,7 +118,7 @@ async fn quantize_and_measure_as_jobs_over_http() {
     )
     .await;
     assert_eq!(status, 202, "{started}");
-    let job = finished(&s, started["job"].as_u64().unwrap()).await;
+    let job = wait_job(&s, started["job"].as_u64().unwrap()).await;
     assert_eq!(job["state"], "done", "{job}");
     assert_eq!(job["result"]["prompts"], 2);
     let runs = get_json(&s, "/api/lab/quality").await;
@@ -140,6 +128,20 @@ async fn quantize_and_measure_as_jobs_over_http() {
             .as_f64()
             .unwrap()
             > 0.5
+    );
+    let csv = reqwest::get(format!("{}/api/lab/quality?format=csv", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        csv.starts_with("id,finished_at,reference,variant,"),
+        "{csv}"
+    );
+    assert!(
+        csv.lines().nth(1).unwrap().contains(",smollm2-q8_0,"),
+        "{csv}"
     );
 
     for (path, body, code) in [

@@ -71,15 +71,13 @@ pub fn bench(config: &Config, args: BenchArgs) -> Result<()> {
     } else {
         Some(Library::new(&config.home()).resolve_gguf(&args.model)?)
     };
-    let mut options = if args.quick {
-        Options::quick()
-    } else {
-        Options::default()
-    };
-    options.reps = args.reps.unwrap_or(options.reps);
-    options.n_prompt = args.n_prompt.unwrap_or(options.n_prompt);
-    options.n_gen = args.n_gen.unwrap_or(options.n_gen);
-    options.batches = args.batches.clone().unwrap_or(options.batches);
+    let options = Options::asked(
+        args.quick,
+        args.reps,
+        args.n_prompt,
+        args.n_gen,
+        args.batches.clone(),
+    );
     let target = bench::Target {
         model: &args.model,
         path: path.as_deref(),

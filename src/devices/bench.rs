@@ -54,6 +54,28 @@ impl Options {
         }
     }
 
+    /// What a user asked for: the quick or the full run, with any of its figures replaced.
+    pub fn asked(
+        quick: bool,
+        reps: Option<usize>,
+        n_prompt: Option<usize>,
+        n_gen: Option<usize>,
+        batches: Option<Vec<usize>>,
+    ) -> Self {
+        let base = if quick {
+            Self::quick()
+        } else {
+            Self::default()
+        };
+        Self {
+            reps: reps.unwrap_or(base.reps),
+            n_prompt: n_prompt.unwrap_or(base.n_prompt),
+            n_gen: n_gen.unwrap_or(base.n_gen),
+            batches: batches.unwrap_or(base.batches),
+            ..base
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
         let ok = (1..=100).contains(&self.reps)
             && (1..=8192).contains(&self.n_prompt)

@@ -240,11 +240,7 @@ pub async fn usage(
                  ttft_p50_ms,ttft_p95_ms,latency_p50_ms,latency_p95_ms,latency_p99_ms,tokens_per_second\n",
             );
             for (key, s) in groups {
-                let key = if key.contains([',', '"', '\n']) {
-                    format!("\"{}\"", key.replace('"', "\"\""))
-                } else {
-                    key
-                };
+                let key = super::csv::field(&key);
                 csv.push_str(&format!(
                     "{key},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                     s.requests,

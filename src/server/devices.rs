@@ -2,7 +2,6 @@
 //! stored history.
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -67,15 +66,7 @@ pub async fn start_bench(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: BenchRequest = super::openai::parse_body(body, state.body_limit)?;
-    let mut options = if req.quick {
-        Options::quick()
-    } else {
-        Options::default()
-    };
-    options.reps = req.reps.unwrap_or(options.reps);
-    options.n_prompt = req.n_prompt.unwrap_or(options.n_prompt);
-    options.n_gen = req.n_gen.unwrap_or(options.n_gen);
-    options.batches = req.batches.unwrap_or(options.batches);
+    let options = Options::asked(req.quick, req.reps, req.n_prompt, req.n_gen, req.batches);
     let path = if req.model.starts_with("synthetic:") {
         let shape = req.model.trim_start_matches("synthetic:");
         if crate::devices::synthetic::shape(shape).is_none() {
@@ -134,11 +125,7 @@ pub async fn start_bench(
         }
         Ok(value)
     });
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"job": id, "url": format!("/api/jobs/{id}")})),
-    )
-        .into_response())
+    Ok(super::jobs::accepted(id))
 }
 
 fn history(state: &AppState) -> Result<&crate::store::Store, ApiError> {
@@ -182,8 +169,8 @@ pub async fn list_bench(
                         "{},{:.3},{},{},{},{},{},{},{},{}\n",
                         r.id,
                         r.finished_at,
-                        csv_field(&r.model),
-                        csv_field(&r.quantization),
+                        super::csv::field(&r.model),
+                        super::csv::field(&r.quantization),
                         r.device,
                         s["test"].as_str().unwrap_or(""),
                         s["tokens_per_second"]["mean"],
@@ -203,14 +190,6 @@ pub async fn list_bench(
             format!("Invalid 'format' `{other}`: use json or csv"),
             "format",
         )),
-    }
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
     }
 }
 
@@ -277,32 +256,4 @@ pub async fn compare_bench(
     Ok(Json(
         json!({"a": label(&a), "b": label(&b), "tests": tests}),
     ))
-}
-
-pub async fn list_jobs(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"jobs": state.jobs.list()}))
-}
-
-pub async fn get_job(
-    State(state): State<AppState>,
-    Path(id): Path<u64>,
-) -> Result<Json<Value>, ApiError> {
-    state
-        .jobs
-        .get(id)
-        .map(|j| Json(json!(j)))
-        .ok_or_else(|| ApiError::RouteNotFound(format!("/api/jobs/{id} (no such job)")))
-}
-
-/// `DELETE /api/jobs/{id}`: cancel a running job (it stops at its next check).
-pub async fn cancel_job(
-    State(state): State<AppState>,
-    Path(id): Path<u64>,
-) -> Result<Json<Value>, ApiError> {
-    if !state.jobs.cancel(id) {
-        return Err(ApiError::RouteNotFound(format!(
-            "/api/jobs/{id} (no such job)"
-        )));
-    }
-    Ok(Json(json!(state.jobs.get(id))))
 }

@@ -126,7 +126,7 @@ pub async fn get(
 }
 
 fn csv(e: &Experiment, rows: &[Row]) -> Response {
-    let field = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let field = super::csv::field;
     let prompts = e.spec.prompt_list();
     let opt = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.6}"));
     let mut out = String::from(
@@ -287,11 +287,7 @@ pub async fn run(
             Ok(json!({"experiment": e.name, "rows": rows.len(), "summary": experiments::summarize(spec, &rows, &votes)}))
         })
     });
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"job": job, "url": format!("/api/jobs/{job}")})),
-    )
-        .into_response())
+    Ok(super::jobs::accepted(job))
 }
 
 /// `GET /api/lab/experiments/{id}/pair`: two variants' outputs for one prompt, as A and B, names

@@ -2,7 +2,6 @@
 //! jobs, their results stored.
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -22,14 +21,6 @@ fn path_of(state: &AppState, id: &str) -> Result<std::path::PathBuf, ApiError> {
         .find(|m| m.id == id)
         .map(|m| m.path)
         .ok_or_else(|| ApiError::ModelNotFound(id.to_string()))
-}
-
-fn accepted(id: u64) -> Response {
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({"job": id, "url": format!("/api/jobs/{id}")})),
-    )
-        .into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -74,7 +65,7 @@ pub async fn quantize(
             }
             Ok(json!({"model": id, "variants": variants}))
         });
-    Ok(accepted(job))
+    Ok(super::jobs::accepted(job))
 }
 
 #[derive(serde::Deserialize)]
@@ -174,7 +165,7 @@ pub async fn start_quality(
         }
         Ok(value)
     });
-    Ok(accepted(job))
+    Ok(super::jobs::accepted(job))
 }
 
 #[derive(serde::Deserialize)]
@@ -202,7 +193,7 @@ pub async fn list_quality(
             let mut csv = String::from(
                 "id,finished_at,reference,variant,prompt_set,prompts,positions,kl_mean,kl_p99,top1_agreement,perplexity_reference,perplexity_variant,reference_tokens_per_second,variant_tokens_per_second\n",
             );
-            let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+            let quote = super::csv::field;
             for r in &runs {
                 let f = |k: &str| r.report[k].to_string();
                 csv.push_str(&format!(

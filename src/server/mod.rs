@@ -6,11 +6,13 @@
 pub mod accounting;
 pub mod admin;
 pub mod budget;
+pub mod csv;
 pub mod devices;
 pub mod embeddings;
 pub mod errors;
 pub mod experiments;
 pub mod guard;
+pub mod jobs;
 pub mod lab;
 pub mod models;
 pub mod monitoring;
@@ -119,10 +121,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/lab/experiments/{key}/run", post(experiments::run))
         .route("/api/lab/experiments/{key}/pair", get(experiments::pair))
         .route("/api/lab/experiments/{key}/votes", post(experiments::vote))
-        .route("/api/jobs", get(devices::list_jobs))
+        .route("/api/jobs", get(jobs::list_jobs))
         .route(
             "/api/jobs/{id}",
-            get(devices::get_job).delete(devices::cancel_job),
+            get(jobs::get_job).delete(jobs::cancel_job),
         )
         .route("/api/monitor/stream", get(monitoring::stream))
         .route(

@@ -161,3 +161,16 @@ pub async fn wait_for_engine(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Poll `/api/jobs/{id}` until the job leaves `running` (bounded: only guards against a hang).
+pub async fn wait_job(s: &Server, id: u64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let job = get_json(s, &format!("/api/jobs/{id}")).await;
+        if job["state"] != "running" {
+            return job;
+        }
+        assert!(std::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
