@@ -122,7 +122,7 @@ pub fn bench(config: &Config, args: BenchArgs) -> Result<()> {
     if args.output == "json" {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        print!("{}", bench::markdown(&result));
+        print!("{}", lantern::devices::table::markdown(&result));
     }
     Ok(())
 }

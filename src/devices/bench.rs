@@ -492,54 +492,6 @@ pub fn device_name(device: &Device) -> String {
     }
 }
 
-/// llama-bench's markdown table, with the roofline column.
-pub fn markdown(r: &BenchResult) -> String {
-    let gib = r.model.file_bytes as f64 / (1u64 << 30) as f64;
-    let params = r.model.params as f64;
-    let params = if params >= 1e9 {
-        format!("{:.2} B", params / 1e9)
-    } else {
-        format!("{:.2} M", params / 1e6)
-    };
-    let mut out = String::from(
-        "| model | size | params | backend | threads | test | t/s | roofline |\n\
-         | ----- | ---: | -----: | ------- | ------: | ---- | --: | -------: |\n",
-    );
-    for s in &r.speeds {
-        out.push_str(&format!(
-            "| {} {} | {gib:.2} GiB | {params} | {} | {} | {} | {:.2} ± {:.2} | {:.0}% of {:.1} ({}) |\n",
-            r.model.name,
-            r.model.quantization,
-            r.device.to_uppercase(),
-            r.threads,
-            s.test,
-            s.tokens_per_second.mean,
-            s.tokens_per_second.sd,
-            100.0 * s.roofline_fraction,
-            s.roofline_tokens_per_second,
-            s.bound,
-        ));
-    }
-    out.push_str(&format!(
-        "\nTTFT ({} tokens): {:.1} ± {:.1} ms · read bandwidth {:.1} GB/s ({}) over {:.0} MB · copy {:.1} GB/s · {} matmul {:.1} GFLOP/s · peak RSS {}\n",
-        r.options.ttft_prompt,
-        r.ttft_ms.mean,
-        r.ttft_ms.sd,
-        r.ceilings.read_bandwidth_bytes_per_s / 1e9,
-        r.ceilings.bandwidth_source,
-        r.model.weight_bytes_per_token as f64 / 1e6,
-        r.ceilings.copy_bandwidth_bytes_per_s / 1e9,
-        r.ceilings.matmul_dtype,
-        r.ceilings.matmul_flops_per_s / 1e9,
-        r.peak_rss_bytes
-            .map_or("n/a".into(), |b| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64)),
-    ));
-    if let Some(note) = &r.device_note {
-        out.push_str(&format!("\nNote: {note}\n"));
-    }
-    out
-}
-
 /// What to benchmark: an installed GGUF at `path`, or (`path` None) `synthetic:SHAPE` with
 /// `quantization` weights.
 pub struct Target<'a> {
@@ -645,7 +597,7 @@ mod tests {
         let per_block = 256 * 256 + 2 * 128 * 256 + 256 * 256 + 3 * 768 * 256;
         assert_eq!(r.model.params, (4 * per_block + 4096 * 256) as u64);
         assert!(r.ttft_ms.mean > 0.0);
-        let table = markdown(&r);
+        let table = super::super::table::markdown(&r);
         assert!(table.contains("| tg16 |"), "{table}");
     }
 

@@ -8,3 +8,4 @@ pub mod ceiling;
 pub mod inventory;
 pub mod nvidia;
 pub mod synthetic;
+pub mod table;
