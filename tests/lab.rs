@@ -144,6 +144,35 @@ async fn quantize_and_measure_as_jobs_over_http() {
         "{csv}"
     );
 
+    // The variant loads, unloads and is deleted on request; the served default model is not.
+    let (status, loaded) = post(&s, "/api/models/smollm2-q8_0/load", &json!({})).await;
+    assert_eq!(
+        (status, loaded["loaded"].as_bool()),
+        (200, Some(true)),
+        "{loaded}"
+    );
+    assert!(common::server::engine_of(&s, "smollm2-q8_0")
+        .await
+        .is_some());
+    let (_, unloaded) = post(&s, "/api/models/smollm2-q8_0/unload", &json!({})).await;
+    assert_eq!(unloaded["unloaded"], true);
+    let (_, again) = post(&s, "/api/models/smollm2-q8_0/unload", &json!({})).await;
+    assert_eq!(again["unloaded"], false);
+    let client = reqwest::Client::new();
+    let delete = |id: &str| client.delete(format!("{}/api/models/{id}", s.base)).send();
+    assert_eq!(delete("smollm2-q8_0").await.unwrap().status(), 200);
+    assert!(!home.join("models/smollm2-q8_0").exists());
+    assert!(!get_json(&s, "/v1/models")
+        .await
+        .to_string()
+        .contains("\"smollm2-q8_0\""));
+    assert_eq!(delete("smollm2").await.unwrap().status(), 409);
+    assert_eq!(delete("nope").await.unwrap().status(), 404);
+    assert!(
+        common::model_path("smollm2").exists(),
+        "the source is untouched"
+    );
+
     for (path, body, code) in [
         ("/api/models/smollm2/quantize", json!({"to": ["q9_9"]}), 400),
         ("/api/models/nope/quantize", json!({"to": ["q8_0"]}), 404),

@@ -372,6 +372,25 @@ impl Registry {
         }
     }
 
+    /// Unload `name` now (also out of the warm set). Ok(false): it was not loaded; Err: it has
+    /// requests in flight (they would fail), with how many.
+    pub fn unload(&self, name: &str) -> Result<bool, usize> {
+        let mut slots = lock(&self.inner.slots);
+        let busy = slots
+            .get(name)
+            .and_then(|s| s.cell.get())
+            .map_or(0, |l| l.handle.in_flight());
+        if busy > 0 {
+            return Err(busy);
+        }
+        lock(&self.inner.pinned).remove(name);
+        let was = slots.remove(name).is_some_and(|s| s.cell.initialized());
+        if was {
+            tracing::info!(model = %name, "unloaded on request");
+        }
+        Ok(was)
+    }
+
     /// Reap every `period` for as long as the runtime runs.
     pub fn spawn_reaper(&self, period: Duration) {
         let registry = self.clone();

@@ -32,6 +32,9 @@ pub enum ApiError {
     /// The session's daily token budget is spent; retry after the given seconds (its reset).
     #[error("{message}")]
     BudgetExhausted { message: String, retry_after: u64 },
+    /// The request conflicts with the server's state (a model in use).
+    #[error("{0}")]
+    Conflict(String),
     /// The server cannot take the request now for want of a resource (memory to load a model).
     #[error("{message}")]
     Unavailable { message: String, code: &'static str },
@@ -105,6 +108,12 @@ impl ApiError {
                 "insufficient_quota",
                 None,
                 Some("budget_exhausted"),
+            ),
+            Self::Conflict(_) => (
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                None,
+                Some("conflict"),
             ),
             Self::Unavailable { code, .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,

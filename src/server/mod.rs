@@ -109,6 +109,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/bench/compare", get(devices::compare_bench))
         .route("/api/bench/{id}", get(devices::get_bench))
         .route("/api/models/{id}/quantize", post(lab::quantize))
+        .route("/api/models/{id}/load", post(models::load))
+        .route("/api/models/{id}/unload", post(models::unload))
+        .route("/api/models/{id}", axum::routing::delete(models::delete))
         .route(
             "/api/lab/quality",
             get(lab::list_quality).post(lab::start_quality),

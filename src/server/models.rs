@@ -67,3 +67,64 @@ pub async fn get_model(
         .map(|(_, v)| Json(v))
         .ok_or(ApiError::ModelNotFound(id))
 }
+
+/// `POST /api/models/{id}/load`: load (and warm) a model now rather than on its first request.
+pub async fn load(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .engines
+        .get(&id)
+        .await
+        .map_err(super::openai::registry_error)?;
+    let loaded = state.engines.loaded().into_iter().find(|m| m.id == id);
+    Ok(Json(json!({"id": id, "loaded": true, "model": loaded})))
+}
+
+/// `POST /api/models/{id}/unload`: free its memory now; 409 while it has requests in flight.
+pub async fn unload(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.engines.servable().iter().any(|m| m.id == id) {
+        return Err(ApiError::ModelNotFound(id));
+    }
+    match state.engines.unload(&id) {
+        Ok(was) => Ok(Json(json!({"id": id, "unloaded": was}))),
+        Err(busy) => Err(ApiError::Conflict(format!(
+            "`{id}` has {busy} request(s) in flight; unload it when they finish"
+        ))),
+    }
+}
+
+/// `DELETE /api/models/{id}`: remove an installed model's directory (its files), after
+/// unloading it. The default model cannot be deleted while the server serves it.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if id == state.default_model {
+        return Err(ApiError::Conflict(format!(
+            "`{id}` is the model this server was started with; it cannot be deleted while served"
+        )));
+    }
+    let installed = state.engines.library().list().unwrap_or_default();
+    if !installed.iter().any(|m| m.name == id) {
+        return Err(ApiError::ModelNotFound(id));
+    }
+    if let Err(busy) = state.engines.unload(&id) {
+        return Err(ApiError::Conflict(format!(
+            "`{id}` has {busy} request(s) in flight; delete it when they finish"
+        )));
+    }
+    let dir = state.engines.library().models_dir().join(&id);
+    // A linked directory loses its link, never the files it points to.
+    let removed = match std::fs::symlink_metadata(&dir) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(&dir),
+        Ok(_) => std::fs::remove_dir_all(&dir),
+        Err(e) => Err(e),
+    };
+    removed.map_err(ApiError::internal)?;
+    Ok(Json(json!({"id": id, "deleted": true})))
+}
