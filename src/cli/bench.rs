@@ -100,16 +100,7 @@ pub fn bench(config: &Config, args: BenchArgs) -> Result<()> {
         let id = runtime
             .block_on(async {
                 let store = lantern::store::Store::open(&db).await?;
-                let row = lantern::store::bench::BenchRow {
-                    id: 0,
-                    finished_at: result.finished_at,
-                    model: result.model.name.clone(),
-                    quantization: result.model.quantization.clone(),
-                    device: result.device.clone(),
-                    software: result.software.clone(),
-                    result: value.clone(),
-                };
-                anyhow::Ok(store.bench_insert(&row).await?)
+                anyhow::Ok(store.bench_save(&result).await?)
             })
             .with_context(|| format!("storing the result in {}", db.display()))?;
         value["id"] = serde_json::json!(id);

@@ -109,17 +109,8 @@ pub async fn start_bench(
             .map_err(|e| e.to_string())?;
         let mut value = json!(result);
         if let Some(store) = store {
-            let row = crate::store::bench::BenchRow {
-                id: 0,
-                finished_at: result.finished_at,
-                model: result.model.name.clone(),
-                quantization: result.model.quantization.clone(),
-                device: result.device.clone(),
-                software: result.software.clone(),
-                result: value.clone(),
-            };
             let id = runtime
-                .block_on(store.bench_insert(&row))
+                .block_on(store.bench_save(&result))
                 .map_err(|e| format!("the result could not be stored: {e}"))?;
             value["id"] = json!(id);
         }

@@ -50,6 +50,23 @@ impl Store {
         .last_insert_rowid())
     }
 
+    /// Store a finished benchmark (its whole result beside the columns it is listed by).
+    pub async fn bench_save(
+        &self,
+        result: &crate::devices::bench::BenchResult,
+    ) -> Result<i64, StoreError> {
+        self.bench_insert(&BenchRow {
+            id: 0,
+            finished_at: result.finished_at,
+            model: result.model.name.clone(),
+            quantization: result.model.quantization.clone(),
+            device: result.device.clone(),
+            software: result.software.clone(),
+            result: serde_json::json!(result),
+        })
+        .await
+    }
+
     /// The newest `limit` runs, newest first.
     pub async fn bench_recent(&self, limit: u64) -> Result<Vec<BenchRow>, StoreError> {
         let rows = sqlx::query(&format!(
