@@ -25,3 +25,6 @@ impl Config {
         self.home.clone().unwrap_or_else(crate::library::home)
     }
 }
+
+pub mod serve;
+pub use serve::{ServeFlags, ServerSettings};

@@ -30,6 +30,7 @@ pub struct JobView {
 }
 
 /// What the job's code holds: where it reports, and the cancel flag it checks.
+#[derive(Clone)]
 pub struct JobHandle {
     view: Arc<Mutex<JobView>>,
     cancel: Arc<AtomicBool>,
@@ -152,6 +153,13 @@ impl Jobs {
 
     pub fn get(&self, id: u64) -> Option<JobView> {
         lock(&self.entries).get(&id).map(|e| lock(&e.view).clone())
+    }
+
+    /// Ask every job to stop (the server is shutting down).
+    pub fn cancel_all(&self) {
+        for e in lock(&self.entries).values() {
+            e.cancel.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Ask a running job to stop; false when there is no such job.

@@ -32,3 +32,4 @@ pub mod store;
 
 pub use config::Config;
 pub use engine::ChatModel;
+pub use server::start::{Launch, Server};

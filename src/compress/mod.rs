@@ -447,6 +447,8 @@ mod tests {
 #[derive(Default)]
 pub struct SessionDefaults {
     map: std::sync::Mutex<std::collections::BTreeMap<String, Spec>>,
+    /// For sessions with none of their own (the server setting `compression`).
+    fallback: std::sync::Mutex<Option<Spec>>,
     store: Option<crate::store::Store>,
 }
 
@@ -470,16 +472,29 @@ impl SessionDefaults {
         }
         Self {
             map: std::sync::Mutex::new(map),
+            fallback: std::sync::Mutex::new(None),
             store,
         }
     }
 
+    /// The session's own default, else the server's.
     pub fn get(&self, session: &str) -> Option<Spec> {
         self.map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(session)
             .cloned()
+            .or_else(|| {
+                self.fallback
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+            })
+    }
+
+    /// The default for sessions that set none (saved by the caller, in the server settings).
+    pub fn set_fallback(&self, spec: Option<Spec>) {
+        *self.fallback.lock().unwrap_or_else(|e| e.into_inner()) = spec;
     }
 
     /// Set (Some) or clear (None) a session's default, saved before it applies.

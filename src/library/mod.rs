@@ -3,6 +3,7 @@
 //! Layout: `$LANTERN_HOME/models/<name>/<file>`; `LANTERN_HOME` defaults to the user's XDG data
 //! directory (`~/.local/share/lantern`). Models are never in the source tree.
 
+pub mod import;
 pub mod manifest;
 pub mod pull;
 
@@ -123,6 +124,17 @@ impl Library {
             dir: self.root.clone(),
             hint,
         })
+    }
+}
+
+/// What the API calls a model given by name or by path (a file's stem).
+pub fn served_name(model: &str, path: &Path) -> String {
+    if model.ends_with(".gguf") {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| model.to_string())
+    } else {
+        model.to_string()
     }
 }
 

@@ -36,6 +36,9 @@ pub enum PullError {
         expected: String,
         actual: String,
     },
+    /// Stopped on request; what arrived stays in the download cache for the next try.
+    #[error("the download was cancelled")]
+    Cancelled,
     /// Writing into the library failed.
     #[error("cannot install into {path}: {source}")]
     Io {
@@ -120,23 +123,50 @@ fn plan(req: &PullRequest) -> Result<Plan, PullError> {
     })
 }
 
-/// hf-hub's progress callbacks drawn with indicatif.
-struct Bar(Option<ProgressBar>);
+/// Told of the bytes as they arrive (done, total); returning false cancels the download.
+pub type Observer = Box<dyn FnMut(u64, u64) -> bool + Send>;
+
+/// hf-hub's progress callbacks: drawn with indicatif, and told to an observer.
+struct Bar {
+    bar: Option<ProgressBar>,
+    observer: Option<Observer>,
+    done: u64,
+    total: u64,
+}
+
+/// The unwinding payload that stops hf-hub's copy loop when the observer cancels (hf-hub's
+/// progress callbacks cannot return an error).
+struct Cancelled;
+
+impl Bar {
+    fn tell(&mut self) {
+        if let Some(observe) = &mut self.observer {
+            if !observe(self.done, self.total) {
+                // resume_unwind, not panic!: no panic hook, no message; caught in `pull_observed`.
+                std::panic::resume_unwind(Box::new(Cancelled));
+            }
+        }
+    }
+}
 
 impl Progress for Bar {
     fn init(&mut self, size: usize, filename: &str) {
-        if let Some(pb) = &self.0 {
+        self.total = size as u64;
+        if let Some(pb) = &self.bar {
             pb.set_length(size as u64);
             pb.set_message(filename.to_string());
         }
+        self.tell();
     }
     fn update(&mut self, size: usize) {
-        if let Some(pb) = &self.0 {
+        self.done += size as u64;
+        if let Some(pb) = &self.bar {
             pb.inc(size as u64);
         }
+        self.tell();
     }
     fn finish(&mut self) {
-        if let Some(pb) = &self.0 {
+        if let Some(pb) = &self.bar {
             pb.finish();
         }
     }
@@ -156,8 +186,22 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
+/// The name a pull would install under, or why it cannot start.
+pub fn check(req: &PullRequest) -> Result<String, PullError> {
+    plan(req).map(|p| p.name)
+}
+
 /// Download and install; returns the installed file's path.
 pub fn pull(home: &Path, req: &PullRequest) -> Result<PathBuf, PullError> {
+    pull_observed(home, req, None)
+}
+
+/// [`pull`], telling `observer` of the bytes as they arrive; it may cancel.
+pub fn pull_observed(
+    home: &Path,
+    req: &PullRequest,
+    observer: Option<Observer>,
+) -> Result<PathBuf, PullError> {
     let plan = plan(req)?;
     let dest_dir = home.join("models").join(&plan.name);
     let dest = dest_dir.join(&plan.file);
@@ -188,10 +232,21 @@ pub fn pull(home: &Path, req: &PullRequest) -> Result<PathBuf, PullError> {
             .expect("static template"),
         )
     });
-    let cached = api
-        .model(plan.repo.clone())
-        .download_with_progress(&plan.file, Bar(bar))
-        .map_err(|e| download_err(e.to_string()))?;
+    let progress = Bar {
+        bar,
+        observer,
+        done: 0,
+        total: 0,
+    };
+    let repo = api.model(plan.repo.clone());
+    let downloaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        repo.download_with_progress(&plan.file, progress)
+    }));
+    let cached = match downloaded {
+        Ok(result) => result.map_err(|e| download_err(e.to_string()))?,
+        Err(payload) if payload.is::<Cancelled>() => return Err(PullError::Cancelled),
+        Err(payload) => std::panic::resume_unwind(payload),
+    };
     if let Some(expected) = &plan.sha256 {
         let actual = sha256_file(&cached).map_err(io(&cached))?;
         if &actual != expected {

@@ -137,7 +137,8 @@ pub struct ServableModel {
 
 struct Inner {
     library: Library,
-    config: RegistryConfig,
+    /// Replaced whole by [`Registry::reconfigure`]; read fresh at every decision.
+    config: Mutex<RegistryConfig>,
     /// Names served from a file path given at start.
     aliases: Mutex<HashMap<String, PathBuf>>,
     pinned: Mutex<HashSet<String>>,
@@ -174,7 +175,7 @@ impl Registry {
         Self {
             inner: Arc::new(Inner {
                 library,
-                config,
+                config: Mutex::new(config),
                 aliases: Mutex::default(),
                 pinned: Mutex::default(),
                 slots: Mutex::default(),
@@ -188,8 +189,16 @@ impl Registry {
         &self.inner.library
     }
 
-    pub fn config(&self) -> &RegistryConfig {
-        &self.inner.config
+    pub fn config(&self) -> RegistryConfig {
+        lock(&self.inner.config).clone()
+    }
+
+    /// New keep-alives, budgets and limits: keep-alives and the loaded-model limit apply at the
+    /// next decision, batching budgets to models loaded from now on. The device stays.
+    pub fn reconfigure(&self, mut config: RegistryConfig) {
+        let mut current = lock(&self.inner.config);
+        config.device = current.device.clone();
+        *current = config;
     }
 
     /// Serve the GGUF at `path` under `name` (for `lantern serve ./file.gguf`).
@@ -260,7 +269,7 @@ impl Registry {
         self.make_room(name)?;
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         self.check_memory(name, size)?;
-        let device = self.inner.config.device.clone();
+        let device = self.config().device;
         let file = path.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let model = ChatModel::load(&file, &device).map_err(|e| e.to_string())?;
@@ -284,7 +293,7 @@ impl Registry {
             warmup_ms = warmup_time.as_millis() as u64,
             "model ready"
         );
-        let mut handle = EngineHandle::start(name, model, self.inner.config.engine);
+        let mut handle = EngineHandle::start(name, model, self.config().engine);
         handle.weights_sha256 = Some(weights_sha256.into());
         Ok(Loaded {
             handle,
@@ -303,7 +312,7 @@ impl Registry {
             .filter(|(n, s)| n.as_str() != loading && s.cell.initialized())
             .map(|(n, s)| (n.clone(), s.clone()))
             .collect();
-        if loaded.len() < self.inner.config.max_loaded.max(1) {
+        if loaded.len() < self.config().max_loaded.max(1) {
             return Ok(());
         }
         let victim = loaded
@@ -324,7 +333,7 @@ impl Registry {
     fn check_memory(&self, name: &str, file_size: u64) -> Result<(), RegistryError> {
         let available = memory().map(|m| m.available).unwrap_or(0);
         // Weights, plus a tenth for scratch and the first KV caches, plus the reserve.
-        let needed = file_size + file_size / 10 + self.inner.config.reserve_memory;
+        let needed = file_size + file_size / 10 + self.config().reserve_memory;
         if available > 0 && available < needed {
             return Err(RegistryError::InsufficientMemory {
                 model: name.to_string(),
@@ -338,7 +347,7 @@ impl Registry {
     /// The keep-alive in force for an engine: the server's override, else what its last
     /// request asked, else the default.
     fn keep_alive_of(&self, status: &EngineStatus) -> KeepAlive {
-        let c = &self.inner.config;
+        let c = self.config();
         c.keep_alive_override
             .or(status.requested_keep_alive)
             .unwrap_or(c.keep_alive)

@@ -3,7 +3,7 @@
 //! (`lantern serve` enforces it).
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -12,18 +12,25 @@ use axum::response::{IntoResponse, Response};
 
 use super::errors::ApiError;
 
-/// The accepted keys; empty means no key is asked for.
+/// The accepted keys; empty means no key is asked for. Shared: the Settings page replaces them.
 #[derive(Debug, Clone, Default)]
-pub struct ApiKeys(Arc<HashSet<String>>);
+pub struct ApiKeys(Arc<RwLock<HashSet<String>>>);
+
+fn key_set(keys: impl IntoIterator<Item = String>) -> HashSet<String> {
+    keys.into_iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect()
+}
 
 impl ApiKeys {
     pub fn new(keys: impl IntoIterator<Item = String>) -> Self {
-        Self(Arc::new(
-            keys.into_iter()
-                .map(|k| k.trim().to_string())
-                .filter(|k| !k.is_empty())
-                .collect(),
-        ))
+        Self(Arc::new(RwLock::new(key_set(keys))))
+    }
+
+    /// Accept these keys from now on, and no others.
+    pub fn replace(&self, keys: impl IntoIterator<Item = String>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = key_set(keys);
     }
 
     /// Keys given on the command line plus one per non-empty, non-`#` line of a key file.
@@ -41,14 +48,32 @@ impl ApiKeys {
         Ok(Self::new(all))
     }
 
+    /// The accepted keys, sorted.
+    pub fn list(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.read().unwrap_or_else(|e| e.into_inner()).is_empty()
     }
 
     fn accepts(&self, header: Option<&str>) -> bool {
         header
             .and_then(|h| h.strip_prefix("Bearer "))
-            .is_some_and(|k| self.0.contains(k.trim()))
+            .is_some_and(|k| {
+                self.0
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(k.trim())
+            })
     }
 }
 
@@ -84,5 +109,8 @@ mod tests {
         assert!(!keys.accepts(Some("sk-a")));
         assert!(!keys.accepts(None));
         assert!(ApiKeys::new(Vec::new()).is_empty());
+        keys.replace(["sk-new".to_string()]);
+        assert!(keys.accepts(Some("Bearer sk-new")));
+        assert!(!keys.accepts(Some("Bearer sk-a")));
     }
 }

@@ -19,11 +19,11 @@ pub mod monitoring;
 pub mod openai;
 pub mod rate;
 pub mod response_cache;
+pub mod settings;
 pub mod sse;
+pub mod start;
 pub mod ui;
 pub mod validate;
-
-use std::net::SocketAddr;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri};
@@ -52,10 +52,8 @@ pub struct AppState {
     pub default_model: String,
     pub body_limit: usize,
     pub keys: guard::ApiKeys,
-    /// Origins a browser may call from besides the server's own pages.
-    pub cors_origins: Vec<HeaderValue>,
-    /// Longest a request may take before it gets a 504 (a stream ends with an error event).
-    pub request_timeout: std::time::Duration,
+    /// The saved settings, and the CORS origins and request timeout they set.
+    pub settings: std::sync::Arc<settings::Settings>,
     pub rate: rate::RateLimiter,
     /// Long jobs (benchmarks, quantizations, experiments) started through the API.
     pub jobs: crate::jobs::Jobs,
@@ -109,6 +107,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/bench/compare", get(devices::compare_bench))
         .route("/api/bench/{id}", get(devices::get_bench))
         .route("/api/models/{id}/quantize", post(lab::quantize))
+        .route("/api/models/pull", post(models::pull))
+        .route("/api/models/import", post(models::import))
         .route("/api/models/{id}/load", post(models::load))
         .route("/api/models/{id}/unload", post(models::unload))
         .route("/api/models/{id}", axum::routing::delete(models::delete))
@@ -124,6 +124,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/lab/experiments/{key}/run", post(experiments::run))
         .route("/api/lab/experiments/{key}/pair", get(experiments::pair))
         .route("/api/lab/experiments/{key}/votes", post(experiments::vote))
+        .route(
+            "/api/settings",
+            get(settings::get_settings).put(settings::put_settings),
+        )
         .route("/api/jobs", get(jobs::list_jobs))
         .route(
             "/api/jobs/{id}",
@@ -154,7 +158,15 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(
             CorsLayer::new()
-                .allow_origin(AllowOrigin::list(state.cors_origins.clone()))
+                .allow_origin({
+                    let origins = state.settings.cors();
+                    AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+                        origins
+                            .read()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains(origin)
+                    })
+                })
                 .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
                 .allow_headers([
                     header::AUTHORIZATION,
@@ -182,13 +194,7 @@ async fn not_found(uri: Uri) -> ApiError {
     ApiError::RouteNotFound(uri.path().to_string())
 }
 
-/// Serve until Ctrl-C or SIGTERM; in-flight requests finish first.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-}
-
+/// Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -208,10 +214,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("shutting down: finishing in-flight requests");
-}
-
-/// The address `lantern serve` listens on by default (llama.cpp's server uses the same port).
-pub fn default_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8080))
 }

@@ -128,3 +128,99 @@ pub async fn delete(
     removed.map_err(ApiError::internal)?;
     Ok(Json(json!({"id": id, "deleted": true})))
 }
+
+type Body = Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullBody {
+    /// A manifest name (`smollm2`) or a Hugging Face repo (`owner/name`).
+    model: String,
+    /// The GGUF file in the repo (not needed for manifest names).
+    file: Option<String>,
+    /// The name to install under.
+    name: Option<String>,
+}
+
+/// `POST /api/models/pull`: a job downloading a GGUF from Hugging Face (or the configured
+/// mirror) into the library, with byte progress; cancelling keeps what arrived for a retry.
+pub async fn pull(
+    State(state): State<AppState>,
+    body: Body,
+) -> Result<axum::response::Response, ApiError> {
+    use crate::library::pull::{check, pull_observed, PullRequest};
+    let body: PullBody = super::openai::parse_body(body, state.body_limit)?;
+    let req = PullRequest {
+        target: body.model.trim().to_string(),
+        file: body.file.filter(|f| !f.trim().is_empty()),
+        name: body.name.filter(|n| !n.trim().is_empty()),
+        endpoint: state.settings.effective().hf_endpoint,
+        show_progress: false,
+    };
+    let name = check(&req).map_err(|e| ApiError::invalid(e.to_string(), "model"))?;
+    let home = state
+        .engines
+        .library()
+        .models_dir()
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .ok_or_else(|| ApiError::internal("the models directory has no parent"))?;
+    let title = format!("pull {}", req.target);
+    let job = state.jobs.spawn("pull", &title, move |job| {
+        let handle = job.clone();
+        let observer = Box::new(move |done: u64, total: u64| {
+            let fraction = if total == 0 {
+                0.0
+            } else {
+                done as f64 / total as f64
+            };
+            handle.progress(fraction, &format!("{} of {}", mib(done), mib(total)));
+            !handle.cancelled()
+        });
+        let path = pull_observed(&home, &req, Some(observer)).map_err(|e| e.to_string())?;
+        Ok(json!({"model": name, "path": path}))
+    });
+    Ok(super::jobs::accepted(job))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportBody {
+    /// An absolute path to a .gguf file on the machine the server runs on.
+    path: std::path::PathBuf,
+    /// The name to install under (default: from the file name).
+    name: Option<String>,
+}
+
+/// `POST /api/models/import`: a job copying a GGUF file from disk into the library, checked as a
+/// model first (the desktop app's file dialog gives the path).
+pub async fn import(
+    State(state): State<AppState>,
+    body: Body,
+) -> Result<axum::response::Response, ApiError> {
+    use crate::library::import::{import, plan};
+    let body: ImportBody = super::openai::parse_body(body, state.body_limit)?;
+    let models_dir = state.engines.library().models_dir().to_path_buf();
+    let name = body.name.as_deref().filter(|n| !n.trim().is_empty());
+    let plan = plan(&models_dir, &body.path, name)
+        .map_err(|e| ApiError::invalid(e.to_string(), "path"))?;
+    let title = format!("import {}", plan.name);
+    let job = state.jobs.spawn("import", &title, move |job| {
+        let dest = import(&plan, &mut |done, total| {
+            let fraction = if total == 0 {
+                1.0
+            } else {
+                done as f64 / total as f64
+            };
+            job.progress(fraction, &format!("{} of {}", mib(done), mib(total)));
+            !job.cancelled()
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(json!({"model": plan.name, "path": dest, "architecture": plan.architecture}))
+    });
+    Ok(super::jobs::accepted(job))
+}

@@ -379,7 +379,7 @@ async fn respond(
         compression: plan.compression.as_ref().map(|c| c.label()),
     };
     let id = new_id(if api == Api::Chat { "chatcmpl" } else { "cmpl" });
-    let limit = state.request_timeout;
+    let limit = state.settings.request_timeout();
     let cache = &state.caches.responses;
     let key = response_key(&engine, api, &plan).filter(|_| cache.enabled());
     let control = CacheUse::of(headers);

@@ -58,7 +58,8 @@ impl Usage {
 /// Shared by the middleware (requests) and the handlers (tokens, once they are counted).
 #[derive(Clone, Default)]
 pub struct RateLimiter {
-    limits: Limits,
+    /// Shared: the Settings page changes them on a running server.
+    limits: Arc<Mutex<Limits>>,
     // std Mutex, not tokio's: no await while it is held.
     usage: Arc<Mutex<HashMap<String, Usage>>>,
 }
@@ -66,13 +67,23 @@ pub struct RateLimiter {
 impl RateLimiter {
     pub fn new(limits: Limits) -> Self {
         Self {
-            limits,
+            limits: Arc::new(Mutex::new(limits)),
             usage: Arc::default(),
         }
     }
 
+    pub fn limits(&self) -> Limits {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// New limits from the next request on; what was counted stays counted.
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
     fn enabled(&self) -> bool {
-        self.limits.requests_per_minute > 0 || self.limits.tokens_per_minute > 0
+        let l = self.limits();
+        l.requests_per_minute > 0 || l.tokens_per_minute > 0
     }
 
     /// Count a request, or say how long to wait.
@@ -81,7 +92,7 @@ impl RateLimiter {
         let mut all = self.usage.lock().expect("rate limiter lock");
         let usage = all.entry(key.to_string()).or_default();
         usage.prune(now);
-        let l = self.limits;
+        let l = self.limits();
         let over_requests =
             l.requests_per_minute > 0 && usage.requests.len() as u64 >= l.requests_per_minute;
         let over_tokens = l.tokens_per_minute > 0 && usage.tokens_used() >= l.tokens_per_minute;
@@ -120,7 +131,7 @@ impl RateLimiter {
                 h.insert(name, v);
             }
         };
-        let l = self.limits;
+        let l = self.limits();
         if l.requests_per_minute > 0 {
             put(
                 "x-ratelimit-limit-requests",

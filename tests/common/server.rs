@@ -19,26 +19,52 @@ impl Drop for Server {
     }
 }
 
-/// `lantern serve` on port 0 with the installed default model and a fresh database of its own
-/// (unless `extra` names one with `--db`); ready once it prints its address.
+/// `lantern serve` on port 0 with the installed default model, in a data directory of its own
+/// (its models are the installed ones, linked; its settings and database are fresh unless
+/// `extra` names a database with `--db`); ready once it prints its address.
 pub fn start(extra: &[&str]) -> Server {
-    let home = super::model_path("smollm2");
-    let home = home.parent().unwrap().parent().unwrap().parent().unwrap();
-    let data = (!extra.contains(&"--db")).then(|| tempfile::tempdir().unwrap());
-    let db = data.as_ref().map(|d| d.path().join("lantern.db"));
-    let db_args: Vec<&str> = match &db {
-        Some(p) => vec!["--db", p.to_str().unwrap()],
-        None => vec![],
+    let (child, data) = spawn(extra, &[]);
+    started(child, Some(data))
+}
+
+/// A fresh data directory whose `models` is the installed models' directory.
+pub fn data_dir() -> tempfile::TempDir {
+    let models = super::model_path("smollm2");
+    let models = models.parent().unwrap().parent().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(models, data.path().join("models")).unwrap();
+    data
+}
+
+/// `lantern serve` in a fresh data directory, with `env` set; not yet waited for.
+pub fn spawn(extra: &[&str], env: &[(&str, &str)]) -> (Child, tempfile::TempDir) {
+    let data = data_dir();
+    let child = spawn_in(data.path(), extra, env);
+    (child, data)
+}
+
+/// `lantern serve` with `home` as its data directory.
+pub fn spawn_in(home: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Child {
+    let model: &[&str] = if extra.iter().any(|a| a.ends_with(".gguf")) {
+        &[]
+    } else {
+        &["smollm2"]
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lantern"))
-        .args(["serve", "smollm2", "--port", "0"])
-        .args(&db_args)
+    Command::new(env!("CARGO_BIN_EXE_lantern"))
+        .arg("serve")
+        .args(model)
+        .args(["--port", "0"])
         .args(extra)
         .env("LANTERN_HOME", home)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// The server that `child` became, once it prints its address.
+pub fn started(mut child: Child, data: Option<tempfile::TempDir>) -> Server {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)

@@ -37,6 +37,28 @@ test("models quantizes with a visible progress bar", async ({ page }) => {
   await shot(page, "models-quantized");
 });
 
+test("models imports a GGUF file and shows a failed pull's reason", async ({ page }) => {
+  await page.goto("/#/models");
+  await page.getByTestId("import-path").fill(process.env.LANTERN_E2E_GGUF!);
+  await page.getByTestId("import-name").fill("imported-smol");
+  await page.getByTestId("import").click();
+  const job = page.getByTestId("add-job");
+  await expect(job.locator("progress")).toBeVisible();
+  await expect(job).toContainText("Installed imported-smol", { timeout: 60_000 });
+  await expect(page.getByTestId("models")).toContainText("imported-smol");
+  await shot(page, "models-imported");
+  // A file that is not a model is refused with the reason.
+  await page.getByTestId("import-path").fill("/etc/hostname.gguf");
+  await page.getByTestId("import").click();
+  await expect(page.locator(".error")).toContainText("hostname.gguf");
+  // The hub is unreachable here: the pull job fails and says where it tried.
+  await page.getByTestId("pull-model").fill("smollm2");
+  await page.getByTestId("pull-name").fill("pulled-smol");
+  await page.getByTestId("pull").click();
+  await expect(page.locator(".error")).toContainText("cannot download", { timeout: 60_000 });
+  await expect(page.locator(".error")).toContainText("127.0.0.1:9");
+});
+
 test("compare runs two variants and records a blind vote", async ({ page }) => {
   await page.goto("/#/compare");
   await page.getByTestId("exp-name").fill("e2e-compare");
@@ -84,6 +106,23 @@ test("benchmark runs with progress and stores the run", async ({ page }) => {
 
 test("settings persist across a reload", async ({ page }) => {
   await page.goto("/#/settings");
+  // The server's own settings: saved to settings.toml, applied, and read back after a reload.
+  await page.getByTestId("set-keep-alive").fill("-1");
+  await page.getByTestId("set-max-seqs").fill("8");
+  await page.getByTestId("set-response-cache").fill("32");
+  await page.getByTestId("server-settings-save").click();
+  await expect(page.getByTestId("server-settings-saved")).toContainText("Applies at the next start: response_cache_mib");
+  await expect(page.getByTestId("restart-needed")).toBeVisible();
+  await page.reload();
+  await expect(page.getByTestId("set-keep-alive")).toHaveValue("-1");
+  await expect(page.getByTestId("set-max-seqs")).toHaveValue("8");
+  await page.getByTestId("set-keep-alive").fill("someday");
+  await page.getByTestId("server-settings-save").click();
+  await expect(page.getByTestId("server-settings-error")).toContainText("keep_alive");
+  await page.getByTestId("set-keep-alive").fill("5m");
+  await page.getByTestId("set-response-cache").fill("64");
+  await page.getByTestId("server-settings-save").click();
+  await expect(page.getByTestId("server-settings-saved")).toHaveText("Saved and applied.");
   await page.getByTestId("default-budget").fill("123456");
   await page.getByTestId("p95-threshold").fill("9999");
   await page.getByTestId("settings-save").click();

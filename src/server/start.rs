@@ -1,0 +1,269 @@
+//! Starting and stopping the whole server in-process: the same code path for `lantern serve` and
+//! the desktop app. [`Launch`] reads the settings and binds the port (so a caller can offer
+//! another when it is taken), [`Launch::start`] loads the default model and serves, and
+//! [`Server::shutdown`] finishes in-flight requests and flushes the request log.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+
+use super::guard::ApiKeys;
+use super::settings::{rate_limits, registry_config, Settings};
+use super::AppState;
+use crate::config::{Config, ServeFlags, ServerSettings};
+use crate::engine::device;
+use crate::library::{served_name, Library};
+use crate::scheduler::Registry;
+
+/// Settings read and checked, not yet started.
+pub struct Launch {
+    pub config: Config,
+    pub flags: ServeFlags,
+    /// What `settings.toml` holds.
+    pub saved: ServerSettings,
+    /// What the server will run with: the flags over the file.
+    pub settings: ServerSettings,
+}
+
+impl Launch {
+    /// Read `settings.toml` from the data directory and put the flags over it.
+    pub fn new(config: Config, flags: ServeFlags) -> Result<Self> {
+        let saved = ServerSettings::load(&ServerSettings::path(&config.home()))?;
+        let settings = flags
+            .over(&saved)
+            .context("the flags and LANTERN_* variables over settings.toml")?;
+        Ok(Self {
+            config,
+            flags,
+            saved,
+            settings,
+        })
+    }
+
+    /// Listen on the configured address (an error when the port is taken:
+    /// `std::io::ErrorKind::AddrInUse`).
+    pub async fn bind(&self) -> std::io::Result<TcpListener> {
+        TcpListener::bind((self.settings.host, self.settings.port)).await
+    }
+
+    /// Load and warm the default model and the warm set, then serve on `listener` in the
+    /// background. Requests that arrive while models load wait in the listen queue.
+    pub async fn start(self, listener: TcpListener) -> Result<Server> {
+        let Launch {
+            config,
+            flags,
+            saved,
+            settings: s,
+        } = self;
+        let file_keys = match &flags.api_key_file {
+            Some(path) => ApiKeys::from_sources(&[], Some(path))
+                .with_context(|| format!("reading --api-key-file {}", path.display()))?
+                .list(),
+            None => Vec::new(),
+        };
+        let settings = Arc::new(Settings::new(
+            ServerSettings::path(&config.home()),
+            flags,
+            file_keys,
+            saved,
+            s.clone(),
+        ));
+        let keys = ApiKeys::new(settings.keys_of(&s));
+        anyhow::ensure!(
+            s.host.is_loopback() || !keys.is_empty(),
+            "refusing to listen on {} without an API key: anyone on the network could use it; \
+             give --api-key or --api-key-file, or use --host 127.0.0.1",
+            s.host
+        );
+        device::set_cpu_threads(config.threads);
+        let (device, note) = device::open(&config.device);
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        let library = Library::new(&config.home());
+        let path = library.resolve_gguf(&s.model)?;
+        let name = served_name(&s.model, &path);
+        let embedders = crate::scheduler::embedder::Embedders::new(library.clone(), device.clone());
+        let mut registry = registry_config(&s)?;
+        registry.device = device;
+        let engines = Registry::new(library, registry);
+        engines.add_alias(&name, &path);
+
+        let db_path = settings_db(&config, &settings);
+        let store = match crate::store::Store::open(&db_path).await {
+            Ok(store) => Some(store),
+            Err(e) => {
+                eprintln!(
+                    "warning: {e}; running without the database (no embedding cache on disk, \
+                     no request log)"
+                );
+                None
+            }
+        };
+        let (monitor, monitor_writer) = crate::monitor::Monitor::open(store.clone()).await;
+        let caches = crate::cache::Caches {
+            embeddings: Arc::new(crate::cache::EmbeddingCache::new(
+                s.embedding_cache_mib << 20,
+                store.clone(),
+                s.embedding_store_mib << 20,
+            )),
+            responses: Arc::new(crate::cache::ResponseCache::new(
+                s.response_cache_mib << 20,
+                std::time::Duration::from_secs(s.response_cache_ttl),
+            )),
+        };
+        let compression = Arc::new(crate::compress::SessionDefaults::open(store).await);
+        compression.set_fallback(s.compression.clone());
+        let state = AppState {
+            engines: engines.clone(),
+            embedders,
+            caches,
+            monitor,
+            default_model: name.clone(),
+            body_limit: s.body_limit,
+            keys,
+            rate: super::rate::RateLimiter::new(rate_limits(&s)),
+            jobs: crate::jobs::Jobs::default(),
+            pairs: Default::default(),
+            compression,
+            settings,
+        };
+        // The default model and the warm set load (and warm up) before requests are served.
+        let mut warm_set = vec![name.clone()];
+        warm_set.extend(s.preload.iter().filter(|p| **p != name).cloned());
+        engines.preload(&warm_set).await?;
+        for m in engines.loaded() {
+            eprintln!(
+                "loaded {} in {:.2} s, warmed up in {:.2} s",
+                m.id,
+                m.load_ms / 1e3,
+                m.warmup_ms / 1e3
+            );
+        }
+        engines.spawn_reaper(std::time::Duration::from_millis(200));
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let router = super::router(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                    tracing::info!("shutting down: finishing in-flight requests");
+                })
+                .await
+        });
+        Ok(Server {
+            addr,
+            state,
+            stop,
+            task,
+            monitor_writer,
+        })
+    }
+}
+
+fn settings_db(config: &Config, settings: &Settings) -> std::path::PathBuf {
+    settings
+        .db_flag()
+        .unwrap_or_else(|| config.home().join("lantern.db"))
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    state: AppState,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    monitor_writer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL of the UI (and, under `/v1`, of the API), on loopback when listening on all
+    /// addresses.
+    pub fn url(&self) -> String {
+        let host = match self.addr.ip() {
+            ip if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            ip => ip,
+        };
+        format!("http://{}/", SocketAddr::new(host, self.addr.port()))
+    }
+
+    /// The name of the model served by default.
+    pub fn default_model(&self) -> &str {
+        &self.state.default_model
+    }
+
+    /// The models loaded now.
+    pub fn loaded_models(&self) -> Vec<String> {
+        self.state
+            .engines
+            .loaded()
+            .into_iter()
+            .map(|m| m.id)
+            .collect()
+    }
+
+    /// Requests running and waiting, over every loaded model.
+    pub fn busy(&self) -> (usize, usize) {
+        self.state
+            .engines
+            .loaded()
+            .iter()
+            .fold((0, 0), |(r, w), m| {
+                (r + m.engine.running, w + m.engine.waiting)
+            })
+    }
+
+    /// Stop accepting, let in-flight requests finish, and write what the request log has queued.
+    pub async fn shutdown(self) -> Result<()> {
+        let Server {
+            state,
+            stop,
+            task,
+            monitor_writer,
+            ..
+        } = self;
+        let _ = stop.send(());
+        let served = task.await.context("the server task")?;
+        state.jobs.cancel_all();
+        drop(state);
+        // Every handle is gone with the server: the request log writes what is queued.
+        if let Some(writer) = monitor_writer {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), writer).await;
+        }
+        Ok(served?)
+    }
+
+    /// Serve until the process is asked to stop (Ctrl-C or SIGTERM), then shut down.
+    pub async fn run_until_signal(self) -> Result<()> {
+        super::shutdown_signal().await;
+        self.shutdown().await
+    }
+}
+
+/// The first free port after `port` on `host` (for "8080 is taken; use 8081?").
+pub fn next_free_port(host: IpAddr, port: u16) -> Option<u16> {
+    (port.saturating_add(1)..=u16::MAX)
+        .take(100)
+        .find(|p| std::net::TcpListener::bind((host, *p)).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_free_port_skips_a_taken_one() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let next = next_free_port(IpAddr::from([127, 0, 0, 1]), port - 1).unwrap();
+        assert_ne!(next, port);
+        assert!(next > port - 1);
+    }
+}
