@@ -27,6 +27,9 @@ pub struct JobView {
     pub finished_at: Option<f64>,
     pub result: Option<Value>,
     pub error: Option<String>,
+    /// What the job is producing right now (an experiment's output as it streams).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<Value>,
 }
 
 /// What the job's code holds: where it reports, and the cancel flag it checks.
@@ -45,6 +48,11 @@ impl JobHandle {
 
     pub fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Show (Some) or clear (None) what the job is producing right now.
+    pub fn live(&self, value: Option<Value>) {
+        lock(&self.view).live = value;
     }
 }
 
@@ -93,6 +101,7 @@ impl Jobs {
             finished_at: None,
             result: None,
             error: None,
+            live: None,
         }));
         let cancel = Arc::new(AtomicBool::new(false));
         {

@@ -162,6 +162,7 @@ async fn generate(
     variant: &experiments::Variant,
     prompt: &str,
     max_tokens: usize,
+    partial: &mut dyn FnMut(&str),
 ) -> Result<(String, crate::scheduler::Usage), String> {
     let engine = state.engines.get(model).await.map_err(|e| e.to_string())?;
     let mut body = json!({
@@ -191,7 +192,10 @@ async fn generate(
     let mut text = String::new();
     while let Some(event) = events.recv().await {
         match event {
-            GenEvent::Text(t) => text.push_str(&t),
+            GenEvent::Text(t) => {
+                text.push_str(&t);
+                partial(&text);
+            }
             GenEvent::Done(usage) => return Ok((text, usage)),
             GenEvent::Failed(m) => return Err(m),
             GenEvent::Token { .. } => {}
@@ -244,7 +248,11 @@ pub async fn run(
                         return Err("cancelled".to_string());
                     }
                     job.progress(finished as f64 / total as f64, &format!("prompt {} · {}", i + 1, v.name));
-                    let (output, usage) = generate(&state, &v.model, v, prompt, spec.max_tokens).await?;
+                    let (output, usage) =
+                        generate(&state, &v.model, v, prompt, spec.max_tokens, &mut |text| {
+                            job.live(Some(json!({"prompt_index": i, "variant": v.name, "text": text})))
+                        })
+                        .await?;
                     // Similarity to the reference's output for this prompt (1 for the reference).
                     if reference.is_none() {
                         let stored = db
@@ -284,6 +292,7 @@ pub async fn run(
             }
             let rows = db.experiment_rows(e.id).await.map_err(|x| x.to_string())?;
             let votes = db.votes(e.id).await.map_err(|x| x.to_string())?;
+            job.live(None);
             Ok(json!({"experiment": e.name, "rows": rows.len(), "summary": experiments::summarize(spec, &rows, &votes)}))
         })
     });

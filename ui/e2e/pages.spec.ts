@@ -13,6 +13,12 @@ test("chat streams a reply and shows its figures", async ({ page }) => {
   const answer = page.locator('.message[data-role="assistant"]').last();
   await expect(answer.getByTestId("figures")).toContainText(/\d+ prompt \+ \d+ generated tokens ·\s+TTFT \d+ ms ·\s+[\d.]+ tok\/s/);
   await expect(answer.locator(".content")).not.toBeEmpty();
+  // The variant picker lists the model's variants; compression applies to the next message.
+  await expect(page.getByTestId("base-model")).toHaveValue("smollm2");
+  await page.getByTestId("compression").selectOption("truncate");
+  await page.getByTestId("prompt").fill("And three animals?");
+  await page.getByRole("button", { name: "Send" }).click();
+  await expect(page.getByTestId("figures")).toHaveCount(2);
   await shot(page, "chat");
 });
 

@@ -1,3 +1,4 @@
+import "./lib/locale";
 import { mount } from "svelte";
 import "uplot/dist/uPlot.min.css";
 import "./app.css";
