@@ -10,8 +10,11 @@ PROMPT ?= Why is the sky blue?
 # Respect a shared target directory (CARGO_TARGET_DIR) as cargo does.
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 LANTERN := $(TARGET_DIR)/release/lantern
+DESKTOP := $(TARGET_DIR)/release/lantern-desktop
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq
 
-.PHONY: run ask test models build lint bench clients ui e2e
+.PHONY: run ask test models build lint bench clients ui e2e desktop desktop-deps desktop-test desktop-run
 
 models:
 	python3 models/fetch
@@ -36,15 +39,36 @@ run: models build
 ask: models build
 	$(LANTERN) run $(MODEL) "$(PROMPT)"
 
-lint: ui
+lint: ui desktop-deps
 	cd ui && npx svelte-check --tsconfig ./tsconfig.json --fail-on-warnings
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 
 test: models lint
 	$(CARGO) test --release --locked
 	$(MAKE) clients
 	$(MAKE) e2e
+	$(MAKE) desktop-test
+
+# The desktop app (src-tauri/): the same server in-process, its UI in a window, a tray icon.
+# Built with plain cargo (no tauri-cli); Debian's webkit2gtk-4.1 packages are installed when missing.
+desktop: ui desktop-deps
+	$(CARGO) build --release --locked -p lantern-desktop --features lantern-desktop/custom-protocol
+
+desktop-deps:
+	@{ pkg-config --exists webkit2gtk-4.1 ayatana-appindicator3-0.1 librsvg-2.0 && test -f /usr/include/xdo.h; } 2>/dev/null || { \
+	  $(APT_INSTALL) libwebkit2gtk-4.1-dev build-essential pkg-config file libxdo-dev libssl-dev \
+	    libayatana-appindicator3-dev librsvg2-dev libgtk-3-dev libsoup-3.0-dev libjavascriptcoregtk-4.1-dev; }
+
+desktop-run: models desktop
+	$(DESKTOP)
+
+# The desktop app under Xvfb: its window shows the UI (screenshot in ui/test-results/desktop),
+# the page reaches the app, and quitting flushes the request log.
+desktop-test: desktop
+	@command -v xvfb-run >/dev/null && test -x /usr/bin/import || { \
+	  $(APT_INSTALL) xvfb xauth imagemagick fonts-dejavu-core; }
+	tests/desktop/run.sh $(DESKTOP)
 
 # The official OpenAI SDK (from PyPI, in a virtual environment) against the real server.
 clients: build .venv/.installed
@@ -53,9 +77,7 @@ clients: build .venv/.installed
 # The UI in Debian's chromium (installed here when missing), driven by Playwright, against a
 # real server on the default model; screenshots land in ui/test-results/screenshots.
 e2e: build ui/node_modules/.installed
-	@test -x /usr/bin/chromium || { \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-dejavu-core; }
+	@test -x /usr/bin/chromium || { $(APT_INSTALL) chromium fonts-dejavu-core; }
 	cd ui && LANTERN_BIN=$(abspath $(LANTERN)) npx playwright test
 
 .venv/.installed: tests/clients/requirements.txt
