@@ -47,6 +47,10 @@ async fn settings_are_validated_saved_applied_and_read_at_the_next_start() {
     let s = started(spawn_in(home.path(), &[], &[]), None);
     let first = get_json(&s, "/api/settings").await;
     assert_eq!(first["settings"], first["defaults"], "{first}");
+    assert_eq!(
+        format!("http://{}", first["running"]["address"].as_str().unwrap()),
+        s.base
+    );
     let pinned = first["pinned_by_flags"].as_array().unwrap();
     assert!(pinned.contains(&json!("port")) && pinned.contains(&json!("model")));
     assert!(!preflight_allows(&s, "http://app.test:3000").await);

@@ -25,8 +25,9 @@ pub struct Settings {
     /// Keys from `--api-key-file`, accepted besides the saved ones.
     file_keys: Vec<String>,
     saved: Mutex<ServerSettings>,
-    /// What this server started with (flags over the file).
+    /// What this server started with (flags over the file), and where it listens.
     started: ServerSettings,
+    address: std::net::SocketAddr,
     cors: Arc<RwLock<Vec<HeaderValue>>>,
     timeout_ms: AtomicU64,
 }
@@ -38,6 +39,7 @@ impl Settings {
         file_keys: Vec<String>,
         saved: ServerSettings,
         started: ServerSettings,
+        address: std::net::SocketAddr,
     ) -> Self {
         let settings = Self {
             path,
@@ -47,6 +49,7 @@ impl Settings {
             cors: Arc::default(),
             timeout_ms: AtomicU64::new(0),
             started: started.clone(),
+            address,
         };
         settings.set_cors(&started.cors_origins);
         settings.set_timeout(&started);
@@ -113,7 +116,7 @@ impl Settings {
             "pinned_by_flags": self.flags.pinned(),
             "applied_live": APPLIED_LIVE,
             "restart_needed": waiting,
-            "running": {"host": self.started.host, "port": self.started.port, "model": self.started.model},
+            "running": {"address": self.address, "model": self.started.model},
         })
     }
 }

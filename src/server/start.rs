@@ -63,12 +63,14 @@ impl Launch {
                 .list(),
             None => Vec::new(),
         };
+        let addr = listener.local_addr()?;
         let settings = Arc::new(Settings::new(
             ServerSettings::path(&config.home()),
             flags,
             file_keys,
             saved,
             s.clone(),
+            addr,
         ));
         let keys = ApiKeys::new(settings.keys_of(&s));
         anyhow::ensure!(
@@ -143,7 +145,6 @@ impl Launch {
             );
         }
         engines.spawn_reaper(std::time::Duration::from_millis(200));
-        let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let router = super::router(state.clone());
         let task = tokio::spawn(async move {
