@@ -66,8 +66,8 @@ desktop-run: models desktop
 # The desktop app under Xvfb: its window shows the UI (screenshot in ui/test-results/desktop),
 # the page reaches the app, and quitting flushes the request log.
 desktop-test: desktop
-	@command -v xvfb-run >/dev/null && test -x /usr/bin/import || { \
-	  $(APT_INSTALL) xvfb xauth imagemagick fonts-dejavu-core; }
+	@command -v xvfb-run >/dev/null && command -v dbus-run-session >/dev/null && command -v xdotool >/dev/null && test -x /usr/bin/import || { \
+	  $(APT_INSTALL) xvfb xauth dbus xdotool imagemagick fonts-dejavu-core; }
 	tests/desktop/run.sh $(DESKTOP)
 
 # The official OpenAI SDK (from PyPI, in a virtual environment) against the real server.

@@ -49,6 +49,7 @@ async fn start(app: &AppHandle, config: Config, flags: ServeFlags) -> Result<Ser
                 settings_file.display()
             );
             if !ask(app, question, format!("Use port {next}")).await {
+                app.exit(0);
                 anyhow::bail!(
                     "port {taken} is in use by another program; free it, or set another port in \
                      {}",
