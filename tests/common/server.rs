@@ -27,12 +27,20 @@ pub fn start(extra: &[&str]) -> Server {
     started(child, Some(data))
 }
 
-/// A fresh data directory whose `models` is the installed models' directory.
+/// A fresh data directory with each installed model linked into its own `models` directory:
+/// what a test installs (pulls, imports) stays in the temporary one.
 pub fn data_dir() -> tempfile::TempDir {
     let models = super::model_path("smollm2");
     let models = models.parent().unwrap().parent().unwrap();
     let data = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(models, data.path().join("models")).unwrap();
+    std::fs::create_dir(data.path().join("models")).unwrap();
+    for entry in std::fs::read_dir(models).unwrap().flatten() {
+        std::os::unix::fs::symlink(
+            entry.path(),
+            data.path().join("models").join(entry.file_name()),
+        )
+        .unwrap();
+    }
     data
 }
 
