@@ -5,7 +5,8 @@
 # Both are idempotent: nothing already fetched or built is done again.
 
 CARGO ?= cargo
-MODEL ?= smollm2
+# Empty: the server's saved default model (settings.toml; smollm2 until changed).
+MODEL ?=
 PROMPT ?= Why is the sky blue?
 # Respect a shared target directory (CARGO_TARGET_DIR) as cargo does.
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
@@ -37,7 +38,7 @@ run: models build
 
 # One answer in the terminal.
 ask: models build
-	$(LANTERN) run $(MODEL) "$(PROMPT)"
+	$(LANTERN) run $(or $(MODEL),smollm2) "$(PROMPT)"
 
 lint: ui desktop-deps
 	cd ui && npx svelte-check --tsconfig ./tsconfig.json --fail-on-warnings
