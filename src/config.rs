@@ -20,6 +20,18 @@ pub struct Config {
     pub threads: usize,
 }
 
+/// Log to stderr at the level `LANTERN_LOG` asks for (`info`, `lantern=debug`, ...; default:
+/// warnings), for every binary.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LANTERN_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 impl Config {
     pub fn home(&self) -> PathBuf {
         self.home.clone().unwrap_or_else(crate::library::home)

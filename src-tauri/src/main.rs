@@ -34,13 +34,7 @@ pub struct Running(pub Mutex<Option<lantern::Server>>);
 pub const MAIN_WINDOW: &str = "main";
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LANTERN_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    lantern::config::init_logging();
     let env = Environment::parse_from(["lantern-desktop"]);
     let app = tauri::Builder::default()
         .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
