@@ -171,16 +171,9 @@ pub async fn list_bench(
                     ));
                 }
             }
-            Ok((
-                [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-                csv,
-            )
-                .into_response())
+            Ok(super::csv::response(csv))
         }
-        other => Err(ApiError::invalid(
-            format!("Invalid 'format' `{other}`: use json or csv"),
-            "format",
-        )),
+        other => Err(super::csv::bad_format(other)),
     }
 }
 

@@ -102,12 +102,7 @@ pub async fn get(
     match q.format.as_deref().unwrap_or("json") {
         "json" => {}
         "csv" => return Ok(csv(&e, &rows)),
-        other => {
-            return Err(ApiError::invalid(
-                format!("Invalid 'format' `{other}`: use json or csv"),
-                "format",
-            ))
-        }
+        other => return Err(super::csv::bad_format(other)),
     }
     let votes = db.votes(e.id).await.map_err(ApiError::internal)?;
     let prompts = e.spec.prompt_list();
@@ -147,11 +142,7 @@ fn csv(e: &Experiment, rows: &[Row]) -> Response {
             field(&r.output),
         ));
     }
-    (
-        [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-        out,
-    )
-        .into_response()
+    super::csv::response(out)
 }
 
 /// One generation through the scheduler, as an API request would run: the answer's text and
