@@ -43,6 +43,7 @@ ask: models build
 lint: ui desktop-deps
 	cd ui && npx svelte-check --tsconfig ./tsconfig.json --fail-on-warnings
 	$(CARGO) fmt --all -- --check
+	python3 tests/structure/import_cycles.py src
 	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 
 test: models lint

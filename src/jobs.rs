@@ -97,7 +97,7 @@ impl Jobs {
             state: "running",
             progress: 0.0,
             message: "starting".into(),
-            created_at: crate::monitor::unix_seconds(),
+            created_at: crate::clock::unix_seconds(),
             finished_at: None,
             result: None,
             error: None,
@@ -133,7 +133,7 @@ impl Jobs {
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&handle)))
                         .unwrap_or_else(|_| Err("the job panicked (see the server's log)".into()));
                 let mut v = lock(&handle.view);
-                v.finished_at = Some(crate::monitor::unix_seconds());
+                v.finished_at = Some(crate::clock::unix_seconds());
                 match outcome {
                     Ok(result) => {
                         v.state = "done";

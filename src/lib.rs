@@ -18,6 +18,7 @@
 //!   streamed out whole, with its figures.
 
 pub mod cache;
+pub mod clock;
 pub mod compress;
 pub mod config;
 pub mod devices;

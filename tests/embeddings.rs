@@ -1,4 +1,4 @@
-//! Sentence embeddings against sentence-transformers (`shared/reference/embeddings.json`, made
+//! Sentence embeddings against sentence-transformers (`tests/fixtures/embeddings.json`, made
 //! with PyTorch on the same all-MiniLM-L6-v2 files).
 
 mod common;

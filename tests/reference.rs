@@ -1,4 +1,4 @@
-//! Correctness against llama.cpp on the default model (`shared/reference`, made with
+//! Correctness against llama.cpp on the default model (`tests/fixtures`, made with
 //! llama-cpp-python and an f32 KV cache): token ids, rendered chat text, teacher-forced
 //! distributions and free-running greedy text.
 

@@ -470,7 +470,7 @@ pub fn run(
         speeds,
         ttft_ms: Stat::of(ttft),
         peak_rss_bytes: peak.0,
-        finished_at: crate::monitor::unix_seconds(),
+        finished_at: crate::clock::unix_seconds(),
     })
 }
 

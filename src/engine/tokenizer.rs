@@ -4,7 +4,7 @@
 //! - `gpt2`: byte-level BPE over `tokenizer.ggml.tokens` + `tokenizer.ggml.merges`, with the
 //!   pre-tokenizer that `tokenizer.ggml.pre` names (rules follow llama.cpp's `llama-vocab.cpp`).
 //!   candle's own `TokenizerFromGguf` adds a prefix space after special tokens and so disagrees
-//!   with llama.cpp on SmolLM2; this one matches it id for id (tests against `shared/reference`).
+//!   with llama.cpp on SmolLM2; this one matches it id for id (tests against `tests/fixtures`).
 //! - `llama`: SentencePiece BPE (Gemma, Mistral, Llama 2): `▁` for spaces, merges ranked by the
 //!   merged piece's score as SentencePiece does, byte fallback `<0xNN>`.
 //!

@@ -115,7 +115,7 @@ impl Alerts {
     /// Alerts stored in `store` (if any), resuming its history: alerts left open by the last run
     /// are resolved now, since their conditions are judged afresh.
     pub async fn open(store: Option<&Store>) -> Self {
-        let now = super::unix_seconds();
+        let now = crate::clock::unix_seconds();
         let mut recent = VecDeque::new();
         let mut writes = None;
         if let Some(store) = store {

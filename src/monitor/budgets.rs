@@ -61,7 +61,7 @@ impl BudgetStatus {
             self.daily_tokens,
             self.used_today,
             utc(self.resets_at),
-            until(self.resets_at - crate::monitor::unix_seconds()),
+            until(self.resets_at - crate::clock::unix_seconds()),
         )
     }
 

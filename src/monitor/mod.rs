@@ -16,16 +16,9 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
 
+use crate::clock::unix_seconds;
 use crate::store::requests::RequestRow;
 use crate::store::Store;
-
-/// Unix seconds now, as the log stores times.
-pub fn unix_seconds() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
 
 /// Rows per transaction at most.
 const BATCH: usize = 256;

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::worker::{self, EngineConfig, EngineStatus, Job};
+use super::worker::{self, EngineConfig, EngineStatus, Job, Shared};
 use super::{GenEvent, ValidatedRequest};
 use crate::engine::models::ModelInfo;
 use crate::engine::tokenizer::GgufTokenizer;
@@ -23,13 +23,6 @@ pub enum ScheduleError {
     /// Every sequence slot and every place in the queue is taken.
     #[error("the queue is full ({0} requests running or waiting)")]
     QueueFull(usize),
-}
-
-/// What the engine thread and its handles share.
-pub(crate) struct Shared {
-    /// Scheduled and not yet finished: running plus waiting.
-    pub in_flight: AtomicUsize,
-    pub status: Mutex<EngineStatus>,
 }
 
 /// A cheap, cloneable handle to one model's engine thread. The thread ends (and the model

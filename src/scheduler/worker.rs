@@ -7,9 +7,10 @@
 //! ends, dropping the model, when every handle is gone and nothing is left to run.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -17,7 +18,6 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::batch::{Budgets, Planner, SeqId, StepPlan};
 use super::prefix::{PrefixCache, PrefixStats};
-use super::queue::Shared;
 use super::{GenEvent, KeepAlive, Usage, ValidatedRequest};
 use crate::engine::generate::{generate, FinishReason, GenerateRequest};
 use crate::engine::kv::KvCache;
@@ -25,6 +25,13 @@ use crate::engine::models::{ModelInfo, SeqInput};
 use crate::engine::sampler::{Sampler, SamplingParams};
 use crate::engine::stops::{StopStrings, StreamDecoder};
 use crate::engine::ChatModel;
+
+/// What the engine thread publishes to its handles.
+pub(crate) struct Shared {
+    /// Scheduled and not yet finished: running plus waiting.
+    pub in_flight: AtomicUsize,
+    pub status: Mutex<EngineStatus>,
+}
 
 /// How one engine batches and how much memory it may hold.
 #[derive(Debug, Clone, Copy)]

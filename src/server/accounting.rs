@@ -1,8 +1,49 @@
 //! Every finished chat or completion request is accounted for once, here: charged to its
 //! rate-limit key, logged, and recorded by the monitor with the totals its client was told.
 
-use super::openai::{Api, Totals};
+use serde_json::{json, Value};
+
 use crate::scheduler::Usage;
+
+/// Which API a request came through.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Api {
+    Chat,
+    Completions,
+}
+
+/// Token counts of a response; prompts shared by `n` choices count once, as OpenAI does.
+#[derive(Default)]
+pub(super) struct Totals {
+    pub(super) prompt: usize,
+    pub(super) cached: usize,
+    pub(super) completion: usize,
+    /// Served whole from the response cache: still counted, and said so.
+    pub(super) from_cache: bool,
+}
+
+impl Totals {
+    pub(super) fn add(&mut self, index: usize, n: usize, usage: &Usage) {
+        if index.is_multiple_of(n) {
+            self.prompt += usage.prompt_tokens;
+            self.cached += usage.cached_tokens;
+        }
+        self.completion += usage.completion_tokens;
+    }
+
+    pub(super) fn json(&self) -> Value {
+        let mut usage = json!({
+            "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion,
+            "total_tokens": self.prompt + self.completion,
+            "prompt_tokens_details": {"cached_tokens": self.cached},
+        });
+        if self.from_cache {
+            usage["response_cached"] = json!(true);
+        }
+        usage
+    }
+}
 
 /// Who a finished request is recorded and charged to, and what it was.
 #[derive(Clone)]
@@ -67,7 +108,7 @@ pub(super) fn finish(account: &Account, totals: &Totals, last: Option<&Usage>, o
             .observe_inter_token(&account.model, &u.inter_token);
     }
     account.monitor.record(crate::store::requests::RequestRow {
-        finished_at: crate::monitor::unix_seconds(),
+        finished_at: crate::clock::unix_seconds(),
         session: account.session.clone(),
         model: account.model.clone(),
         api: api.into(),

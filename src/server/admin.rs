@@ -113,7 +113,7 @@ pub async fn sessions(
 ) -> Result<Json<Value>, ApiError> {
     let window = window_seconds(q.window.as_deref())?;
     let rows = request_log(&state)?
-        .requests_between(crate::monitor::unix_seconds() - window, f64::INFINITY, None)
+        .requests_between(crate::clock::unix_seconds() - window, f64::INFINITY, None)
         .await
         .map_err(ApiError::internal)?;
     let sessions: Vec<Value> = group(&rows, GroupBy::Session)
@@ -145,7 +145,7 @@ pub async fn session(
     let store = request_log(&state)?;
     let rows = store
         .requests_between(
-            crate::monitor::unix_seconds() - window,
+            crate::clock::unix_seconds() - window,
             f64::INFINITY,
             Some(&id),
         )
@@ -166,7 +166,7 @@ pub async fn session(
         "id": id,
         "window": q.window.as_deref().unwrap_or("all"),
         "summary": all,
-        "budget": state.monitor.budgets().status(&id, crate::monitor::unix_seconds()),
+        "budget": state.monitor.budgets().status(&id, crate::clock::unix_seconds()),
         "cloud_cost_usd": cost,
         "requests": requests,
         "page": page,
@@ -182,7 +182,7 @@ fn session_json(state: &AppState, id: &str, summary: Summary) -> Value {
         super::monitoring::cloud_cost(state, summary.prompt_tokens, summary.completion_tokens);
     json!({
         "id": id,
-        "budget": state.monitor.budgets().status(id, crate::monitor::unix_seconds()),
+        "budget": state.monitor.budgets().status(id, crate::clock::unix_seconds()),
         "cloud_cost_usd": cost,
         "summary": summary,
     })

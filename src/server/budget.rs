@@ -18,7 +18,7 @@ pub struct Admitted(Vec<(HeaderName, HeaderValue)>);
 
 /// Let `session` in unless its daily budget is spent.
 pub fn admit(state: &AppState, session: &str) -> Result<Admitted, ApiError> {
-    let now = crate::monitor::unix_seconds();
+    let now = crate::clock::unix_seconds();
     let status = match state.monitor.budgets().check(session, now) {
         Ok(Some(status)) => status,
         Ok(None) => return Ok(Admitted(Vec::new())),

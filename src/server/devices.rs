@@ -65,7 +65,7 @@ pub async fn start_bench(
     State(state): State<AppState>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: BenchRequest = super::openai::parse_body(body, state.body_limit)?;
+    let req: BenchRequest = super::body::parse_body(body, state.body_limit)?;
     let options = Options::asked(req.quick, req.reps, req.n_prompt, req.n_gen, req.batches);
     let path = if req.model.starts_with("synthetic:") {
         let shape = req.model.trim_start_matches("synthetic:");

@@ -46,7 +46,7 @@ async fn experiment(state: &AppState, key: &str) -> Result<Experiment, ApiError>
 
 /// `POST /api/lab/experiments`: create one (every variant's model must be installed).
 pub async fn create(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let spec: ExperimentSpec = super::openai::parse_body(body, state.body_limit)?;
+    let spec: ExperimentSpec = super::body::parse_body(body, state.body_limit)?;
     spec.validate()
         .map_err(|(message, param)| ApiError::invalid(message, param))?;
     let installed: Vec<String> = state.engines.servable().into_iter().map(|m| m.id).collect();
@@ -354,7 +354,7 @@ pub async fn vote(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let e = experiment(&state, &key).await?;
-    let body: VoteBody = super::openai::parse_body(body, state.body_limit)?;
+    let body: VoteBody = super::body::parse_body(body, state.body_limit)?;
     if !matches!(body.winner.as_str(), "a" | "b" | "tie") {
         return Err(ApiError::invalid("'winner' is a, b or tie", "winner"));
     }

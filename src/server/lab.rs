@@ -37,7 +37,7 @@ pub async fn quantize(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let req: QuantizeRequest = super::openai::parse_body(body, state.body_limit)?;
+    let req: QuantizeRequest = super::body::parse_body(body, state.body_limit)?;
     if req.to.is_empty() {
         return Err(ApiError::invalid("'to' names no target type", "to"));
     }
@@ -87,7 +87,7 @@ pub async fn start_quality(
     State(state): State<AppState>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let req: QualityRequest = super::openai::parse_body(body, state.body_limit)?;
+    let req: QualityRequest = super::body::parse_body(body, state.body_limit)?;
     let (set, mut list) = match (req.prompts, req.jsonl) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
@@ -152,7 +152,7 @@ pub async fn start_quality(
         if let Some(store) = store {
             let row = crate::store::lab::QualityRow {
                 id: 0,
-                finished_at: crate::monitor::unix_seconds(),
+                finished_at: crate::clock::unix_seconds(),
                 reference: report.reference.clone(),
                 variant: report.variant.clone(),
                 prompt_set: report.prompt_set.clone(),

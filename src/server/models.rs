@@ -149,7 +149,7 @@ pub async fn pull(
     body: Body,
 ) -> Result<axum::response::Response, ApiError> {
     use crate::library::pull::{check, pull_observed, PullRequest};
-    let body: PullBody = super::openai::parse_body(body, state.body_limit)?;
+    let body: PullBody = super::body::parse_body(body, state.body_limit)?;
     let req = PullRequest {
         target: body.model.trim().to_string(),
         file: body.file.filter(|f| !f.trim().is_empty()),
@@ -203,7 +203,7 @@ pub async fn import(
     body: Body,
 ) -> Result<axum::response::Response, ApiError> {
     use crate::library::import::{import, plan};
-    let body: ImportBody = super::openai::parse_body(body, state.body_limit)?;
+    let body: ImportBody = super::body::parse_body(body, state.body_limit)?;
     let models_dir = state.engines.library().models_dir().to_path_buf();
     let name = body.name.as_deref().filter(|n| !n.trim().is_empty());
     let plan = plan(&models_dir, &body.path, name)

@@ -7,36 +7,17 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::accounting::{finish, Account, Outcome};
+use super::accounting::{finish, Account, Api, Outcome, Totals};
+use super::body::parse_body;
 use super::errors::ApiError;
 use super::response_cache::{recording, replay, response_key, CacheUse};
 use super::validate::{validate_chat, validate_completion, ChatRequest, CompletionRequest, Plan};
 use super::{sse, AppState};
 use crate::engine::generate::FinishReason;
 use crate::scheduler::{EngineHandle, GenEvent, RegistryError, ScheduleError, Usage};
-
-/// Parse a JSON body, turning every kind of failure into an OpenAI-shaped 400 or 413.
-pub fn parse_body<T: DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<T, ApiError> {
-    let bytes = body.map_err(|e| {
-        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(limit)
-        } else {
-            ApiError::invalid(e.body_text(), "body")
-        }
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidRequest {
-        message: format!("Invalid request body: {e}"),
-        param: None,
-        code: None,
-    })
-}
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -57,39 +38,6 @@ fn finish_reason(f: FinishReason) -> &'static str {
     match f {
         FinishReason::Stop => "stop",
         FinishReason::Length | FinishReason::Cancelled => "length",
-    }
-}
-
-/// Token counts of a response; prompts shared by `n` choices count once, as OpenAI does.
-#[derive(Default)]
-pub(super) struct Totals {
-    pub(super) prompt: usize,
-    pub(super) cached: usize,
-    pub(super) completion: usize,
-    /// Served whole from the response cache: still counted, and said so.
-    pub(super) from_cache: bool,
-}
-
-impl Totals {
-    fn add(&mut self, index: usize, n: usize, usage: &Usage) {
-        if index.is_multiple_of(n) {
-            self.prompt += usage.prompt_tokens;
-            self.cached += usage.cached_tokens;
-        }
-        self.completion += usage.completion_tokens;
-    }
-
-    fn json(&self) -> Value {
-        let mut usage = json!({
-            "prompt_tokens": self.prompt,
-            "completion_tokens": self.completion,
-            "total_tokens": self.prompt + self.completion,
-            "prompt_tokens_details": {"cached_tokens": self.cached},
-        });
-        if self.from_cache {
-            usage["response_cached"] = json!(true);
-        }
-        usage
     }
 }
 
@@ -233,12 +181,6 @@ fn completion_logprobs(engine: &EngineHandle, tokens: &[TokenLogprobs]) -> Value
         tops.push(Value::Object(alternatives));
     }
     json!({"tokens": texts, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
-}
-
-#[derive(Clone, Copy, PartialEq)]
-pub(super) enum Api {
-    Chat,
-    Completions,
 }
 
 pub async fn chat_completions(

@@ -5,7 +5,7 @@
 use axum::http::HeaderMap;
 use tokio::sync::mpsc;
 
-use super::openai::Api;
+use super::accounting::Api;
 use super::validate::Plan;
 use crate::cache::responses::{KeyBuilder, Recorded, ResponseKey};
 use crate::cache::ResponseCache;

@@ -34,7 +34,7 @@ impl Store {
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&spec.name)
-        .bind(crate::monitor::unix_seconds())
+        .bind(crate::clock::unix_seconds())
         .bind(serde_json::to_string(spec).expect("specs serialize"))
         .execute(&self.pool)
         .await?;
@@ -95,7 +95,7 @@ impl Store {
             "INSERT INTO experiment_votes (experiment_id, created_at, vote) VALUES (?, ?, ?)",
         )
         .bind(id)
-        .bind(crate::monitor::unix_seconds())
+        .bind(crate::clock::unix_seconds())
         .bind(serde_json::to_string(vote).expect("votes serialize"))
         .execute(&self.pool)
         .await?;

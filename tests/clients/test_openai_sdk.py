@@ -101,8 +101,7 @@ def test_errors_map_to_sdk_exceptions(client):
 
 def reference_embeddings():
     import json
-    shared = Path(os.environ.get("LANTERN_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
-    return json.loads((shared / "embeddings.json").read_text())["items"]
+    return json.loads((ROOT / "tests" / "fixtures" / "embeddings.json").read_text())["items"]
 
 
 def cosine(a, b):

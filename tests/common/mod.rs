@@ -10,10 +10,9 @@ use candle_core::Device;
 use lantern::library::Library;
 use lantern::ChatModel;
 
+/// The reference outputs, checked in beside the tests (`tests/fixtures/README.md` says how each was made).
 pub fn reference_dir() -> PathBuf {
-    std::env::var_os("LANTERN_REFERENCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 pub fn reference() -> serde_json::Value {

@@ -11,7 +11,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::layers::SeqSpan;
+use super::span::SeqSpan;
 
 /// Rows of one query chunk: enough to keep both threads busy in a prefill, few enough to
 /// split a long prompt.

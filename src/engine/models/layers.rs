@@ -14,17 +14,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::host_attention;
+pub use super::span::SeqSpan;
 use crate::engine::kv::KvCache;
 use crate::engine::qmatmul::{LinearGroup, QLinear};
-
-/// Rows `start..start + len` of the flattened batch are tokens of one sequence whose first new
-/// token sits at position `pos`.
-#[derive(Debug, Clone, Copy)]
-pub struct SeqSpan {
-    pub start: usize,
-    pub len: usize,
-    pub pos: usize,
-}
 
 #[derive(Debug, Clone)]
 pub struct RmsNorm {

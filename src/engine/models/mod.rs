@@ -6,6 +6,7 @@ pub mod gemma3;
 pub mod host_attention;
 pub mod layers;
 pub mod llama;
+pub mod span;
 
 use candle_core::{Device, Tensor};
 
