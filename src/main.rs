@@ -112,7 +112,7 @@ fn main() -> Result<()> {
         Command::Devices { json } => cli::bench::devices(json),
         Command::Quantize(args) => cli::lab::quantize(&cli.config, args),
         Command::Quality(args) => cli::lab::quality(&cli.config, args),
-        Command::Compare(args) => cli::lab::compare(args),
+        Command::Compare(args) => cli::lab::compare(&cli.config, args),
         Command::Pull {
             target,
             file,

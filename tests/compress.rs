@@ -129,7 +129,7 @@ async fn a_session_default_applies_until_cleared_and_survives_a_restart() {
     let db = dir.path().join("lantern.db");
     let db = db.to_str().unwrap();
     let s = start(&["--db", db]);
-    let client = reqwest::Client::new();
+    let client = s.client();
     let r = client
         .put(format!("{}/api/sessions/reader/compression", s.base))
         .json(&json!({"method": "truncate", "ratio": 0.4}))
@@ -163,6 +163,7 @@ async fn a_session_default_applies_until_cleared_and_survives_a_restart() {
         r.headers().contains_key("x-lantern-compression"),
         "saved across a restart"
     );
+    let client = s.client();
     client
         .delete(format!("{}/api/sessions/reader/compression", s.base))
         .send()

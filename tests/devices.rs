@@ -151,12 +151,7 @@ async fn benchmarks_run_as_jobs_are_stored_exported_and_compared() {
         tg["b_tokens_per_second"].as_f64().unwrap() / tg["a_tokens_per_second"].as_f64().unwrap();
     assert!((tg["ratio"].as_f64().unwrap() - ratio).abs() < 1e-9);
 
-    let csv = reqwest::get(format!("{}/api/bench?format=csv", s.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let csv = s.get("/api/bench?format=csv").await.text().await.unwrap();
     assert!(csv.starts_with("id,finished_at,model"), "{csv}");
     assert_eq!(csv.lines().count(), 1 + 3 + 4, "{csv}");
 
@@ -182,7 +177,8 @@ async fn benchmarks_run_as_jobs_are_stored_exported_and_compared() {
     assert_eq!(status, 404);
     let (_, started) = post(&s, "/api/bench", &json!({"model": "smollm2", "reps": 50})).await;
     let id = started["job"].as_u64().unwrap();
-    let r = reqwest::Client::new()
+    let r = s
+        .client()
         .delete(format!("{}/api/jobs/{id}", s.base))
         .send()
         .await

@@ -43,7 +43,7 @@ async fn an_experiment_runs_resumes_votes_and_routes() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    reqwest::Client::new()
+    s.client()
         .delete(format!("{}/api/jobs/{job}", s.base))
         .send()
         .await
@@ -80,15 +80,18 @@ async fn an_experiment_runs_resumes_votes_and_routes() {
     assert!(summary["pairs"][0]["similarity_p"].as_f64().unwrap() > 0.0);
 
     // Exported as CSV: a header and one line per row.
-    let csv = reqwest::get(format!(
-        "{}/api/lab/experiments/sampling?format=csv",
-        s.base
-    ))
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    let csv = s
+        .client()
+        .get(format!(
+            "{}/api/lab/experiments/sampling?format=csv",
+            s.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         csv.starts_with("experiment,prompt_index,prompt,variant,"),
         "{csv}"

@@ -129,9 +129,9 @@ async fn quantize_and_measure_as_jobs_over_http() {
             .unwrap()
             > 0.5
     );
-    let csv = reqwest::get(format!("{}/api/lab/quality?format=csv", s.base))
+    let csv = s
+        .get("/api/lab/quality?format=csv")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -158,7 +158,7 @@ async fn quantize_and_measure_as_jobs_over_http() {
     assert_eq!(unloaded["unloaded"], true);
     let (_, again) = post(&s, "/api/models/smollm2-q8_0/unload", &json!({})).await;
     assert_eq!(again["unloaded"], false);
-    let client = reqwest::Client::new();
+    let client = s.client();
     let delete = |id: &str| client.delete(format!("{}/api/models/{id}", s.base)).send();
     assert_eq!(delete("smollm2-q8_0").await.unwrap().status(), 200);
     assert!(!home.join("models/smollm2-q8_0").exists());

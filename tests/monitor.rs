@@ -7,7 +7,7 @@ use common::server::{chat, get_json, start, Server};
 use serde_json::{json, Value};
 
 async fn get(s: &Server, path: &str) -> (u16, String) {
-    let r = reqwest::get(format!("{}{path}", s.base)).await.unwrap();
+    let r = s.get(path).await;
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
@@ -169,7 +169,8 @@ async fn ask_raw(s: &Server, session: &str) -> (u16, reqwest::header::HeaderMap,
 }
 
 async fn put(s: &Server, path: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = s
+        .client_for(path)
         .put(format!("{}{path}", s.base))
         .json(body)
         .send()
@@ -343,7 +344,8 @@ async fn a_budget_warns_then_stops_with_429_until_it_is_raised_and_persists() {
     assert_eq!(budget["budget"]["daily_tokens"], 1_000_000);
     assert!(budget["budget"]["used_today"].as_u64().unwrap() >= used);
     // Deleting the session's own budget puts it back on the default (spent already).
-    let r = reqwest::Client::new()
+    let r = s
+        .client()
         .delete(format!("{}/api/sessions/capped/budget", s.base))
         .send()
         .await
@@ -361,9 +363,7 @@ async fn the_live_stream_pushes_snapshots_and_alerts() {
     settings["alerts"]["min_requests"] = json!(1);
     assert_eq!(put(&s, "/api/monitor/settings", &settings).await.0, 200);
 
-    let mut live = reqwest::get(format!("{}/api/monitor/stream", s.base))
-        .await
-        .unwrap();
+    let mut live = s.get("/api/monitor/stream").await;
     assert_eq!(live.status(), 200);
     assert_eq!(ask_raw(&s, "watched").await.0, 200);
 

@@ -105,7 +105,7 @@ async fn the_api_pulls_with_progress_cancels_and_explains_failures() {
     let body: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 249) as u8).collect();
     let endpoint = fake_hub_paced(body.clone(), std::time::Duration::from_millis(10));
     let (child, home) = spawn(&[], &[("LANTERN_HF_ENDPOINT", endpoint.as_str())]);
-    let s = started(child, None);
+    let s = started(child, home.path(), None);
 
     // Bad requests are refused at once, with the reason.
     let (status, err) = post(&s, "/api/models/pull", &json!({"model": "nosuchmodel"})).await;
@@ -151,7 +151,7 @@ async fn the_api_says_where_an_unreachable_hub_is() {
     use common::server::{post, spawn, started, wait_job};
     use serde_json::json;
     let (child, home) = spawn(&[], &[("LANTERN_HF_ENDPOINT", "http://127.0.0.1:9")]);
-    let s = started(child, None);
+    let s = started(child, home.path(), None);
     let (status, started_job) = post(
         &s,
         "/api/models/pull",

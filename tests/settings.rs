@@ -6,11 +6,14 @@ mod common;
 use common::server::{chat, get_json, spawn_in, started, Server};
 use serde_json::{json, Value};
 
+/// `PUT /api/settings` with the admin token (None), an API key, or no credential at all ("").
 async fn put(s: &Server, body: &Value, key: Option<&str>) -> (u16, Value) {
-    let mut r = reqwest::Client::new()
-        .put(format!("{}/api/settings", s.base))
-        .json(body);
-    if let Some(k) = key {
+    let client = match key {
+        None => s.client(),
+        Some(_) => reqwest::Client::new(),
+    };
+    let mut r = client.put(format!("{}/api/settings", s.base)).json(body);
+    if let Some(k) = key.filter(|k| !k.is_empty()) {
         r = r.bearer_auth(k);
     }
     let r = r.send().await.unwrap();
@@ -44,7 +47,7 @@ async fn preflight_allows(s: &Server, origin: &str) -> bool {
 #[tokio::test]
 async fn settings_are_validated_saved_applied_and_read_at_the_next_start() {
     let home = common::server::data_dir();
-    let s = started(spawn_in(home.path(), &[], &[]), None);
+    let s = started(spawn_in(home.path(), &[], &[]), home.path(), None);
     let first = get_json(&s, "/api/settings").await;
     assert_eq!(first["settings"], first["defaults"], "{first}");
     assert_eq!(
@@ -114,7 +117,7 @@ async fn settings_are_validated_saved_applied_and_read_at_the_next_start() {
     assert_eq!(chat_status(&s, None).await, 401);
     assert_eq!(chat_status(&s, Some("sk-set-in-ui")).await, 200);
     keyed["api_keys"] = json!([]);
-    let (status, _) = put(&s, &keyed, None).await;
+    let (status, _) = put(&s, &keyed, Some("")).await;
     assert_eq!(status, 401);
     let (status, body) = put(&s, &keyed, Some("sk-set-in-ui")).await;
     assert_eq!(status, 200, "{body}");
@@ -122,7 +125,7 @@ async fn settings_are_validated_saved_applied_and_read_at_the_next_start() {
     drop(s);
 
     // The next start reads the file: nothing waits for a restart any more.
-    let s = started(spawn_in(home.path(), &[], &[]), None);
+    let s = started(spawn_in(home.path(), &[], &[]), home.path(), None);
     let again = get_json(&s, "/api/settings").await;
     assert_eq!(again["settings"], keyed, "{again}");
     assert_eq!(again["restart_needed"], json!([]));

@@ -23,13 +23,20 @@ const SCRIPT: &str = r#"
     body: JSON.stringify({ model: info.model, messages: [{ role: "user", content: "Say hi." }], max_tokens: 4 }),
   });
   const answer = await chat.json();
+  // The admin API: with the cookie the page load set, and with the token handed over IPC alone.
+  const admin = await fetch("/api/sessions");
+  const viaIpc = await fetch("/api/settings", { credentials: "omit", headers: { Authorization: `Bearer ${info.admin_token}` } });
+  const without = await fetch("/api/settings", { credentials: "omit" });
   const report = {
     url: location.href,
     title: document.title,
     nav: [...document.querySelectorAll("nav a")].map((a) => a.textContent.trim()),
     chat_status: chat.status,
     chat_tokens: answer.usage ? answer.usage.completion_tokens : null,
-    server_info: info,
+    admin_status: admin.status,
+    ipc_admin_status: viaIpc.status,
+    no_token_status: without.status,
+    server_info: { ...info, admin_token: info.admin_token ? "(given)" : null },
   };
   await window.__TAURI__.core.invoke("desktop_check", { report: JSON.stringify(report) });
 })().catch((e) => {

@@ -29,6 +29,8 @@ pub fn server_info(running: State<'_, Running>) -> serde_json::Value {
             "url": s.url(),
             "model": s.default_model(),
             "loaded": s.loaded_models(),
+            // The admin API's token, for the window's calls (its page load also sets the cookie).
+            "admin_token": s.admin_token(),
         }),
         None => serde_json::json!({"url": null}),
     }

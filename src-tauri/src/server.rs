@@ -143,9 +143,12 @@ async fn wait_for_health(addr: SocketAddr, limit: Duration) -> Result<()> {
 
 async fn health(addr: SocketAddr) -> Result<()> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: lantern\r\nConnection: close\r\n\r\n")
-        .await?;
+    // A loopback Host: the server answers no other name (DNS-rebinding defence).
+    let request = format!(
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+        addr.port()
+    );
+    stream.write_all(request.as_bytes()).await?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await?;
     anyhow::ensure!(

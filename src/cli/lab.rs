@@ -149,7 +149,8 @@ pub struct CompareArgs {
     /// The running `lantern serve` to run it on.
     #[arg(long, env = "LANTERN_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// An API key, if the server wants one.
+    /// An API key, if the server wants one. Without one, the admin token of this data
+    /// directory (`admin-token`, made by the server) is sent: the experiment API is admin.
     #[arg(long, env = "LANTERN_API_KEY")]
     api_key: Option<String>,
 }
@@ -180,12 +181,16 @@ fn parse_variant(text: &str) -> Result<serde_json::Value> {
 }
 
 /// Run an experiment on a running server and print its summary.
-pub fn compare(args: CompareArgs) -> Result<()> {
+pub fn compare(config: &Config, args: CompareArgs) -> Result<()> {
     let base = args.server.trim_end_matches('/');
+    let credential = args
+        .api_key
+        .clone()
+        .or_else(|| lantern::server::admin_token::AdminToken::read(&config.home()));
     let call =
         |method: &str, path: &str, body: Option<&serde_json::Value>| -> Result<serde_json::Value> {
             let mut req = ureq::request(method, &format!("{base}{path}"));
-            if let Some(k) = &args.api_key {
+            if let Some(k) = &credential {
                 req = req.set("Authorization", &format!("Bearer {k}"));
             }
             let resp = match body {

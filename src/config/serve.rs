@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::compress::Spec;
 use crate::scheduler::KeepAlive;
 
+/// Bodies larger than this get a 413; a whole context of text fits with room to spare.
+pub const DEFAULT_BODY_LIMIT: usize = 4 << 20;
+
 /// The server's saved settings. Every field has a default; the file holds what the user set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -24,6 +27,9 @@ pub struct ServerSettings {
     pub api_keys: Vec<String>,
     /// Browser origins allowed to call the API (CORS), besides the desktop app's own.
     pub cors_origins: Vec<String>,
+    /// Host names besides loopback's that requests may be addressed to (`Host`); others get
+    /// 403, which defeats DNS rebinding. Not checked when listening off loopback with keys.
+    pub allowed_hosts: Vec<String>,
     /// Requests that may wait beyond the running set before new ones get 429.
     pub max_waiting: usize,
     /// Sequences batched together per model (continuous batching).
@@ -77,6 +83,7 @@ impl Default for ServerSettings {
             port: 8080,
             api_keys: Vec::new(),
             cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             max_waiting: 64,
             max_seqs: 32,
             max_step_tokens: 512,
@@ -91,7 +98,7 @@ impl Default for ServerSettings {
             request_timeout: 600,
             rate_limit_rpm: 0,
             rate_limit_tpm: 0,
-            body_limit: crate::server::DEFAULT_BODY_LIMIT,
+            body_limit: DEFAULT_BODY_LIMIT,
             embedding_cache_mib: 64,
             embedding_store_mib: 1024,
             response_cache_mib: 64,
@@ -103,9 +110,10 @@ impl Default for ServerSettings {
 }
 
 /// Settings a running server takes without a restart (the rest wait for the next start).
-pub const APPLIED_LIVE: [&str; 14] = [
+pub const APPLIED_LIVE: [&str; 15] = [
     "api_keys",
     "cors_origins",
+    "allowed_hosts",
     "keep_alive",
     "keep_alive_override",
     "max_loaded",
@@ -121,12 +129,13 @@ pub const APPLIED_LIVE: [&str; 14] = [
 ];
 
 /// Every setting's name, as the file and the API spell it.
-pub const FIELDS: [&str; 27] = [
+pub const FIELDS: [&str; 28] = [
     "model",
     "host",
     "port",
     "api_keys",
     "cors_origins",
+    "allowed_hosts",
     "max_waiting",
     "max_seqs",
     "max_step_tokens",
@@ -237,6 +246,19 @@ impl ServerSettings {
             if !ok || axum::http::HeaderValue::from_str(origin).is_err() {
                 return bad(format!(
                     "cors_origins: `{origin}` is not an origin like http://localhost:3000"
+                ));
+            }
+        }
+        for host in &self.allowed_hosts {
+            let ok = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+            if !ok {
+                return bad(format!(
+                    "allowed_hosts: `{host}` is not a host name like lantern.lan (no port, no \
+                     scheme)"
                 ));
             }
         }
@@ -362,6 +384,10 @@ pub struct ServeFlags {
     #[arg(long = "cors-origin", env = "LANTERN_CORS_ORIGIN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cors_origins: Option<Vec<String>>,
+    /// A host name besides loopback's that requests may be addressed to; repeatable.
+    #[arg(long = "allowed-host", env = "LANTERN_ALLOWED_HOST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_hosts: Option<Vec<String>>,
     /// Requests that may wait beyond the running set before new ones get 429 [default: 64].
     #[arg(long, env = "LANTERN_MAX_WAITING")]
     #[serde(skip_serializing_if = "Option::is_none")]

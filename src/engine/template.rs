@@ -13,6 +13,14 @@ use super::gguf::GgufFile;
 /// Enough for any real template on long conversations; stops a template that loops forever.
 const FUEL: u64 = 5_000_000;
 
+/// The most text a template may write: far past any real conversation's prompt, short of what
+/// a template written to exhaust memory would try.
+pub const MAX_OUTPUT: usize = 4 << 20;
+
+/// Widths and precisions past this in a `str.format` spec are refused before they allocate
+/// (`'{:>1000000000}'.format(1)` once asked for a gigabyte).
+const MAX_FORMAT_WIDTH: u64 = 100_000;
+
 /// Used when a GGUF carries no template; the same text Google ships with Gemma 3 (string
 /// content only).
 const GEMMA_TEMPLATE: &str = "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}{%- for message in loop_messages -%}{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif -%}{%- if message['role'] == 'assistant' -%}{%- set role = 'model' -%}{%- else -%}{%- set role = message['role'] -%}{%- endif -%}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
@@ -116,14 +124,75 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// Python's string methods (minijinja-contrib's pycompat), with `format`'s widths bounded.
+fn python_method(
+    state: &mut minijinja::State,
+    value: &minijinja::Value,
+    method: &str,
+    args: &[minijinja::Value],
+) -> Result<minijinja::Value, JinjaError> {
+    if method == "format" {
+        if let Some(spec) = value.as_str() {
+            if format_width(spec) > MAX_FORMAT_WIDTH {
+                return Err(JinjaError::new(
+                    ErrorKind::InvalidOperation,
+                    format!("a format width past {MAX_FORMAT_WIDTH} is refused"),
+                ));
+            }
+        }
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+}
+
+/// The largest number written inside any `{...}` field of a format string.
+fn format_width(spec: &str) -> u64 {
+    let (mut inside, mut widest, mut n) = (false, 0u64, 0u64);
+    for c in spec.chars() {
+        match c {
+            '{' => inside = true,
+            '}' => inside = false,
+            d if inside && d.is_ascii_digit() => {
+                n = n.saturating_mul(10).saturating_add(d as u64 - '0' as u64);
+                widest = widest.max(n);
+                continue;
+            }
+            _ => {}
+        }
+        n = 0;
+    }
+    widest
+}
+
+/// A sink that refuses to grow past [`MAX_OUTPUT`].
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_OUTPUT {
+            return Err(std::io::Error::other("template output too large"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl ChatTemplate {
     /// Compile a template's source.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, TemplateError> {
         let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()
+                .map_err(|e| TemplateError::Syntax(describe(&e)))?,
+        );
         env.set_fuel(Some(FUEL));
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(python_method);
         minijinja_contrib::add_to_environment(&mut env);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
@@ -178,16 +247,25 @@ impl ChatTemplate {
             .env
             .get_template("chat")
             .map_err(|e| TemplateError::Render(describe(&e)))?;
-        tmpl.render(context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token,
-            eos_token => self.eos_token,
-        })
+        let mut out = Bounded(Vec::new());
+        tmpl.render_captured_to(
+            context! {
+                messages => minijinja::value::Serde(messages),
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token.as_str(),
+                eos_token => self.eos_token.as_str(),
+            },
+            &mut out,
+        )
         .map_err(|e| match e.kind() {
             ErrorKind::InvalidOperation => TemplateError::Raised(describe(&e)),
+            ErrorKind::WriteFailure => TemplateError::Render(format!(
+                "the template wrote more than {} MiB",
+                MAX_OUTPUT >> 20
+            )),
             _ => TemplateError::Render(describe(&e)),
-        })
+        })?;
+        String::from_utf8(out.0).map_err(|e| TemplateError::Render(e.to_string()))
     }
 
     pub fn bos_token(&self) -> &str {
@@ -261,6 +339,33 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(t.render(&[], true), Err(TemplateError::Render(_))));
+    }
+
+    #[test]
+    fn huge_outputs_are_an_error() {
+        let t = ChatTemplate::new(
+            "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let e = t.render(&[], true).unwrap_err().to_string();
+        assert!(e.contains("MiB"), "{e}");
+    }
+
+    #[test]
+    fn growth_without_bound_runs_out_of_fuel_or_is_refused() {
+        for source in [
+            "{% set s = namespace(x='a') %}{% for i in range(60) %}{% set s.x = s.x ~ s.x %}{% endfor %}{{ s.x|length }}",
+            "{{ ('ab' * 100000) * 100000 }}",
+            "{{ '{:>1000000000}'.format(1) }}",
+        ] {
+            let t = ChatTemplate::new(source, "", "").unwrap();
+            assert!(t.render(&[], true).is_err(), "{source}");
+        }
+        assert_eq!(format_width("{0:>12.3f} {1}"), 12);
+        let t = ChatTemplate::new("{{ '{:>5}'.format('a') }}", "", "").unwrap();
+        assert_eq!(t.render(&[], true).unwrap(), "    a");
     }
 
     #[test]

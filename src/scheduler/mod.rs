@@ -40,17 +40,8 @@ impl KeepAlive {
     /// Ollama's forms: a number of seconds (negative: forever), or a string of one
     /// (`"300"`, `"-1"`) or a duration with a unit (`"90s"`, `"5m"`, `"1h"`, `"500ms"`).
     pub fn parse(value: &serde_json::Value) -> Option<Self> {
-        let seconds = |s: f64| {
-            if s < 0.0 {
-                Some(Self::Forever)
-            } else if s.is_finite() {
-                Some(Self::For(Duration::from_secs_f64(s)))
-            } else {
-                None
-            }
-        };
         match value {
-            serde_json::Value::Number(n) => seconds(n.as_f64()?),
+            serde_json::Value::Number(n) => Self::seconds(n.as_f64()?),
             serde_json::Value::String(s) => Self::parse_str(s),
             _ => None,
         }
@@ -59,13 +50,7 @@ impl KeepAlive {
     pub fn parse_str(s: &str) -> Option<Self> {
         let s = s.trim();
         if let Ok(n) = s.parse::<f64>() {
-            return if n < 0.0 {
-                Some(Self::Forever)
-            } else if n.is_finite() {
-                Some(Self::For(Duration::from_secs_f64(n)))
-            } else {
-                None
-            };
+            return Self::seconds(n);
         }
         let (number, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
         let n: f64 = number.trim().parse().ok()?;
@@ -79,9 +64,23 @@ impl KeepAlive {
             "h" => 3600.0,
             _ => return None,
         };
-        let secs = n * scale;
-        secs.is_finite()
-            .then(|| Self::For(Duration::from_secs_f64(secs)))
+        Self::seconds(n * scale)
+    }
+
+    /// Negative: forever; NaN or infinite: no answer; longer than a `Duration` holds: forever
+    /// too (a fuzzed `1e109` once panicked here).
+    fn seconds(s: f64) -> Option<Self> {
+        if s < 0.0 {
+            Some(Self::Forever)
+        } else if s.is_finite() {
+            Some(
+                Duration::try_from_secs_f64(s)
+                    .map(Self::For)
+                    .unwrap_or(Self::Forever),
+            )
+        } else {
+            None
+        }
     }
 
     /// Seconds, or -1 for forever (how `/api/engine` shows it).
@@ -183,6 +182,9 @@ mod tests {
             KeepAlive::parse(&json!("250ms")),
             Some(KeepAlive::For(Duration::from_millis(250)))
         );
+        // Past what a Duration holds: forever, not a panic.
+        assert_eq!(KeepAlive::parse(&json!(4.6e109)), Some(KeepAlive::Forever));
+        assert_eq!(KeepAlive::parse(&json!("1e300")), Some(KeepAlive::Forever));
         for bad in [
             json!("soon"),
             json!("5 parsecs"),

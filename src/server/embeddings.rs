@@ -12,8 +12,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::body::parse_body;
 use super::errors::ApiError;
-use super::openai::parse_body;
 use super::AppState;
 use crate::engine::models::bert::EmbedError;
 use crate::scheduler::embedder::EmbedderError;
@@ -117,7 +117,7 @@ fn input_error(index: usize, e: EmbedError) -> ApiError {
     match e {
         EmbedError::TooLong { .. } => ApiError::InvalidRequest {
             message: format!("Invalid 'input[{index}]': {e}; send \"truncate\": true to cut it"),
-            param: Some("input"),
+            param: Some("input".into()),
             code: Some("context_length_exceeded"),
         },
         EmbedError::BadToken { .. } | EmbedError::Empty => {
@@ -255,7 +255,7 @@ pub async fn embeddings(
         body["truncated_inputs"] = Value::Array(truncated);
     }
     state.monitor.record(RequestRow {
-        finished_at: crate::monitor::unix_seconds(),
+        finished_at: crate::clock::unix_seconds(),
         session,
         model: model_id,
         api: "embeddings".into(),

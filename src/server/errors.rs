@@ -11,12 +11,27 @@ pub enum ApiError {
     #[error("{message}")]
     InvalidRequest {
         message: String,
-        param: Option<&'static str>,
+        /// The field at fault, as OpenAI names it (`messages[2].content`).
+        param: Option<std::borrow::Cow<'static, str>>,
         code: Option<&'static str>,
     },
     /// The server wants an API key and the request has none or a wrong one.
     #[error("Incorrect or missing API key: send `Authorization: Bearer <key>`")]
     Unauthorized,
+    /// The admin API (`/api/*`) was called without the admin token, its cookie or an API key.
+    #[error(
+        "The admin API needs the admin token: the UI served by this server sends it as a cookie; \
+         other local clients send `Authorization: Bearer <token>` from the file `admin-token` in \
+         Lantern's data directory (or an API key, when keys are set)"
+    )]
+    AdminRequired,
+    /// A browser-borne request this server refuses: a foreign `Host` (DNS rebinding) or a
+    /// cross-site origin.
+    #[error("{message}")]
+    Forbidden { message: String, code: &'static str },
+    /// A body that is not JSON by its `Content-Type`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// The `model` names nothing this server serves.
     #[error("The model `{0}` does not exist or is not loaded")]
     ModelNotFound(String),
@@ -47,10 +62,13 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn invalid(message: impl Into<String>, param: &'static str) -> Self {
+    pub fn invalid(
+        message: impl Into<String>,
+        param: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Self {
         Self::InvalidRequest {
             message: message.into(),
-            param: Some(param),
+            param: Some(param.into()),
             code: None,
         }
     }
@@ -63,19 +81,12 @@ impl ApiError {
         }
     }
 
-    fn parts(
-        &self,
-    ) -> (
-        StatusCode,
-        &'static str,
-        Option<&'static str>,
-        Option<&'static str>,
-    ) {
+    fn parts(&self) -> (StatusCode, &'static str, Option<&str>, Option<&'static str>) {
         match self {
             Self::InvalidRequest { param, code, .. } => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
-                *param,
+                param.as_deref(),
                 *code,
             ),
             Self::Unauthorized => (
@@ -83,6 +94,24 @@ impl ApiError {
                 "invalid_request_error",
                 None,
                 Some("invalid_api_key"),
+            ),
+            Self::AdminRequired => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                None,
+                Some("admin_token_required"),
+            ),
+            Self::Forbidden { code, .. } => (
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                None,
+                Some(*code),
+            ),
+            Self::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                None,
+                Some("unsupported_media_type"),
             ),
             Self::ModelNotFound(_) => (
                 StatusCode::NOT_FOUND,

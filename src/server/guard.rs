@@ -1,16 +1,21 @@
-//! Who may call: bearer API keys. With keys configured every route but `/health` and the UI's
-//! static files needs one; without keys the server only listens on loopback addresses
-//! (`lantern serve` enforces it).
+//! Who may call. With API keys configured every route but `/health` and the UI's static files
+//! needs one (`Authorization: Bearer KEY`); without keys the server only listens on loopback
+//! addresses (`lantern serve` enforces it). The admin API (`/api/*`: settings, the request log,
+//! jobs, models, the lab) needs more: the admin token (`admin_token`), as a bearer token or the
+//! cookie the UI's page load sets, or an API key when keys are set. The admin token also
+//! passes where a key is asked for: whoever holds it holds the whole server.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::{Request, State};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::admin_token::AdminToken;
 use super::errors::ApiError;
+use super::AppState;
 
 /// The accepted keys; empty means no key is asked for. Shared: the Settings page replaces them.
 #[derive(Debug, Clone, Default)]
@@ -77,17 +82,41 @@ impl ApiKeys {
     }
 }
 
-pub async fn require_key(State(keys): State<ApiKeys>, request: Request, next: Next) -> Response {
+/// The admin API: everything under `/api/`.
+pub fn is_admin(path: &str) -> bool {
+    path.starts_with("/api/") || path == "/api"
+}
+
+pub async fn require_access(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let path = request.uri().path();
-    if keys.is_empty() || path == "/health" || super::ui::is_public(path) {
+    if path == "/health" || super::ui::is_public(path) {
         return next.run(request).await;
     }
-    let header = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if keys.accepts(header) {
+    let headers = request.headers();
+    let bearer = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let admin = bearer
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .is_some_and(|t| state.admin.matches(t))
+        || headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|c| AdminToken::from_cookies(c, state.settings.port()))
+            .any(|t| state.admin.matches(t));
+    let key = !state.keys.is_empty() && state.keys.accepts(bearer);
+    let allowed = if is_admin(path) {
+        admin || key
+    } else {
+        admin || key || state.keys.is_empty()
+    };
+    if allowed {
         next.run(request).await
+    } else if is_admin(path) && state.keys.is_empty() {
+        ApiError::AdminRequired.into_response()
     } else {
         ApiError::Unauthorized.into_response()
     }

@@ -5,6 +5,9 @@
 
 pub mod accounting;
 pub mod admin;
+pub mod admin_token;
+pub mod body;
+pub mod browser;
 pub mod budget;
 pub mod csv;
 pub mod devices;
@@ -36,8 +39,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::scheduler::Registry;
 use errors::ApiError;
 
-/// Bodies larger than this get a 413; a whole context of text fits with room to spare.
-pub const DEFAULT_BODY_LIMIT: usize = 4 << 20;
+pub use crate::config::serve::DEFAULT_BODY_LIMIT;
 
 /// What every handler can reach: the loaded models and the server's limits.
 #[derive(Clone)]
@@ -52,6 +54,8 @@ pub struct AppState {
     pub default_model: String,
     pub body_limit: usize,
     pub keys: guard::ApiKeys,
+    /// What the admin API (`/api/*`) asks for besides an API key.
+    pub admin: admin_token::AdminToken,
     /// The saved settings, and the CORS origins and request timeout they set.
     pub settings: std::sync::Arc<settings::Settings>,
     pub rate: rate::RateLimiter,
@@ -153,8 +157,8 @@ pub fn router(state: AppState) -> Router {
             rate::limit,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.keys.clone(),
-            guard::require_key,
+            state.clone(),
+            guard::require_access,
         ))
         .layer(
             CorsLayer::new()
@@ -174,6 +178,11 @@ pub fn router(state: AppState) -> Router {
                     HeaderName::from_static("x-session-id"),
                 ]),
         )
+        // Outermost: a foreign `Host` or a cross-site write is refused before anything runs.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            browser::defend,
+        ))
         .with_state(state)
 }
 

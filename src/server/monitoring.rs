@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 
 use super::errors::ApiError;
 use super::AppState;
+use crate::clock::unix_seconds;
 use crate::monitor::settings::MonitorSettings;
 use crate::monitor::summary::Percentiles;
-use crate::monitor::unix_seconds;
 use crate::store::requests::RequestRow;
 
 /// How far back the live TTFT and latency percentiles look.
@@ -141,12 +141,14 @@ pub async fn get_settings(State(state): State<AppState>) -> Json<MonitorSettings
     Json(state.monitor.settings())
 }
 
-/// `PUT /api/monitor/settings`: replace the settings (fields left out take their defaults).
+/// `PUT /api/monitor/settings`: change the settings (fields left out keep their values; `null`
+/// puts one back to its default).
 pub async fn put_settings(
     State(state): State<AppState>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<MonitorSettings>, ApiError> {
-    let new: MonitorSettings = super::openai::parse_body(body, state.body_limit)?;
+    let new: MonitorSettings =
+        super::body::parse_patch(body, state.body_limit, &state.monitor.settings())?;
     new.validate()
         .map_err(|(message, param)| ApiError::invalid(message, param))?;
     state
@@ -169,7 +171,14 @@ pub async fn get_budget(State(state): State<AppState>, Path(id): Path<String>) -
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BudgetBody {
+    /// Required, `null` included: a body without it must not reset the budget.
+    #[serde(deserialize_with = "present")]
     daily_tokens: Option<u64>,
+}
+
+/// A field that must be given, though it may be `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    serde::Deserialize::deserialize(d)
 }
 
 /// `PUT /api/sessions/{id}/budget` with `{"daily_tokens": N}` (null: back to the default).
@@ -178,7 +187,7 @@ pub async fn put_budget(
     Path(id): Path<String>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let body: BudgetBody = super::openai::parse_body(body, state.body_limit)?;
+    let body: BudgetBody = super::body::parse_body(body, state.body_limit)?;
     if body.daily_tokens == Some(0) {
         return Err(ApiError::invalid(
             "'daily_tokens' must be at least 1 (null puts the session back on the default)",
@@ -226,7 +235,7 @@ pub async fn put_compression(
     Path(id): Path<String>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let spec: crate::compress::Spec = super::openai::parse_body(body, state.body_limit)?;
+    let spec: crate::compress::Spec = super::body::parse_body(body, state.body_limit)?;
     spec.validate().map_err(|e| ApiError::invalid(e, "ratio"))?;
     state
         .compression

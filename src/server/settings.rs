@@ -29,6 +29,7 @@ pub struct Settings {
     started: ServerSettings,
     address: std::net::SocketAddr,
     cors: Arc<RwLock<Vec<HeaderValue>>>,
+    allowed_hosts: RwLock<Vec<String>>,
     timeout_ms: AtomicU64,
 }
 
@@ -47,6 +48,7 @@ impl Settings {
             file_keys,
             saved: Mutex::new(saved),
             cors: Arc::default(),
+            allowed_hosts: RwLock::new(started.allowed_hosts.clone()),
             timeout_ms: AtomicU64::new(0),
             started: started.clone(),
             address,
@@ -65,6 +67,11 @@ impl Settings {
     /// The database `--db` names, if it was given.
     pub fn db_flag(&self) -> Option<std::path::PathBuf> {
         self.flags.db.clone()
+    }
+
+    /// The port this server listens on.
+    pub fn port(&self) -> u16 {
+        self.address.port()
     }
 
     pub fn started(&self) -> &ServerSettings {
@@ -94,6 +101,14 @@ impl Settings {
             .filter_map(|o| HeaderValue::from_str(&o).ok())
             .collect();
         *self.cors.write().unwrap_or_else(|e| e.into_inner()) = list;
+    }
+
+    /// Host names besides loopback's that requests may be addressed to.
+    pub fn allowed_hosts(&self) -> Vec<String> {
+        self.allowed_hosts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -164,17 +179,24 @@ pub async fn get_settings(State(state): State<AppState>) -> Json<Value> {
     Json(state.settings.view())
 }
 
-/// `PUT /api/settings`: replace the saved settings whole, then apply what a running server can.
+/// `PUT /api/settings`: change the saved settings (fields left out keep their saved values;
+/// `null` puts one back to its default), then apply what a running server can.
 pub async fn put_settings(
     State(state): State<AppState>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let new: ServerSettings = super::openai::parse_body(body, state.body_limit)?;
+    let saved = state
+        .settings
+        .saved
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let new: ServerSettings = super::body::parse_patch(body, state.body_limit, &saved)?;
     let invalid = |e: SettingsError| {
         let message = e.to_string();
         let named = message.split(':').next().unwrap_or_default();
         let param = FIELDS.iter().find(|f| **f == named).unwrap_or(&"settings");
-        ApiError::invalid(message, param)
+        ApiError::invalid(message, *param)
     };
     new.validate().map_err(invalid)?;
     let settings = &state.settings;
@@ -214,6 +236,10 @@ fn apply(state: &AppState, s: &ServerSettings) -> Result<(), SettingsError> {
     let settings = &state.settings;
     state.keys.replace(settings.keys_of(s));
     settings.set_cors(&s.cors_origins);
+    *settings
+        .allowed_hosts
+        .write()
+        .unwrap_or_else(|e| e.into_inner()) = s.allowed_hosts.clone();
     settings.set_timeout(s);
     state.rate.set_limits(rate_limits(s));
     state.engines.reconfigure(registry_config(s)?);

@@ -73,6 +73,8 @@ impl Launch {
             addr,
         ));
         let keys = ApiKeys::new(settings.keys_of(&s));
+        let admin = super::admin_token::AdminToken::load_or_create(&config.home())
+            .context("the admin token in the data directory")?;
         anyhow::ensure!(
             s.host.is_loopback() || !keys.is_empty(),
             "refusing to listen on {} without an API key: anyone on the network could use it; \
@@ -126,6 +128,7 @@ impl Launch {
             default_model: name.clone(),
             body_limit: s.body_limit,
             keys,
+            admin,
             rate: super::rate::RateLimiter::new(rate_limits(&s)),
             jobs: crate::jobs::Jobs::default(),
             pairs: Default::default(),
@@ -193,6 +196,11 @@ impl Server {
             ip => ip,
         };
         format!("http://{}/", SocketAddr::new(host, self.addr.port()))
+    }
+
+    /// The admin token the UI and local tools send to the admin API.
+    pub fn admin_token(&self) -> &str {
+        self.state.admin.secret()
     }
 
     /// The name of the model served by default.

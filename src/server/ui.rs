@@ -11,7 +11,7 @@ use axum::response::{Html, IntoResponse, Response};
 struct Assets;
 
 /// Paths served without an API key: the page and its static files (the API calls it makes
-/// carry the key the user typed into Settings).
+/// carry the admin cookie, or the key the user typed into Settings).
 pub fn is_public(path: &str) -> bool {
     path == "/" || path == "/index.html" || path == "/favicon.svg" || path.starts_with("/assets/")
 }
@@ -21,11 +21,31 @@ pub fn built() -> bool {
     Assets::get("index.html").is_some()
 }
 
-pub async fn asset(uri: Uri, headers: HeaderMap) -> Response {
+pub async fn asset(
+    axum::extract::State(state): axum::extract::State<super::AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let path = match uri.path().trim_start_matches('/') {
         "" => "index.html",
         p => p,
     };
+    let mut response = file_response(path, &uri, &headers);
+    // The page load hands the UI the admin token, as a cookie no script can read, and only
+    // to a page addressed by a loopback name (the user's own machine).
+    let loopback = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|h| super::browser::host_allowed(h, &[]));
+    if path == "index.html" && loopback && response.status().as_u16() < 400 {
+        if let Ok(v) = HeaderValue::from_str(&state.admin.set_cookie(state.settings.port())) {
+            response.headers_mut().insert(header::SET_COOKIE, v);
+        }
+    }
+    response
+}
+
+fn file_response(path: &str, uri: &Uri, headers: &HeaderMap) -> Response {
     let Some(file) = Assets::get(path) else {
         if path == "index.html" {
             return (

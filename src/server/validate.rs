@@ -195,7 +195,7 @@ impl Sampling {
                 message: format!(
                     "This model's maximum context length is {context} tokens, but the prompt has {prompt_len}"
                 ),
-                param: Some("messages"),
+                param: Some("messages".into()),
                 code: Some("context_length_exceeded"),
             });
         }
@@ -379,7 +379,17 @@ pub fn validate_chat(
             }
         };
         let content = match m.content {
-            None => String::new(),
+            // Every role carries its text in `content` (tool calls, which let an assistant
+            // message go without, are not taken here).
+            None => {
+                return Err(ApiError::invalid(
+                    format!(
+                    "messages[{i}].content is missing: a `{}` message needs its text in `content`",
+                    m.role
+                ),
+                    format!("messages[{i}].content"),
+                ))
+            }
             Some(Content::Text(t)) => t,
             Some(Content::Parts(parts)) => {
                 let mut text = String::new();

@@ -10,6 +10,42 @@ pub struct Server {
     pub base: String,
     /// Holds the server's own database unless the test gave one (`--db`).
     pub data: Option<tempfile::TempDir>,
+    /// The admin token the server keeps in its data directory (what the UI's cookie holds).
+    pub admin: String,
+}
+
+impl Server {
+    /// An HTTP client that sends the admin token, as the UI and local tools do.
+    pub fn client(&self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", self.admin).parse().unwrap(),
+        );
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap()
+    }
+
+    /// The client for `path`: the admin API's calls carry the admin token, the OpenAI API's go
+    /// as any SDK's would (no credential, so the session is the one the request names).
+    pub fn client_for(&self, path: &str) -> reqwest::Client {
+        if path.starts_with("/api") {
+            self.client()
+        } else {
+            reqwest::Client::new()
+        }
+    }
+
+    /// `GET path` (with the admin token for the admin API).
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client_for(path)
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
 }
 
 impl Drop for Server {
@@ -24,7 +60,14 @@ impl Drop for Server {
 /// `extra` names a database with `--db`); ready once it prints its address.
 pub fn start(extra: &[&str]) -> Server {
     let (child, data) = spawn(extra, &[]);
-    started(child, Some(data))
+    // `--home DIR` wins over LANTERN_HOME.
+    let home = extra
+        .iter()
+        .position(|a| *a == "--home")
+        .and_then(|i| extra.get(i + 1))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| data.path().to_path_buf());
+    started(child, &home, Some(data))
 }
 
 /// A fresh data directory with each installed model linked into its own `models` directory:
@@ -71,8 +114,13 @@ pub fn spawn_in(home: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) ->
         .unwrap()
 }
 
-/// The server that `child` became, once it prints its address.
-pub fn started(mut child: Child, data: Option<tempfile::TempDir>) -> Server {
+/// The server that `child` (serving the data directory `home`) became, once it prints its
+/// address.
+pub fn started(
+    mut child: Child,
+    home: &std::path::Path,
+    data: Option<tempfile::TempDir>,
+) -> Server {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -83,7 +131,14 @@ pub fn started(mut child: Child, data: Option<tempfile::TempDir>) -> Server {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .trim_end_matches("/v1")
         .to_string();
-    Server { child, base, data }
+    let admin = lantern::server::admin_token::AdminToken::read(home)
+        .expect("the server made its admin token before listening");
+    Server {
+        child,
+        base,
+        data,
+        admin,
+    }
 }
 
 pub fn chat(content: &str, extra: Value) -> Value {
@@ -95,7 +150,8 @@ pub fn chat(content: &str, extra: Value) -> Value {
 }
 
 pub async fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = s
+        .client_for(path)
         .post(format!("{}{path}", s.base))
         .json(body)
         .send()
@@ -106,17 +162,12 @@ pub async fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
 
 /// `GET path`, its JSON body.
 pub async fn get_json(s: &Server, path: &str) -> Value {
-    reqwest::get(format!("{}{path}", s.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    s.get(path).await.json().await.unwrap()
 }
 
 /// `DELETE path`, its JSON body.
 pub async fn delete_json(s: &Server, path: &str) -> Value {
-    reqwest::Client::new()
+    s.client_for(path)
         .delete(format!("{}{path}", s.base))
         .send()
         .await
@@ -128,7 +179,8 @@ pub async fn delete_json(s: &Server, path: &str) -> Value {
 
 /// The `data:` payloads of an SSE response, `[DONE]` included.
 pub async fn stream(s: &Server, path: &str, body: &Value) -> Vec<String> {
-    let text = reqwest::Client::new()
+    let text = s
+        .client_for(path)
         .post(format!("{}{path}", s.base))
         .json(body)
         .send()
@@ -156,12 +208,7 @@ pub async fn assert_serves(s: &Server) {
 
 /// `GET /api/engine`.
 pub async fn engine(s: &Server) -> Value {
-    reqwest::get(format!("{}/api/engine", s.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    s.get("/api/engine").await.json().await.unwrap()
 }
 
 /// The engine figures of one loaded model (None: not loaded).

@@ -90,6 +90,9 @@ for page in ["Chat", "Compare", "Models", "Monitor", "Benchmark", "Settings"]:
     assert page in report["nav"], report["nav"]
 assert report["chat_status"] == 200 and report["chat_tokens"] >= 1, report
 assert report["server_info"]["model"] == "smollm2", report["server_info"]
+assert report["server_info"]["admin_token"] == "(given)", report["server_info"]
+assert report["admin_status"] == 200 and report["ipc_admin_status"] == 200, report
+assert report["no_token_status"] == 401, report
 second = open(f"{out}/second.log").read()
 assert "second launch exited with 0" in second and "serving" not in second, second
 log = open(f"{out}/app.log").read()

@@ -3,5 +3,7 @@ import { mount } from "svelte";
 import "uplot/dist/uPlot.min.css";
 import "./app.css";
 import App from "./App.svelte";
+import { fromDesktop } from "./lib/api";
 
-export default mount(App, { target: document.getElementById("app")! });
+// The desktop app's token first, so the pages' first calls carry it.
+export default fromDesktop().then(() => mount(App, { target: document.getElementById("app")! }));

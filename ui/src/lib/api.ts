@@ -21,9 +21,24 @@ export class ApiError extends Error {
   }
 }
 
+// The admin API's token as the desktop app hands it over IPC; in a browser the page load's
+// HttpOnly cookie carries it instead, and no script sees it.
+let desktopToken = "";
+
+export async function fromDesktop(): Promise<void> {
+  const tauri = (window as any).__TAURI__;
+  if (!tauri) return;
+  try {
+    const info = await tauri.core.invoke("server_info");
+    desktopToken = info?.admin_token ?? "";
+  } catch {
+    /* an older app: the cookie still serves */
+  }
+}
+
 function headers(extra: Record<string, string> = {}): Record<string, string> {
   const h: Record<string, string> = { ...extra };
-  const key = apiKey();
+  const key = apiKey() || desktopToken;
   if (key) h["Authorization"] = `Bearer ${key}`;
   return h;
 }
