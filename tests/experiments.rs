@@ -81,14 +81,8 @@ async fn an_experiment_runs_resumes_votes_and_routes() {
 
     // Exported as CSV: a header and one line per row.
     let csv = s
-        .client()
-        .get(format!(
-            "{}/api/lab/experiments/sampling?format=csv",
-            s.base
-        ))
-        .send()
+        .get("/api/lab/experiments/sampling?format=csv")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
