@@ -61,15 +61,22 @@ impl Kernel {
         }
     }
 
+    /// `EXACT`: the offset term takes the exact activation sum (Q4_0's `m = −8d`) rather than
+    /// ggml's f16-rounded one (Q4_1's own minimum).
     #[inline]
-    pub(super) fn q4_1<const NR: usize>(self, w: &[Q4_1x8], a: Rows<NR>, out: &mut Out) {
+    pub(super) fn q4_1<const NR: usize, const EXACT: bool>(
+        self,
+        w: &[Q4_1x8],
+        a: Rows<NR>,
+        out: &mut Out,
+    ) {
         match self {
-            Kernel::Scalar => scalar::q4_1(w, a, out),
+            Kernel::Scalar => scalar::q4_1::<NR, EXACT>(w, a, out),
             // SAFETY: chosen only when the CPU reports these features.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::q4_1_avx2(w, a, out) },
+            Kernel::Avx2 => unsafe { x86::q4_1_avx2::<NR, EXACT>(w, a, out) },
             #[cfg(target_arch = "x86_64")]
-            Kernel::Vnni => unsafe { x86::q4_1_vnni(w, a, out) },
+            Kernel::Vnni => unsafe { x86::q4_1_vnni::<NR, EXACT>(w, a, out) },
         }
     }
 
@@ -97,7 +104,11 @@ mod scalar {
         (d, std::array::from_fn(|i| (v[i] * id).round() as i8))
     }
 
-    pub(super) fn q4_1<const NR: usize>(w: &[Q4_1x8], a: Rows<NR>, out: &mut Out) {
+    pub(super) fn q4_1<const NR: usize, const EXACT: bool>(
+        w: &[Q4_1x8],
+        a: Rows<NR>,
+        out: &mut Out,
+    ) {
         for r in 0..NR {
             let mut acc = [0f32; LANES];
             let mut off = [0f32; LANES];
@@ -114,7 +125,7 @@ mod scalar {
                     let d = f16::from_bits(g.d[lane]).to_f32();
                     let m = f16::from_bits(g.m[lane]).to_f32();
                     acc[lane] += isum as f32 * (d * ab.d);
-                    off[lane] += m * ab.s;
+                    off[lane] += m * if EXACT { ab.sum } else { ab.s };
                 }
             }
             for lane in 0..LANES {
@@ -219,7 +230,7 @@ mod x86 {
     }
 
     #[inline(always)]
-    unsafe fn q4_1_body<const NR: usize>(
+    unsafe fn q4_1_body<const NR: usize, const EXACT: bool>(
         w: &[Q4_1x8],
         a: Rows<NR>,
         out: &mut Out,
@@ -250,7 +261,8 @@ mod x86 {
                 let isum = _mm256_add_epi32(s0, s1);
                 let scale = _mm256_mul_ps(d, _mm256_set1_ps(ab.d));
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
-                off[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(ab.s), off[r]);
+                let s = if EXACT { ab.sum } else { ab.s };
+                off[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(s), off[r]);
             }
         }
         for r in 0..NR {
@@ -301,13 +313,21 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q4_1_avx2<const NR: usize>(w: &[Q4_1x8], a: Rows<NR>, out: &mut Out) {
-        q4_1_body(w, a, out, |acc, x, y| dot_avx2(acc, x, y))
+    pub(super) unsafe fn q4_1_avx2<const NR: usize, const EXACT: bool>(
+        w: &[Q4_1x8],
+        a: Rows<NR>,
+        out: &mut Out,
+    ) {
+        q4_1_body::<NR, EXACT>(w, a, out, |acc, x, y| dot_avx2(acc, x, y))
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    pub(super) unsafe fn q4_1_vnni<const NR: usize>(w: &[Q4_1x8], a: Rows<NR>, out: &mut Out) {
-        q4_1_body(w, a, out, |acc, x, y| dot_vnni(acc, x, y))
+    pub(super) unsafe fn q4_1_vnni<const NR: usize, const EXACT: bool>(
+        w: &[Q4_1x8],
+        a: Rows<NR>,
+        out: &mut Out,
+    ) {
+        q4_1_body::<NR, EXACT>(w, a, out, |acc, x, y| dot_vnni(acc, x, y))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

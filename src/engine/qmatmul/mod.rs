@@ -58,6 +58,9 @@ pub(crate) struct ActBlock {
 
 enum CpuWeights {
     Q4_1(Vec<Q4_1x8>),
+    /// Q4_0 in the Q4_1 layout: `d·(q − 8) = d·q + m` with `m = −8d` (exact in f16); its offset
+    /// uses the exact activation sum, as ggml's integer `(q − 8)·a` does.
+    Q4_0(Vec<Q4_1x8>),
     Q8_0(Vec<Q8_0x8>),
 }
 
@@ -91,6 +94,8 @@ impl QLinear {
                 out_features,
                 in_features,
             ))),
+            (Device::Cpu, GgmlDType::Q4_0) => q4_0_as_q4_1(&qtensor.data()?)
+                .map(|bytes| CpuWeights::Q4_0(repack_q4_1(&bytes, out_features, in_features))),
             (Device::Cpu, GgmlDType::Q8_0) => Some(CpuWeights::Q8_0(repack_q8_0(
                 &qtensor.data()?,
                 out_features,
@@ -154,7 +159,10 @@ impl LinearGroup {
         let fusable = parts.iter().all(|p| {
             p.device().is_cpu()
                 && p.dtype() == parts[0].dtype()
-                && matches!(p.dtype(), GgmlDType::Q4_1 | GgmlDType::Q8_0)
+                && matches!(
+                    p.dtype(),
+                    GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0
+                )
                 && p.shape().dims().get(1) == parts[0].shape().dims().get(1)
         });
         if !fusable || parts.len() < 2 {
@@ -229,6 +237,23 @@ fn repack_q4_1(bytes: &[u8], n: usize, k: usize) -> Vec<Q4_1x8> {
         }
     }
     out
+}
+
+/// GGUF Q4_0 blocks (f16 d, 16 bytes) rewritten as Q4_1 blocks (f16 d, f16 m = −8d, the same
+/// nibbles); None when a scale is so large that −8d leaves f16's range.
+fn q4_0_as_q4_1(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(bytes.len() / 18 * 20);
+    for block in bytes.chunks_exact(18) {
+        let d = f16::from_bits(u16::from_le_bytes([block[0], block[1]]));
+        let m = f16::from_f32(-8.0 * d.to_f32());
+        if !m.is_finite() || m.to_f32() != -8.0 * d.to_f32() {
+            return None;
+        }
+        out.extend_from_slice(&block[..2]);
+        out.extend_from_slice(&m.to_bits().to_le_bytes());
+        out.extend_from_slice(&block[2..]);
+    }
+    Some(out)
 }
 
 /// GGUF Q8_0 blocks (f16 d, 32 signed bytes) → groups of eight interleaved rows, values + 128.
@@ -342,7 +367,10 @@ fn group_rows<'a, const NR: usize>(
 ) {
     match w {
         CpuWeights::Q4_1(b) => {
-            kernel.q4_1::<NR>(&b[g * kb..(g + 1) * kb], std::array::from_fn(act), res)
+            kernel.q4_1::<NR, false>(&b[g * kb..(g + 1) * kb], std::array::from_fn(act), res)
+        }
+        CpuWeights::Q4_0(b) => {
+            kernel.q4_1::<NR, true>(&b[g * kb..(g + 1) * kb], std::array::from_fn(act), res)
         }
         CpuWeights::Q8_0(b) => {
             kernel.q8_0::<NR>(&b[g * kb..(g + 1) * kb], std::array::from_fn(act), res)
@@ -411,6 +439,19 @@ mod tests {
     }
 
     #[test]
+    fn q4_0_matches_dequantized_matmul() {
+        for rows in [1, 3, 5, 8, 30] {
+            check(GgmlDType::Q4_0, rows);
+        }
+        let w = Tensor::from_vec(random(16 * 64, 7), (16, 64), &Device::Cpu).unwrap();
+        let q = QLinear::new(QTensor::quantize(&w, GgmlDType::Q4_0).unwrap()).unwrap();
+        assert!(
+            matches!(q.cpu, Some(CpuWeights::Q4_0(_))),
+            "runs on Lantern's kernel"
+        );
+    }
+
+    #[test]
     fn q8_0_matches_dequantized_matmul() {
         for rows in [1, 4, 7, 30] {
             check(GgmlDType::Q8_0, rows);
@@ -423,14 +464,20 @@ mod tests {
         let acts = quantize_activations(Kernel::Scalar, &random(k, 4));
         let acts2 = quantize_activations(Kernel::Scalar, &random(k, 5));
         let rows: Rows<2> = [&acts, &acts2];
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let w = Tensor::from_vec(random(n * k, 3), (n, k), &Device::Cpu).unwrap();
             let q = QTensor::quantize(&w, dtype).unwrap();
             let data = q.data().unwrap();
             let run = |kernel: Kernel| {
                 let mut out = [[0f32; LANES]; ROW_GROUP];
                 match dtype {
-                    GgmlDType::Q4_1 => kernel.q4_1::<2>(&repack_q4_1(&data, n, k), rows, &mut out),
+                    GgmlDType::Q4_0 => {
+                        let q41 = q4_0_as_q4_1(&data).unwrap();
+                        kernel.q4_1::<2, true>(&repack_q4_1(&q41, n, k), rows, &mut out)
+                    }
+                    GgmlDType::Q4_1 => {
+                        kernel.q4_1::<2, false>(&repack_q4_1(&data, n, k), rows, &mut out)
+                    }
                     _ => kernel.q8_0::<2>(&repack_q8_0(&data, n, k), rows, &mut out),
                 }
                 out
