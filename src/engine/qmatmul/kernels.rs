@@ -3,6 +3,7 @@
 
 use half::f16;
 
+use super::tiles::Tile;
 use super::{ActBlock, Q4_1x8, Q8_0x8, LANES, QK, ROW_GROUP};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -80,6 +81,19 @@ impl Kernel {
         }
     }
 
+    /// Any tile type (the K-quants, Q5_0, Q5_1).
+    #[inline]
+    pub(super) fn tiles<T: Tile, const NR: usize>(self, w: &[T], a: Rows<NR>, out: &mut Out) {
+        match self {
+            Kernel::Scalar => scalar::tiles(w, a, out),
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::tiles_avx2(w, a, out) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni => unsafe { x86::tiles_vnni(w, a, out) },
+        }
+    }
+
     #[inline]
     pub(super) fn q8_0<const NR: usize>(self, w: &[Q8_0x8], a: Rows<NR>, out: &mut Out) {
         match self {
@@ -130,6 +144,50 @@ mod scalar {
             }
             for lane in 0..LANES {
                 out[r][lane] = acc[lane] + off[lane];
+            }
+        }
+    }
+
+    /// Per group: the integer dot product less the zero point times the activation sum, scaled
+    /// by `d · sc` and the activation scale; the minimum term from the exact activation sum.
+    pub(super) fn tiles<T: Tile, const NR: usize>(w: &[T], a: Rows<NR>, out: &mut Out) {
+        for r in 0..NR {
+            let mut acc = [0f32; LANES];
+            let mut off = [0f32; LANES];
+            for (t, tile) in w.iter().enumerate() {
+                for j in 0..T::SUBS {
+                    let ab = &a[r][t * T::SUBS + j];
+                    for lane in 0..LANES {
+                        let d = f16::from_bits(tile.d()[lane]).to_f32();
+                        let dmin = f16::from_bits(tile.dmin()[lane]).to_f32();
+                        let mut s = [0i32; 2];
+                        for e in 0..QK {
+                            s[e / 16] += tile.value(j, lane, e) * ab.qs[e] as i32;
+                        }
+                        if T::HALVES {
+                            for h in 0..2 {
+                                let i = 2 * j + h;
+                                let t = s[h] - T::ZERO * ab.half[h];
+                                let dsc = d * tile.sc(i)[lane] as f32;
+                                acc[lane] += t as f32 * (dsc * ab.d);
+                                if T::MIN {
+                                    let dmn = dmin * tile.mn(i)[lane] as f32;
+                                    off[lane] += dmn * (ab.d * ab.half[h] as f32);
+                                }
+                            }
+                        } else {
+                            let t = s[0] + s[1] - T::ZERO * (ab.half[0] + ab.half[1]);
+                            let dsc = d * tile.sc(j)[lane] as f32;
+                            acc[lane] += t as f32 * (dsc * ab.d);
+                            if T::MIN {
+                                off[lane] += dmin * tile.mn(j)[lane] as f32 * ab.sum;
+                            }
+                        }
+                    }
+                }
+            }
+            for lane in 0..LANES {
+                out[r][lane] = acc[lane] - off[lane];
             }
         }
     }
@@ -310,6 +368,91 @@ mod x86 {
         for r in 0..NR {
             _mm256_storeu_ps(out[r].as_mut_ptr(), _mm256_add_ps(acc[r], off[r]));
         }
+    }
+
+    /// Eight i8 scales as f32.
+    #[inline(always)]
+    unsafe fn int8s(v: &[i8; LANES]) -> __m256 {
+        let bytes = _mm_loadl_epi64(v.as_ptr() as *const __m128i);
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes))
+    }
+
+    /// The scalar `tiles`, eight rows at once; each sub-block's values are decoded once for all
+    /// `NR` activation rows.
+    #[inline(always)]
+    unsafe fn tiles_body<T: Tile, const NR: usize>(
+        w: &[T],
+        a: Rows<NR>,
+        out: &mut Out,
+        dot: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); NR];
+        let mut off = [_mm256_setzero_ps(); NR];
+        for (t, tile) in w.iter().enumerate() {
+            let d = scales(tile.d());
+            let dmin = if T::MIN {
+                scales(tile.dmin())
+            } else {
+                _mm256_setzero_ps()
+            };
+            for j in 0..T::SUBS {
+                let v = tile.values(j);
+                let groups = if T::HALVES { 2 } else { 1 };
+                let mut dsc = [_mm256_setzero_ps(); 2];
+                let mut dmn = [_mm256_setzero_ps(); 2];
+                for h in 0..groups {
+                    let i = if T::HALVES { 2 * j + h } else { j };
+                    dsc[h] = _mm256_mul_ps(d, int8s(tile.sc(i)));
+                    if T::MIN {
+                        dmn[h] = _mm256_mul_ps(dmin, int8s(tile.mn(i)));
+                    }
+                }
+                for r in 0..NR {
+                    let ab = a[r].get_unchecked(t * T::SUBS + j);
+                    let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                    for p in 0..4 {
+                        s0 = dot(s0, v[p], bcast4(&ab.qs, 4 * p));
+                        s1 = dot(s1, v[4 + p], bcast4(&ab.qs, 16 + 4 * p));
+                    }
+                    let ad = _mm256_set1_ps(ab.d);
+                    if T::HALVES {
+                        let t0 = _mm256_sub_epi32(s0, _mm256_set1_epi32(T::ZERO * ab.half[0]));
+                        let t1 = _mm256_sub_epi32(s1, _mm256_set1_epi32(T::ZERO * ab.half[1]));
+                        let sc0 = _mm256_mul_ps(dsc[0], ad);
+                        let sc1 = _mm256_mul_ps(dsc[1], ad);
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t0), sc0, acc[r]);
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t1), sc1, acc[r]);
+                        if T::MIN {
+                            let h0 = _mm256_set1_ps(ab.d * ab.half[0] as f32);
+                            let h1 = _mm256_set1_ps(ab.d * ab.half[1] as f32);
+                            off[r] = _mm256_fmadd_ps(dmn[0], h0, off[r]);
+                            off[r] = _mm256_fmadd_ps(dmn[1], h1, off[r]);
+                        }
+                    } else {
+                        let zero = T::ZERO * (ab.half[0] + ab.half[1]);
+                        let t = _mm256_sub_epi32(_mm256_add_epi32(s0, s1), _mm256_set1_epi32(zero));
+                        let sc = _mm256_mul_ps(dsc[0], ad);
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sc, acc[r]);
+                        if T::MIN {
+                            off[r] = _mm256_fmadd_ps(dmn[0], _mm256_set1_ps(ab.sum), off[r]);
+                        }
+                    }
+                }
+            }
+        }
+        for r in 0..NR {
+            _mm256_storeu_ps(out[r].as_mut_ptr(), _mm256_sub_ps(acc[r], off[r]));
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tiles_avx2<T: Tile, const NR: usize>(w: &[T], a: Rows<NR>, out: &mut Out) {
+        tiles_body::<T, NR>(w, a, out, |acc, x, y| dot_avx2(acc, x, y))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub(super) unsafe fn tiles_vnni<T: Tile, const NR: usize>(w: &[T], a: Rows<NR>, out: &mut Out) {
+        tiles_body::<T, NR>(w, a, out, |acc, x, y| dot_vnni(acc, x, y))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
