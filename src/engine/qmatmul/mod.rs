@@ -460,9 +460,9 @@ mod kernels;
 mod tiles;
 
 use kernels::{select_kernel, Out};
-use tiles::{Q2Kx8, Q3Kx8, Q4Kx8, Q5Kx8, Q5x8, Q6Kx8};
 #[cfg(test)]
 use kernels::{Kernel, Rows};
+use tiles::{Q2Kx8, Q3Kx8, Q4Kx8, Q5Kx8, Q5x8, Q6Kx8};
 
 #[cfg(test)]
 mod tests {
@@ -507,19 +507,21 @@ mod tests {
         let tolerance = 0.05 * (k as f32 / 96.0).sqrt();
         assert!(d < tolerance, "{dtype:?} rows={rows}: max diff {d}");
         // Against the activations as the kernel rounded them, only the order of the float sums.
-        let acts = quantize_activations(Kernel::Scalar, &x.flatten_all().unwrap().to_vec1().unwrap());
+        let acts =
+            quantize_activations(Kernel::Scalar, &x.flatten_all().unwrap().to_vec1().unwrap());
         let x8: Vec<f32> = acts
             .iter()
             .flat_map(|a| a.qs.iter().map(move |&q| q as f32 * a.d))
             .collect();
         let x8 = Tensor::from_vec(x8, (rows, k), &Device::Cpu).unwrap();
-        let exact = x8
-            .matmul(&q_dequantized.t().unwrap())
-            .unwrap();
+        let exact = x8.matmul(&q_dequantized.t().unwrap()).unwrap();
         let d = max_diff(&ours, &exact);
         // Q4_1 takes ggml's f16-rounded activation sums on purpose.
         let tight = if dtype == GgmlDType::Q4_1 { 1e-2 } else { 2e-4 };
-        assert!(d < tight, "{dtype:?} rows={rows}: {d} from the exact product");
+        assert!(
+            d < tight,
+            "{dtype:?} rows={rows}: {d} from the exact product"
+        );
         // A row's result does not depend on the other rows of the batch.
         let alone = linear.forward(&x.narrow(0, rows - 1, 1).unwrap()).unwrap();
         let last = ours.narrow(0, rows - 1, 1).unwrap();
@@ -583,12 +585,19 @@ mod tests {
             let (n, k) = (9, 512);
             let w = Tensor::from_vec(random(n * k, 21), (n, k), &Device::Cpu).unwrap();
             let q = QTensor::quantize(&w, dtype).unwrap();
-            let expected = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+            let expected = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
             let cpu = CpuWeights::repack(dtype, &q.data().unwrap(), n, k).unwrap();
             for (row, want) in expected.iter().enumerate() {
                 let got = cpu.row(row, k);
                 for (c, (g, e)) in got.iter().zip(want).enumerate() {
-                    assert!((g - e).abs() <= 1e-6 * e.abs().max(1.0), "{dtype:?} [{row},{c}]: {g} vs {e}");
+                    assert!(
+                        (g - e).abs() <= 1e-6 * e.abs().max(1.0),
+                        "{dtype:?} [{row},{c}]: {g} vs {e}"
+                    );
                 }
             }
         }
@@ -597,8 +606,9 @@ mod tests {
     #[test]
     fn scalar_and_simd_tile_kernels_agree() {
         let (n, k) = (8, 512);
-        let rows_x: Vec<Vec<ActBlock>> =
-            (0..3).map(|s| quantize_activations(Kernel::Scalar, &random(k, 30 + s))).collect();
+        let rows_x: Vec<Vec<ActBlock>> = (0..3)
+            .map(|s| quantize_activations(Kernel::Scalar, &random(k, 30 + s)))
+            .collect();
         let rows: Rows<3> = [&rows_x[0], &rows_x[1], &rows_x[2]];
         for dtype in TILE_TYPES {
             let w = Tensor::from_vec(random(n * k, 3), (n, k), &Device::Cpu).unwrap();
@@ -606,7 +616,14 @@ mod tests {
             let cpu = CpuWeights::repack(dtype, &q.data().unwrap(), n, k).unwrap();
             let run = |kernel: Kernel| {
                 let mut out = [[0f32; LANES]; ROW_GROUP];
-                group_rows::<3>(kernel, &cpu, 0, cpu.blocks_per_row(k), |i| rows[i], &mut out);
+                group_rows::<3>(
+                    kernel,
+                    &cpu,
+                    0,
+                    cpu.blocks_per_row(k),
+                    |i| rows[i],
+                    &mut out,
+                );
                 out
             };
             let expected = run(Kernel::Scalar);

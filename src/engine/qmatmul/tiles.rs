@@ -259,7 +259,10 @@ fn pack_hi2(rows: &[Unpacked; LANES], shift: u32, out: &mut [u8; 512]) {
     }
 }
 
-fn pack_scales<const G: usize>(rows: &[Unpacked; LANES], from: fn(&Unpacked) -> &[i8; 16]) -> [[i8; LANES]; G] {
+fn pack_scales<const G: usize>(
+    rows: &[Unpacked; LANES],
+    from: fn(&Unpacked) -> &[i8; 16],
+) -> [[i8; LANES]; G] {
     std::array::from_fn(|i| std::array::from_fn(|lane| from(&rows[lane])[i]))
 }
 
