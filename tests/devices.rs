@@ -101,6 +101,44 @@ fn a_cli_benchmark_of_the_default_model_is_sane_and_stored() {
     );
 }
 
+/// A mixed-type file (Gemma 3's Q4_K_M: Q8_0, Q5_0, Q4_K and Q6_K tensors): the compute
+/// ceiling is measured per weight type with the kernel each really runs, and no test reaches
+/// more than its ceiling.
+#[test]
+fn a_mixed_type_model_is_held_to_ceilings_of_its_own_kernels() {
+    let _alone = alone();
+    let out = lantern()
+        .args([
+            "bench",
+            "gemma3",
+            "--quick",
+            "--output",
+            "json",
+            "--no-store",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let types: Vec<&str> = r["ceilings"]["matmul_by_type"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["dtype"].as_str().unwrap())
+        .collect();
+    for t in ["Q8_0", "Q5_0", "Q4_K", "Q6_K"] {
+        assert!(types.contains(&t), "{t} missing from {types:?}");
+    }
+    for t in r["ceilings"]["matmul_by_type"].as_array().unwrap() {
+        assert!(t["flops_per_s"].as_f64().unwrap() > 1e9, "{t}");
+    }
+    for s in r["speeds"].as_array().unwrap() {
+        let fraction = s["roofline_fraction"].as_f64().unwrap();
+        assert!(fraction > 0.0 && fraction <= 1.0, "{s}");
+    }
+}
+
 // Each test has its own runtime: the lock only keeps the tests from overlapping.
 #[allow(clippy::await_holding_lock)]
 #[tokio::test]

@@ -222,15 +222,41 @@ fn facts(name: &str, gguf: &GgufFile) -> ModelFacts {
     }
 }
 
-/// The largest projection of the first block (the shape and type the matmul ceiling uses).
-fn largest_projection(
-    gguf: &GgufFile,
-) -> Option<(candle_core::quantized::GgmlDType, usize, usize)> {
-    gguf.tensors
-        .iter()
-        .filter(|(name, t)| name.starts_with("blk.0.") && t.shape.len() == 2)
-        .max_by_key(|(_, t)| t.shape[0] * t.shape[1])
-        .map(|(_, t)| (t.dtype, t.shape[0], t.shape[1]))
+/// The model's weight types, most block weights first: how many weights of each a token
+/// multiplies in the blocks and in the head, and the type's largest matrix (where its matmul
+/// ceiling is measured).
+fn weight_types(gguf: &GgufFile) -> Vec<ceiling::WeightType> {
+    let head = if gguf.has_tensor("output.weight") {
+        "output.weight"
+    } else {
+        "token_embd.weight"
+    };
+    let mut types: Vec<ceiling::WeightType> = Vec::new();
+    for (name, t) in &gguf.tensors {
+        let is_head = name == head;
+        if t.shape.len() != 2 || (!is_head && !name.starts_with("blk.")) {
+            continue;
+        }
+        let params = (t.shape[0] * t.shape[1]) as u64;
+        let i = match types.iter().position(|w| w.0 == t.dtype) {
+            Some(i) => i,
+            None => {
+                types.push((t.dtype, 0, 0, 0, 0));
+                types.len() - 1
+            }
+        };
+        let w = &mut types[i];
+        if is_head {
+            w.2 += params;
+        } else {
+            w.1 += params;
+        }
+        if t.shape[0] * t.shape[1] > w.3 * w.4 {
+            (w.3, w.4) = (t.shape[0], t.shape[1]);
+        }
+    }
+    types.sort_by_key(|w| std::cmp::Reverse((w.1, w.2)));
+    types
 }
 
 fn argmax(logits: &Tensor) -> Result<Vec<u32>, BenchError> {
@@ -305,9 +331,13 @@ pub fn run(
         0.05,
         "measuring the ceilings: memory bandwidth and matmul throughput",
     );
-    let (dtype, n, k) = largest_projection(&gguf)
-        .ok_or_else(|| BenchError::Load("the model has no block 0 with a weight matrix".into()))?;
-    let before = ceiling::measure(device, facts.weight_bytes_per_token, dtype, n, k)?;
+    let types = weight_types(&gguf);
+    // The map goes before the tests: resident memory counts the model, not the file.
+    drop(gguf);
+    if types.is_empty() {
+        return Err(BenchError::Load("the model has no weight matrices".into()));
+    }
+    let before = ceiling::measure(device, facts.weight_bytes_per_token, &types)?;
     check(observer)?;
     let mut peak = Peak::default();
 
@@ -423,15 +453,17 @@ pub fn run(
     // Measured again after the tests, keeping the best of each: a ceiling taken while something
     // else ran on the machine would be too low.
     observer.progress(0.98, "measuring the ceilings again");
-    let after = ceiling::measure(device, facts.weight_bytes_per_token, dtype, n, k)?;
+    let after = ceiling::measure(device, facts.weight_bytes_per_token, &types)?;
     let ceilings = before.best_with(&after);
     let bandwidth_bound = ceilings.read_bandwidth_bytes_per_s / facts.weight_bytes_per_token as f64;
-    let compute_bound = ceilings.matmul_flops_per_s / (2.0 * facts.params as f64);
+    // A prompt computes the head once (for its last token); a decode step once per sequence.
+    let prompt_bound = ceilings.compute_bound(options.n_prompt);
+    let compute_bound = ceilings.compute_bound(1);
     let mut speeds = vec![
         speed(
             format!("pp{}", options.n_prompt),
             Stat::of(pp),
-            compute_bound,
+            prompt_bound,
             "compute",
         ),
         speed(

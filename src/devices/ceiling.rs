@@ -84,6 +84,23 @@ pub fn matmul_flops(
     Ok(2.0 * (rows * n * k) as f64 / best)
 }
 
+/// One weight type of a model: how many of its weights a token multiplies, and what the engine's
+/// kernel for that type does on a prompt-sized product of the type's largest shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct TypeThroughput {
+    pub dtype: String,
+    /// Weights of this type in the blocks' matrix products.
+    pub block_params: u64,
+    /// Weights of this type in the output head (computed once per prompt, once per decoded token).
+    pub head_params: u64,
+    /// [rows, n, k] of the measured product.
+    pub shape: [usize; 3],
+    pub flops_per_s: f64,
+}
+
+/// A weight type to measure: `(dtype, block_params, head_params, n, k)`.
+pub type WeightType = (GgmlDType, u64, u64, usize, usize);
+
 /// The ceilings a benchmark is judged against.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ceilings {
@@ -95,10 +112,31 @@ pub struct Ceilings {
     pub bandwidth_source: &'static str,
     /// Copying 512 MiB, bytes read and written (bytes/s): the main-memory figure.
     pub copy_bandwidth_bytes_per_s: f64,
-    /// The model's weight type in a prompt-sized product (FLOP/s).
+    /// The blocks' matrix products at their own types (FLOP/s): each type's throughput weighted
+    /// by its share of the weights, as time adds up (a harmonic mean).
     pub matmul_flops_per_s: f64,
+    /// The types, most weights first (`Q5_0+Q6_K+Q4_K`).
     pub matmul_dtype: String,
+    /// The shape the most common type was measured at.
     pub matmul_shape: [usize; 3],
+    /// Every weight type on its own kernel.
+    pub matmul_by_type: Vec<TypeThroughput>,
+}
+
+impl Ceilings {
+    /// Tokens per second the matrix products allow when each token multiplies the block
+    /// weights and `1 / head_every` of the head (a prompt of n tokens computes the head once).
+    pub fn compute_bound(&self, head_every: usize) -> f64 {
+        let secs: f64 = self
+            .matmul_by_type
+            .iter()
+            .map(|t| {
+                let weights = t.block_params as f64 + t.head_params as f64 / head_every as f64;
+                2.0 * weights / t.flops_per_s
+            })
+            .sum();
+        1.0 / secs
+    }
 }
 
 impl Ceilings {
@@ -118,31 +156,82 @@ impl Ceilings {
                 self.bandwidth_source
             },
             matmul_flops_per_s: self.matmul_flops_per_s.max(other.matmul_flops_per_s),
+            matmul_by_type: self
+                .matmul_by_type
+                .iter()
+                .zip(&other.matmul_by_type)
+                .map(|(a, b)| TypeThroughput {
+                    flops_per_s: a.flops_per_s.max(b.flops_per_s),
+                    ..a.clone()
+                })
+                .collect(),
             ..self.clone()
         }
     }
 }
 
-/// Measure the ceilings on `device` for a model that reads `weight_bytes` per token with weights
-/// of `dtype` and its largest projection `n × k`.
+/// Rows of a measured product: a prompt's worth.
+const ROWS: usize = 512;
+/// The widest product measured: throughput does not depend on n past a few thousand rows, and
+/// a 262k-row output head would take seconds.
+const MAX_N: usize = 4096;
+
+/// Measure the ceilings on `device` for a model that reads `weight_bytes` per token, with its
+/// weight types (`types`, most weights first; each at its largest `n × k`).
 pub fn measure(
     device: &Device,
     weight_bytes: u64,
-    dtype: GgmlDType,
-    n: usize,
-    k: usize,
+    types: &[WeightType],
 ) -> candle_core::Result<Ceilings> {
-    let rows = 512;
-    if !device.is_cpu() {
-        return measure_accelerator(device, weight_bytes, dtype, rows, n, k);
+    if types.is_empty() {
+        candle_core::bail!("the model has no weight matrices to measure");
     }
+    let (read, source, copy) = if device.is_cpu() {
+        (
+            read_bandwidth(weight_bytes as usize, 5),
+            "measured",
+            copy_bandwidth(512 << 20, 3),
+        )
+    } else {
+        accelerator_bandwidth(device, weight_bytes)?
+    };
+    let mut by_type = Vec::new();
+    for &(dtype, block_params, head_params, n, k) in types {
+        let n = n.min(MAX_N);
+        let flops = if device.is_cpu() {
+            matmul_flops(dtype, ROWS, n, k, 3)?
+        } else {
+            accelerator_matmul_flops(device, dtype, ROWS, n, k)?
+        };
+        by_type.push(TypeThroughput {
+            dtype: crate::engine::gguf::dtype_name(dtype).to_string(),
+            block_params,
+            head_params,
+            shape: [ROWS, n, k],
+            flops_per_s: flops,
+        });
+    }
+    let block: f64 = by_type.iter().map(|t| t.block_params as f64).sum();
+    let secs: f64 = by_type
+        .iter()
+        .map(|t| t.block_params as f64 / t.flops_per_s)
+        .sum();
     Ok(Ceilings {
-        read_bandwidth_bytes_per_s: read_bandwidth(weight_bytes as usize, 5),
-        bandwidth_source: "measured",
-        copy_bandwidth_bytes_per_s: copy_bandwidth(512 << 20, 3),
-        matmul_flops_per_s: matmul_flops(dtype, rows, n, k, 3)?,
-        matmul_dtype: crate::engine::gguf::dtype_name(dtype).to_string(),
-        matmul_shape: [rows, n, k],
+        read_bandwidth_bytes_per_s: read,
+        bandwidth_source: source,
+        copy_bandwidth_bytes_per_s: copy,
+        matmul_flops_per_s: if secs > 0.0 {
+            block / secs
+        } else {
+            by_type[0].flops_per_s
+        },
+        matmul_dtype: by_type
+            .iter()
+            .map(|t| t.dtype.as_str())
+            .collect::<Vec<_>>()
+            .join("+"),
+        matmul_shape: by_type[0].shape,
+        matmul_by_type: by_type,
     })
 }
 
@@ -165,29 +254,17 @@ fn best_secs(
 }
 
 /// On a GPU: device memory read (a reduction over a weights-sized buffer) and copy bandwidth,
-/// the better of the two being what decode can use; and the quantized matmul's throughput.
-fn measure_accelerator(
+/// the better of the two being what decode can use, or the theoretical peak when higher.
+fn accelerator_bandwidth(
     device: &Device,
     weight_bytes: u64,
-    dtype: GgmlDType,
-    rows: usize,
-    n: usize,
-    k: usize,
-) -> candle_core::Result<Ceilings> {
+) -> candle_core::Result<(f64, &'static str, f64)> {
     let elems = (weight_bytes as usize / 4).max(1 << 20);
     let buffer = Tensor::ones(elems, candle_core::DType::F32, device)?;
     let read = best_secs(device, 5, || buffer.sum_all().map(|_| ()))?;
     let copy = best_secs(device, 5, || buffer.copy().map(|_| ()))?;
     let bytes = (elems * 4) as f64;
     let (read_bw, copy_bw) = (bytes / read, 2.0 * bytes / copy);
-    let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
-    let linear =
-        candle_core::quantized::QMatMul::from_qtensor(QTensor::quantize_onto(&w, dtype, device)?)?;
-    let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)?.to_device(device)?;
-    let mm = best_secs(device, 5, || {
-        use candle_core::Module;
-        linear.forward(&x).map(|_| ())
-    })?;
     let measured = read_bw.max(copy_bw);
     let theoretical = match device.location() {
         candle_core::DeviceLocation::Cuda { gpu_id } => super::nvidia::probe()
@@ -197,18 +274,29 @@ fn measure_accelerator(
             .map(|gbs| gbs * 1e9),
         _ => None,
     };
-    let (bandwidth, source) = match theoretical {
-        Some(t) if t > measured => (t, "theoretical"),
-        _ => (measured, "measured"),
-    };
-    Ok(Ceilings {
-        read_bandwidth_bytes_per_s: bandwidth,
-        bandwidth_source: source,
-        copy_bandwidth_bytes_per_s: copy_bw,
-        matmul_flops_per_s: 2.0 * (rows * n * k) as f64 / mm,
-        matmul_dtype: crate::engine::gguf::dtype_name(dtype).to_string(),
-        matmul_shape: [rows, n, k],
+    Ok(match theoretical {
+        Some(t) if t > measured => (t, "theoretical", copy_bw),
+        _ => (measured, "measured", copy_bw),
     })
+}
+
+/// The quantized matmul's throughput on a GPU.
+fn accelerator_matmul_flops(
+    device: &Device,
+    dtype: GgmlDType,
+    rows: usize,
+    n: usize,
+    k: usize,
+) -> candle_core::Result<f64> {
+    let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
+    let linear =
+        candle_core::quantized::QMatMul::from_qtensor(QTensor::quantize_onto(&w, dtype, device)?)?;
+    let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)?.to_device(device)?;
+    let mm = best_secs(device, 5, || {
+        use candle_core::Module;
+        linear.forward(&x).map(|_| ())
+    })?;
+    Ok(2.0 * (rows * n * k) as f64 / mm)
 }
 
 #[cfg(test)]
@@ -222,5 +310,29 @@ mod tests {
         }
         let flops = matmul_flops(GgmlDType::Q8_0, 16, 64, 256, 2).unwrap();
         assert!(flops.is_finite() && flops > 1e6, "{flops}");
+    }
+
+    #[test]
+    fn mixed_types_add_up_as_time() {
+        let t = |dtype: &str, block_params, head_params, flops_per_s| TypeThroughput {
+            dtype: dtype.into(),
+            block_params,
+            head_params,
+            shape: [512, 64, 64],
+            flops_per_s,
+        };
+        let c = Ceilings {
+            read_bandwidth_bytes_per_s: 1e9,
+            bandwidth_source: "measured",
+            copy_bandwidth_bytes_per_s: 1e9,
+            matmul_flops_per_s: 0.0,
+            matmul_dtype: String::new(),
+            matmul_shape: [0; 3],
+            // 100 weights at 1000 FLOP/s: 0.2 s a token; the head, 512 weights at 2048 FLOP/s,
+            // 0.5 s a token when computed for each one, 1/512 of that in a prompt.
+            matmul_by_type: vec![t("Q4_K", 100, 0, 1000.0), t("Q8_0", 0, 512, 2048.0)],
+        };
+        assert!((c.compute_bound(1) - 1.0 / 0.7).abs() < 1e-9);
+        assert!((c.compute_bound(512) - 1.0 / (0.2 + 0.5 / 512.0)).abs() < 1e-9);
     }
 }

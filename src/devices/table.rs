@@ -32,7 +32,7 @@ pub fn markdown(r: &BenchResult) -> String {
         ));
     }
     out.push_str(&format!(
-        "\nTTFT ({} tokens): {:.1} ± {:.1} ms · read bandwidth {:.1} GB/s ({}) over {:.0} MB · copy {:.1} GB/s · {} matmul {:.1} GFLOP/s · peak RSS {}\n",
+        "\nTTFT ({} tokens): {:.1} ± {:.1} ms · read bandwidth {:.1} GB/s ({}) over {:.0} MB · copy {:.1} GB/s · matmul GFLOP/s {} · peak RSS {}\n",
         r.options.ttft_prompt,
         r.ttft_ms.mean,
         r.ttft_ms.sd,
@@ -40,8 +40,12 @@ pub fn markdown(r: &BenchResult) -> String {
         r.ceilings.bandwidth_source,
         r.model.weight_bytes_per_token as f64 / 1e6,
         r.ceilings.copy_bandwidth_bytes_per_s / 1e9,
-        r.ceilings.matmul_dtype,
-        r.ceilings.matmul_flops_per_s / 1e9,
+        r.ceilings
+            .matmul_by_type
+            .iter()
+            .map(|t| format!("{} {:.1}", t.dtype, t.flops_per_s / 1e9))
+            .collect::<Vec<_>>()
+            .join(", "),
         r.peak_rss_bytes
             .map_or("n/a".into(), |b| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64)),
     ));

@@ -128,14 +128,14 @@ fn token_types(gguf: &GgufFile, n: usize) -> Result<Vec<u64>, TokenizerError> {
     match gguf.get("tokenizer.ggml.token_type") {
         None => Ok(vec![1; n]),
         Some(v) => {
-            let arr = v.as_array().unwrap_or_default();
-            if arr.len() != n {
+            let len = v.as_array().map_or(0, |a| a.len());
+            if len != n {
                 return Err(TokenizerError::Build(format!(
-                    "{} token types for {n} tokens",
-                    arr.len()
+                    "{len} token types for {n} tokens"
                 )));
             }
-            Ok(arr.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
+            let arr = v.as_array().expect("an array: its length was read");
+            Ok((0..n).map(|i| arr.u64(i).unwrap_or(1)).collect())
         }
     }
 }
@@ -244,7 +244,7 @@ fn sentencepiece_bpe(
     types: &[u64],
 ) -> Result<Tokenizer, TokenizerError> {
     let scores: Vec<f64> = match gguf.get("tokenizer.ggml.scores") {
-        Some(Value::Array(a)) => a.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect(),
+        Some(Value::Array(a)) => (0..a.len()).map(|i| a.f64(i).unwrap_or(0.0)).collect(),
         _ => vec![0.0; tokens.len()],
     };
     let vocab = vocab_map(tokens);

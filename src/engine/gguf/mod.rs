@@ -66,7 +66,68 @@ pub enum Value {
     F64(f64),
     Bool(bool),
     String(String),
-    Array(Vec<Value>),
+    Array(Array),
+}
+
+/// A metadata array, compact for the kinds vocabularies use: a 262k-token vocabulary held as
+/// one `Value` per entry took 33 MB while loading.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Array {
+    /// Strings in one buffer: entry `i` is `text[ends[i - 1]..ends[i]]`.
+    Strings {
+        text: String,
+        ends: Vec<usize>,
+    },
+    F32(Vec<f32>),
+    I32(Vec<i32>),
+    /// Any other element type (nested arrays included).
+    Values(Vec<Value>),
+}
+
+impl Array {
+    pub fn len(&self) -> usize {
+        match self {
+            Array::Strings { ends, .. } => ends.len(),
+            Array::F32(v) => v.len(),
+            Array::I32(v) => v.len(),
+            Array::Values(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every entry, when this is an array of strings.
+    pub fn strings(&self) -> Option<Vec<&str>> {
+        match self {
+            Array::Strings { text, ends } => {
+                let starts = std::iter::once(0).chain(ends.iter().copied());
+                Some(starts.zip(ends).map(|(a, &b)| &text[a..b]).collect())
+            }
+            Array::Values(v) if v.is_empty() => Some(Vec::new()),
+            _ => None,
+        }
+    }
+
+    /// Entry `i` as a number (None: not a number, or past the end).
+    pub fn f64(&self, i: usize) -> Option<f64> {
+        match self {
+            Array::F32(v) => v.get(i).map(|&x| x as f64),
+            Array::I32(v) => v.get(i).map(|&x| x as f64),
+            Array::Values(v) => v.get(i).and_then(Value::as_f64),
+            Array::Strings { .. } => None,
+        }
+    }
+
+    /// Entry `i` as a non-negative integer.
+    pub fn u64(&self, i: usize) -> Option<u64> {
+        match self {
+            Array::I32(v) => v.get(i).and_then(|&x| u64::try_from(x).ok()),
+            Array::Values(v) => v.get(i).and_then(Value::as_u64),
+            Array::F32(_) | Array::Strings { .. } => None,
+        }
+    }
 }
 
 impl Value {
@@ -117,7 +178,7 @@ impl Value {
         }
     }
 
-    pub fn as_array(&self) -> Option<&[Value]> {
+    pub fn as_array(&self) -> Option<&Array> {
         match self {
             Value::Array(a) => Some(a),
             _ => None,
@@ -226,7 +287,7 @@ impl GgufFile {
             .ok_or_else(|| self.metadata_fault(key, "not a number"))
     }
 
-    pub fn get_array(&self, key: &str) -> Result<&[Value], GgufError> {
+    pub fn get_array(&self, key: &str) -> Result<&Array, GgufError> {
         self.get(key)
             .ok_or_else(|| self.metadata_fault(key, "missing"))?
             .as_array()
@@ -235,12 +296,8 @@ impl GgufFile {
 
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>, GgufError> {
         self.get_array(key)?
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .ok_or_else(|| self.metadata_fault(key, "not an array of strings"))
-            })
-            .collect()
+            .strings()
+            .ok_or_else(|| self.metadata_fault(key, "not an array of strings"))
     }
 
     /// `general.architecture`, e.g. `llama` or `gemma3`.
@@ -260,11 +317,41 @@ impl GgufFile {
         Ok((info, &self.mmap[info.offset..info.offset + info.size]))
     }
 
+    /// Hand back the mapped pages of a tensor's first `upto` bytes once a copy of them lives
+    /// elsewhere (the pages stay in the page cache; a later read maps them in again), so loading
+    /// a model never holds the file and its repacked weights in full at once.
+    pub fn release(&self, name: &str, upto: usize) {
+        /// The largest folio Linux maps file pages in (a huge page): release whole ones.
+        const PAGE: usize = 2 << 20;
+        let Some(info) = self.tensors.get(name) else {
+            return;
+        };
+        // Rounded outwards: a read maps a whole folio, across tensor boundaries, so the ends of
+        // the tensors before stay mapped unless they go too; a neighbour's page dropped is only
+        // read in again.
+        let start = info.offset / PAGE * PAGE;
+        let end = (info.offset + upto.min(info.size))
+            .next_multiple_of(PAGE)
+            .min(self.mmap.len());
+        if end > start {
+            // SAFETY: the map is private and read-only, so dropping pages loses nothing: any
+            // later access reads the same file bytes back in.
+            let _ = unsafe {
+                self.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
+    }
+
     pub fn has_tensor(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
 
-    /// Load a tensor onto a device as a candle `QTensor` (copied out of the map).
+    /// Load a tensor onto a device as a candle `QTensor` (copied out of the map, whose pages then
+    /// go back).
     pub fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor, GgufError> {
         let (info, bytes) = self.tensor_bytes(name)?;
         let fault = |source| GgufError::Tensor {
@@ -274,7 +361,9 @@ impl GgufFile {
         };
         let storage =
             QStorage::from_data(Cow::Borrowed(bytes), device, info.dtype).map_err(fault)?;
-        QTensor::new(storage, info.shape.as_slice()).map_err(fault)
+        let tensor = QTensor::new(storage, info.shape.as_slice()).map_err(fault);
+        self.release(name, usize::MAX);
+        tensor
     }
 
     /// The file's quantization as users name it: `general.file_type` (llama.cpp's `llama_ftype`),

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use candle_core::quantized::GgmlDType;
 
-use super::{TensorInfo, Value};
+use super::{Array, TensorInfo, Value};
 
 pub(super) const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -99,10 +99,14 @@ impl<'a> Parser<'a> {
     }
 
     fn string(&mut self, what: &str) -> Result<String, String> {
+        self.str(what).map(str::to_string)
+    }
+
+    fn str(&mut self, what: &str) -> Result<&str, String> {
         let len = self.count(1, what)?;
         let at = self.pos;
         let raw = self.take(len, what)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| format!("{what} at offset {at} is not UTF-8"))
+        std::str::from_utf8(raw).map_err(|_| format!("{what} at offset {at} is not UTF-8"))
     }
 
     fn value(&mut self, ty: u32, depth: usize) -> Result<Value, String> {
@@ -134,11 +138,34 @@ impl<'a> Parser<'a> {
                     t => return Err(format!("unknown array element type {t}")),
                 };
                 let n = self.count(min, "array")?;
-                let mut items = Vec::with_capacity(n);
-                for _ in 0..n {
-                    items.push(self.value(elem_ty, depth + 1)?);
-                }
-                Value::Array(items)
+                Value::Array(match elem_ty {
+                    8 => {
+                        let (mut text, mut ends) = (String::new(), Vec::with_capacity(n));
+                        for _ in 0..n {
+                            text.push_str(self.str("string")?);
+                            ends.push(text.len());
+                        }
+                        text.shrink_to_fit();
+                        Array::Strings { text, ends }
+                    }
+                    6 => Array::F32(
+                        (0..n)
+                            .map(|_| self.u32().map(f32::from_bits))
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    5 => Array::I32(
+                        (0..n)
+                            .map(|_| self.u32().map(|v| v as i32))
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    _ => {
+                        let mut items = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            items.push(self.value(elem_ty, depth + 1)?);
+                        }
+                        Array::Values(items)
+                    }
+                })
             }
             10 => Value::U64(self.u64()?),
             11 => Value::I64(self.u64()? as i64),

@@ -8,8 +8,8 @@
 
 use std::borrow::Cow;
 
-use candle_core::quantized::{QStorage, QTensor};
-use std::sync::Arc;
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use std::sync::{Arc, RwLock};
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -47,13 +47,51 @@ pub enum RopeStyle {
     Halves,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Rope {
-    cos: Tensor,
-    sin: Tensor,
+    tables: RopeTables,
+    max_positions: usize,
     style: RopeStyle,
-    /// The same tables as plain rows (max_positions × head_dim / 2) on the CPU.
-    host: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+/// cos and sin of every (position, frequency), as rows of head_dim / 2.
+#[derive(Debug)]
+enum RopeTables {
+    /// On the CPU, grown on demand to the furthest position asked for: whole tables for a 32k
+    /// context hold 33 MB per frequency base, most chats use a few thousand positions.
+    Host {
+        inv_freq: Vec<f32>,
+        rows: RwLock<Arc<HostRope>>,
+    },
+    /// On an accelerator, whole tensors.
+    Device { cos: Tensor, sin: Tensor },
+}
+
+/// The rotary rows for positions `0..cos.len() / half` on the CPU.
+#[derive(Debug, Default)]
+pub struct HostRope {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    interleaved: bool,
+}
+
+impl HostRope {
+    /// Rotate one token's heads (CPU rows) for position `pos`.
+    fn rotate(&self, x: &mut [f32], head_dim: usize, pos: usize) -> Result<()> {
+        let half = head_dim / 2;
+        let at = pos * half;
+        if at + half > self.cos.len() {
+            candle_core::bail!("position {pos} is past the rotary table");
+        }
+        host_attention::rotate(
+            x,
+            head_dim,
+            &self.cos[at..at + half],
+            &self.sin[at..at + half],
+            self.interleaved,
+        );
+        Ok(())
+    }
 }
 
 impl Rope {
@@ -77,57 +115,79 @@ impl Rope {
                     .unwrap_or(1.0)
             })
             .collect();
-        let mut angles = Vec::with_capacity(max_positions * half);
-        for p in 0..max_positions {
-            angles.extend(inv_freq.iter().map(|f| p as f32 * f));
-        }
-        let angles = Tensor::from_vec(angles, (max_positions, half), device)?;
-        let (cos, sin) = (angles.cos()?, angles.sin()?);
-        let host = if device.is_cpu() {
-            Some((
-                cos.flatten_all()?.to_vec1::<f32>()?,
-                sin.flatten_all()?.to_vec1::<f32>()?,
-            ))
+        let tables = if device.is_cpu() {
+            RopeTables::Host {
+                inv_freq,
+                rows: RwLock::new(Arc::new(HostRope {
+                    interleaved: style == RopeStyle::Interleaved,
+                    ..HostRope::default()
+                })),
+            }
         } else {
-            None
+            let mut angles = Vec::with_capacity(max_positions * half);
+            for p in 0..max_positions {
+                angles.extend(inv_freq.iter().map(|f| p as f32 * f));
+            }
+            let angles = Tensor::from_vec(angles, (max_positions, half), device)?;
+            RopeTables::Device {
+                cos: angles.cos()?,
+                sin: angles.sin()?,
+            }
         };
         Ok(Self {
-            cos,
-            sin,
+            tables,
+            max_positions,
             style,
-            host,
         })
     }
 
-    /// Rotate one token's heads (CPU rows) for position `pos`.
-    fn rotate_host(&self, x: &mut [f32], head_dim: usize, pos: usize) -> Result<()> {
-        let Some((cos, sin)) = &self.host else {
+    /// The CPU rows for positions `0..upto` at least (grown to the next power of two, so a
+    /// conversation growing a token at a time extends them rarely). Each value is `cos(p·f)`
+    /// in f32, as candle's elementwise `cos` computes the accelerator's table.
+    fn host_rows(&self, upto: usize) -> Result<Arc<HostRope>> {
+        let RopeTables::Host { inv_freq, rows } = &self.tables else {
             candle_core::bail!("rotary tables are not on the CPU");
         };
-        let half = head_dim / 2;
-        let at = pos * half;
-        if at + half > cos.len() {
-            candle_core::bail!("position {pos} is past the rotary table");
+        let half = inv_freq.len();
+        let held = |r: &HostRope| r.cos.len() / half.max(1);
+        {
+            let current = rows.read().unwrap_or_else(|e| e.into_inner());
+            if held(&current) >= upto {
+                return Ok(current.clone());
+            }
         }
-        host_attention::rotate(
-            x,
-            head_dim,
-            &cos[at..at + half],
-            &sin[at..at + half],
-            self.style == RopeStyle::Interleaved,
-        );
-        Ok(())
+        let mut current = rows.write().unwrap_or_else(|e| e.into_inner());
+        if held(&current) < upto {
+            let positions = upto.next_power_of_two().min(self.max_positions).max(upto);
+            let mut grown = HostRope {
+                cos: Vec::with_capacity(positions * half),
+                sin: Vec::with_capacity(positions * half),
+                interleaved: current.interleaved,
+            };
+            for p in 0..positions {
+                for f in inv_freq {
+                    let angle = p as f32 * f;
+                    grown.cos.push(angle.cos());
+                    grown.sin.push(angle.sin());
+                }
+            }
+            *current = Arc::new(grown);
+        }
+        Ok(current.clone())
     }
 
     pub fn max_positions(&self) -> usize {
-        self.cos.dim(0).unwrap_or(0)
+        self.max_positions
     }
 
-    /// `x`: (heads, t, head_dim) for positions `pos..pos + t`.
+    /// `x`: (heads, t, head_dim) for positions `pos..pos + t`, on an accelerator.
     pub fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
+        let RopeTables::Device { cos, sin } = &self.tables else {
+            candle_core::bail!("rotary tables are on the CPU: rotate rows with the host path");
+        };
         let t = x.dim(1)?;
-        let cos = self.cos.narrow(0, pos, t)?;
-        let sin = self.sin.narrow(0, pos, t)?;
+        let cos = cos.narrow(0, pos, t)?;
+        let sin = sin.narrow(0, pos, t)?;
         let x = x.unsqueeze(0)?.contiguous()?;
         let y = match self.style {
             RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
@@ -255,13 +315,13 @@ impl Attention {
         let rows = |t: Tensor| -> Result<Vec<f32>> { t.contiguous()?.flatten_all()?.to_vec1() };
         let (mut q, mut k, v) = (rows(q)?, rows(k)?, rows(v)?);
         let (q_row, kv_row) = (self.n_heads * hd, self.n_kv_heads * hd);
+        let furthest = spans.iter().map(|s| s.pos + s.len).max().unwrap_or(0);
+        let rope = self.rope.host_rows(furthest)?;
         for span in spans {
             for i in 0..span.len {
                 let r = span.start + i;
-                self.rope
-                    .rotate_host(&mut q[r * q_row..(r + 1) * q_row], hd, span.pos + i)?;
-                self.rope
-                    .rotate_host(&mut k[r * kv_row..(r + 1) * kv_row], hd, span.pos + i)?;
+                rope.rotate(&mut q[r * q_row..(r + 1) * q_row], hd, span.pos + i)?;
+                rope.rotate(&mut k[r * kv_row..(r + 1) * kv_row], hd, span.pos + i)?;
             }
         }
         host_attention::round_to_f16(&mut q);
@@ -346,54 +406,94 @@ impl GatedMlp {
 
 /// Token ids → embedding rows, dequantizing only the rows asked for (candle's CPU
 /// `QTensor::embedding` dequantizes the whole table per call: 670 MB for Gemma 3's vocabulary).
+/// The table is held once: a tied model reads the output head's repacked rows.
 #[derive(Debug)]
 pub struct Embedding {
-    table: QTensor,
-    /// The raw rows on the CPU, where rows are picked by hand.
-    cpu_rows: Option<(Vec<u8>, usize)>,
+    rows: Rows,
+    vocab: usize,
+    hidden: usize,
     scale: Option<f64>,
 }
 
+#[derive(Debug)]
+enum Rows {
+    /// The output head's weights, which a tied model shares (Lantern's layout on the CPU).
+    Head(Arc<QLinear>),
+    /// The GGUF rows as stored, dequantized one at a time.
+    Raw {
+        bytes: Vec<u8>,
+        row_bytes: usize,
+        dtype: GgmlDType,
+    },
+    /// On an accelerator: candle's gather over the table there.
+    Device(QTensor),
+}
+
 impl Embedding {
+    /// A table of its own (an untied model, or a type the head cannot share).
     pub fn new(table: QTensor, scale: Option<f64>) -> Result<Self> {
-        let cpu_rows = if table.device().is_cpu() {
-            let (rows, hidden) = table.shape().dims2()?;
-            let row_bytes = hidden / table.dtype().block_size() * table.dtype().type_size();
-            let data = table.data()?.into_owned();
-            debug_assert_eq!(data.len(), rows * row_bytes);
-            Some((data, row_bytes))
+        let (vocab, hidden) = table.shape().dims2()?;
+        let rows = if table.device().is_cpu() {
+            let dtype = table.dtype();
+            let row_bytes = hidden / dtype.block_size() * dtype.type_size();
+            let bytes = table.data()?.into_owned();
+            debug_assert_eq!(bytes.len(), vocab * row_bytes);
+            Rows::Raw {
+                bytes,
+                row_bytes,
+                dtype,
+            }
         } else {
-            None
+            Rows::Device(table)
         };
         Ok(Self {
-            table,
-            cpu_rows,
+            rows,
+            vocab,
+            hidden,
+            scale,
+        })
+    }
+
+    /// The output head's rows as the table, or None when its weights cannot give rows back.
+    pub fn tied(head: &Arc<QLinear>, scale: Option<f64>) -> Option<Self> {
+        head.on_lantern_kernels().then(|| Self {
+            rows: Rows::Head(head.clone()),
+            vocab: head.out_features(),
+            hidden: head.in_features(),
             scale,
         })
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.table.shape().dims()[0]
+        self.vocab
     }
 
     pub fn forward(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
-        let x = match &self.cpu_rows {
-            Some((data, row_bytes)) => {
-                let hidden = self.table.shape().dims()[1];
-                let dtype = self.table.dtype();
+        let outside =
+            |id: u32| candle_core::Error::Msg(format!("token id {id} outside the embedding"));
+        let x = match &self.rows {
+            Rows::Head(head) => {
+                let mut values = Vec::with_capacity(ids.len() * self.hidden);
+                for &id in ids {
+                    values.extend(head.row(id as usize).ok_or_else(|| outside(id))?);
+                }
+                Tensor::from_vec(values, (ids.len(), self.hidden), device)?
+            }
+            Rows::Raw {
+                bytes,
+                row_bytes,
+                dtype,
+            } => {
                 let mut rows = Vec::with_capacity(ids.len());
                 for &id in ids {
                     let at = id as usize * row_bytes;
-                    let bytes = data.get(at..at + row_bytes).ok_or_else(|| {
-                        candle_core::Error::Msg(format!("token id {id} outside the embedding"))
-                    })?;
-                    let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, dtype)?;
-                    rows.push(QTensor::new(storage, (1, hidden))?.dequantize(&Device::Cpu)?);
+                    let row = bytes.get(at..at + row_bytes).ok_or_else(|| outside(id))?;
+                    let storage = QStorage::from_data(Cow::Borrowed(row), &Device::Cpu, *dtype)?;
+                    rows.push(QTensor::new(storage, (1, self.hidden))?.dequantize(&Device::Cpu)?);
                 }
                 Tensor::cat(&rows, 0)?.to_device(device)?
             }
-            None => self
-                .table
+            Rows::Device(table) => table
                 .embedding(&Tensor::new(ids, device)?)?
                 .to_dtype(DType::F32)?,
         };

@@ -5,12 +5,10 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use super::layers::{
-    Activation, Attention, Embedding, GatedMlp, RmsNorm, Rope, RopeStyle, SeqSpan,
-};
+use super::layers::{Activation, Attention, GatedMlp, RmsNorm, Rope, RopeStyle, SeqSpan};
 use super::{
-    attention_weights, gated_mlp, norm, output_head, Block, Dims, Meta, ModelError, ModelInfo,
-    Transformer,
+    attention_weights, embedding_and_head, gated_mlp, norm, Block, Dims, Meta, ModelError,
+    ModelInfo, Transformer,
 };
 use crate::engine::gguf::GgufFile;
 use crate::engine::kv::KvCache;
@@ -88,8 +86,8 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
         device,
     )?);
 
-    let embd = gguf.qtensor("token_embd.weight", device)?;
-    let vocab_size = embd.shape().dims()[0];
+    let (embedding, head) = embedding_and_head(gguf, d_model, None, device)?;
+    let vocab_size = embedding.vocab_size();
     let dims = Dims {
         d_model,
         n_heads,
@@ -139,14 +137,8 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
         context_length,
         vocab_size,
     };
-    let head = output_head(gguf, vocab_size, d_model, device)?;
     let out_norm = norm(gguf, "output_norm.weight", eps, device)?;
     Ok(Transformer::assemble(
-        info,
-        Embedding::new(embd, None)?,
-        blocks,
-        out_norm,
-        head,
-        device,
+        info, embedding, blocks, out_norm, head, device,
     ))
 }

@@ -8,6 +8,8 @@ pub mod layers;
 pub mod llama;
 pub mod span;
 
+use std::sync::Arc;
+
 use candle_core::{Device, Tensor};
 
 use super::gguf::{GgufError, GgufFile};
@@ -80,7 +82,7 @@ pub struct Transformer {
     embedding: Embedding,
     blocks: Vec<Box<dyn Block>>,
     norm: RmsNorm,
-    head: QLinear,
+    head: Arc<QLinear>,
     device: Device,
 }
 
@@ -190,13 +192,33 @@ fn weight(
     Ok(t)
 }
 
+/// A named (out, in) linear layer. On the CPU, for the types Lantern's kernels cover, it is
+/// repacked straight from the map, whose pages go back as it goes: the layer is then the only
+/// copy of those weights in memory.
 pub(crate) fn linear(
     gguf: &GgufFile,
     name: &str,
     shape: (usize, usize),
     device: &Device,
 ) -> Result<QLinear, ModelError> {
-    Ok(QLinear::new(weight(gguf, name, shape, device)?)?)
+    let (info, bytes) = gguf.tensor_bytes(name)?;
+    if info.shape != [shape.0, shape.1] {
+        return Err(ModelError::Inconsistent(format!(
+            "{name} has shape {:?}, expected {shape:?}",
+            info.shape
+        )));
+    }
+    let repacked = if device.is_cpu() {
+        QLinear::from_gguf_rows(info.dtype, bytes, shape, |upto| gguf.release(name, upto))
+    } else {
+        None
+    };
+    let layer = match repacked {
+        Some(layer) => layer,
+        None => QLinear::new(weight(gguf, name, shape, device)?)?,
+    };
+    gguf.release(name, usize::MAX);
+    Ok(layer)
 }
 
 /// Linear layers over the same input, fused where the weights allow.
@@ -205,11 +227,11 @@ pub(crate) fn group(
     parts: &[(&str, (usize, usize))],
     device: &Device,
 ) -> Result<LinearGroup, ModelError> {
-    let tensors = parts
+    let layers = parts
         .iter()
-        .map(|(name, shape)| weight(gguf, name, *shape, device))
+        .map(|(name, shape)| linear(gguf, name, *shape, device))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(LinearGroup::new(tensors)?)
+    Ok(LinearGroup::new(layers))
 }
 
 pub(crate) fn norm(
@@ -279,19 +301,35 @@ pub(crate) fn gated_mlp(
     })
 }
 
-/// The output head: `output.weight`, or the embedding table when the model ties them.
-pub(crate) fn output_head(
+/// The token embedding and the output head (`output.weight`, or the embedding table when the
+/// model ties them). A tied table is held once, in the head's repacked layout.
+pub(crate) fn embedding_and_head(
     gguf: &GgufFile,
-    vocab: usize,
     d_model: usize,
+    scale: Option<f64>,
     device: &Device,
-) -> Result<QLinear, ModelError> {
-    let name = if gguf.has_tensor("output.weight") {
-        "output.weight"
-    } else {
-        "token_embd.weight"
+) -> Result<(Embedding, Arc<QLinear>), ModelError> {
+    const TABLE: &str = "token_embd.weight";
+    let (info, _) = gguf.tensor_bytes(TABLE)?;
+    let vocab = match info.shape.as_slice() {
+        [vocab, d] if *d == d_model => *vocab,
+        shape => {
+            return Err(ModelError::Inconsistent(format!(
+                "{TABLE} has shape {shape:?}, expected (vocab, {d_model})"
+            )))
+        }
     };
-    linear(gguf, name, (vocab, d_model), device)
+    if gguf.has_tensor("output.weight") {
+        let head = linear(gguf, "output.weight", (vocab, d_model), device)?;
+        let embedding = Embedding::new(gguf.qtensor(TABLE, device)?, scale)?;
+        return Ok((embedding, Arc::new(head)));
+    }
+    let head = Arc::new(linear(gguf, TABLE, (vocab, d_model), device)?);
+    let embedding = match Embedding::tied(&head, scale) {
+        Some(e) => e,
+        None => Embedding::new(gguf.qtensor(TABLE, device)?, scale)?,
+    };
+    Ok((embedding, head))
 }
 
 impl Transformer {
@@ -300,7 +338,7 @@ impl Transformer {
         embedding: Embedding,
         blocks: Vec<Box<dyn Block>>,
         norm: RmsNorm,
-        head: QLinear,
+        head: Arc<QLinear>,
         device: &Device,
     ) -> Self {
         Self {

@@ -165,9 +165,9 @@ mod scalar {
                             s[e / 16] += tile.value(j, lane, e) * ab.qs[e] as i32;
                         }
                         if T::HALVES {
-                            for h in 0..2 {
+                            for (h, &sh) in s.iter().enumerate() {
                                 let i = 2 * j + h;
-                                let t = s[h] - T::ZERO * ab.half[h];
+                                let t = sh - T::ZERO * ab.half[h];
                                 let dsc = d * tile.sc(i)[lane] as f32;
                                 acc[lane] += t as f32 * (dsc * ab.d);
                                 if T::MIN {

@@ -14,13 +14,15 @@
 //! the same layout. Other devices and weight types use candle's `QMatMul`.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
 const QK: usize = 32;
 /// Output rows interleaved in one group.
 const LANES: usize = 8;
+/// About this much of a GGUF tensor is read and resident at a time while it is repacked.
+const SLICE_BYTES: usize = 2 << 20;
 /// Most activation rows that share one pass over the weights (eight where AVX-512 gives the
 /// registers for them, else four: see `Kernel::row_group`).
 const ROW_GROUP: usize = 8;
@@ -92,6 +94,68 @@ impl CpuWeights {
         })
     }
 
+    /// `bytes` (GGUF rows of `k` values) repacked a slice of rows at a time, with room reserved
+    /// for the whole: the caller learns through `done(consumed)` how many source bytes are
+    /// finished with, so the mapped pages can go back while the rest is still being read.
+    fn repack_in_slices(
+        dtype: GgmlDType,
+        bytes: &[u8],
+        n: usize,
+        k: usize,
+        slice_bytes: usize,
+        mut done: impl FnMut(usize),
+    ) -> Option<Self> {
+        let row_bytes = bytes.len() / n.max(1);
+        let slice_rows = (slice_bytes / row_bytes.max(1) / LANES * LANES).max(LANES);
+        let mut all: Option<Self> = None;
+        for r0 in (0..n).step_by(slice_rows) {
+            let rows = slice_rows.min(n - r0);
+            let part = Self::repack(
+                dtype,
+                &bytes[r0 * row_bytes..(r0 + rows) * row_bytes],
+                rows,
+                k,
+            )?;
+            match &mut all {
+                None => {
+                    let mut first = part;
+                    first.reserve_groups(n.div_ceil(LANES) * first.blocks_per_row(k));
+                    all = Some(first);
+                }
+                Some(w) => {
+                    w.append(part);
+                }
+            }
+            done((r0 + rows) * row_bytes);
+        }
+        all
+    }
+
+    /// Room for `total` tiles in all.
+    fn reserve_groups(&mut self, total: usize) {
+        macro_rules! reserve {
+            ($($v:ident),*) => {
+                match self { $(Self::$v(t) => t.reserve_exact(total.saturating_sub(t.len())),)* }
+            };
+        }
+        reserve!(Q4_1, Q4_0, Q8_0, Q4K, Q5K, Q6K, Q3K, Q2K, Q5_0, Q5_1)
+    }
+
+    /// `other`'s rows after these; both hold whole groups of eight rows. False (and nothing
+    /// changed) when the layouts differ.
+    fn append(&mut self, other: Self) -> bool {
+        macro_rules! append {
+            ($($v:ident),*) => {
+                match (self, other) {
+                    $((Self::$v(a), Self::$v(b)) => a.extend(b),)*
+                    _ => return false,
+                }
+            };
+        }
+        append!(Q4_1, Q4_0, Q8_0, Q4K, Q5K, Q6K, Q3K, Q2K, Q5_0, Q5_1);
+        true
+    }
+
     /// Row `row` dequantized with ggml's formulas (an embedding lookup, the tests' oracle).
     fn row(&self, row: usize, k: usize) -> Vec<f32> {
         let (g, lane, kb) = (row / LANES, row % LANES, self.blocks_per_row(k));
@@ -137,11 +201,17 @@ impl CpuWeights {
 
 /// `y = x Wᵀ` for a quantized `W` of shape (out_features, in_features).
 pub struct QLinear {
-    qtensor: std::sync::Arc<QTensor>,
-    fallback: QMatMul,
-    cpu: Option<CpuWeights>,
+    weights: Weights,
+    dtype: GgmlDType,
     out_features: usize,
     in_features: usize,
+}
+
+/// One copy of a layer's weights: Lantern's repacked layout on the CPU, or candle's tensor
+/// (other devices, types the kernels do not cover). The GGUF bytes are not kept beside them.
+enum Weights {
+    Lantern(CpuWeights),
+    Candle(QMatMul),
 }
 
 impl std::fmt::Debug for QLinear {
@@ -149,9 +219,7 @@ impl std::fmt::Debug for QLinear {
         write!(
             f,
             "QLinear({}x{}, {:?})",
-            self.out_features,
-            self.in_features,
-            self.qtensor.dtype()
+            self.out_features, self.in_features, self.dtype
         )
     }
 }
@@ -159,19 +227,48 @@ impl std::fmt::Debug for QLinear {
 impl QLinear {
     pub fn new(qtensor: QTensor) -> Result<Self> {
         let (out_features, in_features) = qtensor.shape().dims2()?;
-        let cpu = if qtensor.device().is_cpu() && supported(qtensor.dtype()) {
-            CpuWeights::repack(qtensor.dtype(), &qtensor.data()?, out_features, in_features)
+        let dtype = qtensor.dtype();
+        let repacked = if qtensor.device().is_cpu() && supported(dtype) {
+            CpuWeights::repack(dtype, &qtensor.data()?, out_features, in_features)
         } else {
             None
         };
-        let qtensor = std::sync::Arc::new(qtensor);
-        let fallback = QMatMul::from_arc(qtensor.clone())?;
+        let weights = match repacked {
+            Some(w) => Weights::Lantern(w),
+            None => Weights::Candle(QMatMul::from_qtensor(qtensor)?),
+        };
         Ok(Self {
-            qtensor,
-            fallback,
-            cpu,
+            weights,
+            dtype,
             out_features,
             in_features,
+        })
+    }
+
+    /// A CPU layer straight from a GGUF tensor's bytes (`n` rows of `k` values), repacked without
+    /// an intermediate copy; `done(consumed)` reports the source bytes finished with. None for a
+    /// type Lantern's kernels do not cover.
+    pub fn from_gguf_rows(
+        dtype: GgmlDType,
+        bytes: &[u8],
+        (n, k): (usize, usize),
+        done: impl FnMut(usize),
+    ) -> Option<Self> {
+        if !supported(dtype) {
+            return None;
+        }
+        Some(Self {
+            weights: Weights::Lantern(CpuWeights::repack_in_slices(
+                dtype,
+                bytes,
+                n,
+                k,
+                SLICE_BYTES,
+                done,
+            )?),
+            dtype,
+            out_features: n,
+            in_features: k,
         })
     }
 
@@ -179,17 +276,36 @@ impl QLinear {
         self.out_features
     }
 
-    pub fn dtype(&self) -> GgmlDType {
-        self.qtensor.dtype()
+    pub fn in_features(&self) -> usize {
+        self.in_features
     }
 
-    /// `x`: (rows, in_features) f32 → (rows, out_features).
+    pub fn dtype(&self) -> GgmlDType {
+        self.dtype
+    }
+
+    /// Whether Lantern's kernels run this layer (false: candle's matmul on a device, or a type
+    /// they do not cover).
+    pub fn on_lantern_kernels(&self) -> bool {
+        matches!(self.weights, Weights::Lantern(_))
+    }
+
+    /// Row `row` of `W` dequantized with ggml's formulas, when the weights are in Lantern's
+    /// layout: a tied model's embedding lookup reads the head's copy of the table this way.
+    pub fn row(&self, row: usize) -> Option<Vec<f32>> {
+        match &self.weights {
+            Weights::Lantern(w) if row < self.out_features => Some(w.row(row, self.in_features)),
+            _ => None,
+        }
+    }
+
+    /// `x`: (rows, in_features) → (rows, out_features), in `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.dim(0)?;
-        match &self.cpu {
-            Some(w) if x.dtype() == DType::F32 => {
-                let x = x.contiguous()?;
-                let input = x.flatten_all()?.to_vec1::<f32>()?;
+        match &self.weights {
+            Weights::Lantern(w) => {
+                let input = x.to_dtype(DType::F32)?.contiguous()?;
+                let input = input.flatten_all()?.to_vec1::<f32>()?;
                 let mut out = vec![0f32; rows * self.out_features];
                 matmul_cpu(
                     w,
@@ -199,9 +315,9 @@ impl QLinear {
                     self.out_features,
                     &mut out,
                 );
-                Tensor::from_vec(out, (rows, self.out_features), x.device())
+                Tensor::from_vec(out, (rows, self.out_features), x.device())?.to_dtype(x.dtype())
             }
-            _ => self.fallback.forward(x),
+            Weights::Candle(m) => m.forward(x),
         }
     }
 }
@@ -216,32 +332,35 @@ pub enum LinearGroup {
 }
 
 impl LinearGroup {
-    pub fn new(parts: Vec<QTensor>) -> Result<Self> {
-        let fusable = parts.iter().all(|p| {
-            p.device().is_cpu()
-                && p.dtype() == parts[0].dtype()
-                && supported(p.dtype())
-                && p.shape().dims().get(1) == parts[0].shape().dims().get(1)
-        });
-        if !fusable || parts.len() < 2 {
-            return Ok(Self::Separate(
-                parts.into_iter().map(QLinear::new).collect::<Result<_>>()?,
-            ));
+    /// Fused when every part runs on Lantern's kernels with one weight type and input width, and
+    /// each part's rows fill whole groups of eight (so the repacked parts, one after another, are
+    /// the repacked whole); else the parts run one by one.
+    pub fn new(parts: Vec<QLinear>) -> Self {
+        let fusable = parts.len() >= 2
+            && parts.iter().all(|p| {
+                p.on_lantern_kernels()
+                    && p.dtype == parts[0].dtype
+                    && p.in_features == parts[0].in_features
+                    && p.out_features % LANES == 0
+            });
+        if !fusable {
+            return Self::Separate(parts);
         }
-        let mut widths = Vec::with_capacity(parts.len());
-        let mut bytes = Vec::new();
-        for p in &parts {
-            widths.push(p.shape().dims2()?.0);
-            bytes.extend_from_slice(&p.data()?);
+        let widths: Vec<usize> = parts.iter().map(|p| p.out_features).collect();
+        let mut parts = parts.into_iter();
+        let Some(mut linear) = parts.next() else {
+            return Self::Separate(Vec::new());
+        };
+        for part in parts {
+            let (Weights::Lantern(all), Weights::Lantern(w)) = (&mut linear.weights, part.weights)
+            else {
+                unreachable!("checked: every part is on Lantern's kernels");
+            };
+            let appended = all.append(w);
+            debug_assert!(appended, "checked: one weight type");
+            linear.out_features += part.out_features;
         }
-        let k = parts[0].shape().dims2()?.1;
-        let storage = candle_core::quantized::QStorage::from_data(
-            std::borrow::Cow::Owned(bytes),
-            &Device::Cpu,
-            parts[0].dtype(),
-        )?;
-        let linear = QLinear::new(QTensor::new(storage, (widths.iter().sum::<usize>(), k))?)?;
-        Ok(Self::Fused { linear, widths })
+        Self::Fused { linear, widths }
     }
 
     /// One output per part, in order.
@@ -467,6 +586,7 @@ use tiles::{Q2Kx8, Q3Kx8, Q4Kx8, Q5Kx8, Q5x8, Q6Kx8};
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;
@@ -543,7 +663,7 @@ mod tests {
         let w = Tensor::from_vec(random(16 * 64, 7), (16, 64), &Device::Cpu).unwrap();
         let q = QLinear::new(QTensor::quantize(&w, GgmlDType::Q4_0).unwrap()).unwrap();
         assert!(
-            matches!(q.cpu, Some(CpuWeights::Q4_0(_))),
+            matches!(q.weights, Weights::Lantern(CpuWeights::Q4_0(_))),
             "runs on Lantern's kernel"
         );
     }
@@ -574,7 +694,7 @@ mod tests {
             }
             let w = Tensor::from_vec(random(16 * 256, 7), (16, 256), &Device::Cpu).unwrap();
             let q = QLinear::new(QTensor::quantize(&w, dtype).unwrap()).unwrap();
-            assert!(q.cpu.is_some(), "{dtype:?} runs on Lantern's kernel");
+            assert!(q.on_lantern_kernels(), "{dtype:?} runs on Lantern's kernel");
         }
     }
 
@@ -711,25 +831,75 @@ mod tests {
 
     #[test]
     fn fused_groups_equal_separate_layers() {
-        let x = Tensor::from_vec(random(3 * 64, 9), (3, 64), &Device::Cpu).unwrap();
-        let parts: Vec<QTensor> = [(32, 10), (64, 11)]
-            .iter()
-            .map(|&(n, seed)| {
-                let w = Tensor::from_vec(random(n * 64, seed), (n, 64), &Device::Cpu).unwrap();
-                QTensor::quantize(&w, GgmlDType::Q4_1).unwrap()
+        let x = Tensor::from_vec(random(3 * 256, 9), (3, 256), &Device::Cpu).unwrap();
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let layers = |widths: &[usize]| -> Vec<QLinear> {
+                widths
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| {
+                        let w = random(n * 256, 10 + i as u64);
+                        let w = Tensor::from_vec(w, (n, 256), &Device::Cpu).unwrap();
+                        QLinear::new(QTensor::quantize(&w, dtype).unwrap()).unwrap()
+                    })
+                    .collect()
+            };
+            let separate: Vec<Tensor> = layers(&[32, 64, 16])
+                .iter()
+                .map(|l| l.forward(&x).unwrap())
+                .collect();
+            let group = LinearGroup::new(layers(&[32, 64, 16]));
+            assert!(matches!(group, LinearGroup::Fused { .. }), "{dtype:?}");
+            for (a, b) in group.forward(&x).unwrap().iter().zip(&separate) {
+                assert_eq!(max_diff(a, b), 0.0, "{dtype:?}");
+            }
+            // A part that ends inside a group of eight rows cannot be appended.
+            let ragged = LinearGroup::new(layers(&[12, 64]));
+            assert!(matches!(ragged, LinearGroup::Separate(_)));
+        }
+    }
+
+    #[test]
+    fn slices_repack_to_the_whole() {
+        let (n, k) = (45, 512);
+        let w = Tensor::from_vec(random(n * k, 21), (n, k), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(random(2 * k, 22), (2, k), &Device::Cpu).unwrap();
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q5K,
+            GgmlDType::Q2K,
+        ] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let bytes = q.data().unwrap().into_owned();
+            let whole = QLinear::new(q).unwrap().forward(&x).unwrap();
+            let mut reported = Vec::new();
+            let row_bytes = bytes.len() / n;
+            // Eight rows a slice: six slices, the last one ragged.
+            let weights = CpuWeights::repack_in_slices(dtype, &bytes, n, k, 8 * row_bytes, |at| {
+                reported.push(at)
             })
-            .collect();
-        let separate: Vec<Tensor> = parts
-            .iter()
-            .map(|p| {
-                let q = QTensor::quantize(&p.dequantize(&Device::Cpu).unwrap(), GgmlDType::Q4_1);
-                QLinear::new(q.unwrap()).unwrap().forward(&x).unwrap()
-            })
-            .collect();
-        let group = LinearGroup::new(parts).unwrap();
-        assert!(matches!(group, LinearGroup::Fused { .. }));
-        for (a, b) in group.forward(&x).unwrap().iter().zip(&separate) {
-            assert_eq!(max_diff(a, b), 0.0);
+            .unwrap();
+            assert_eq!(reported, [8, 16, 24, 32, 40, 45].map(|r| r * row_bytes));
+            let sliced = QLinear {
+                weights: Weights::Lantern(weights),
+                dtype,
+                out_features: n,
+                in_features: k,
+            };
+            assert_eq!(
+                max_diff(&sliced.forward(&x).unwrap(), &whole),
+                0.0,
+                "{dtype:?}"
+            );
+            let direct = QLinear::from_gguf_rows(dtype, &bytes, (n, k), |_| ()).unwrap();
+            assert_eq!(
+                max_diff(&direct.forward(&x).unwrap(), &whole),
+                0.0,
+                "{dtype:?}"
+            );
+            assert_eq!(direct.row(3).unwrap(), sliced.row(3).unwrap());
+            assert!(direct.row(n).is_none());
         }
     }
 }

@@ -194,9 +194,9 @@ fn parse_q2_k(b: &[u8]) -> Unpacked {
 /// Q5_0 and Q5_1: `qh` (32 fifth bits, bit `i` for element `i`), then 16 nibble bytes.
 fn five_bit_values(x: &mut Unpacked, qh: &[u8], qs: &[u8]) {
     let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
-    for l in 0..16 {
-        x.u[l] = (qs[l] & 0xF) | ((((qh >> l) & 1) as u8) << 4);
-        x.u[l + 16] = (qs[l] >> 4) | ((((qh >> (l + 16)) & 1) as u8) << 4);
+    for (l, &q) in qs[..16].iter().enumerate() {
+        x.u[l] = (q & 0xF) | ((((qh >> l) & 1) as u8) << 4);
+        x.u[l + 16] = (q >> 4) | ((((qh >> (l + 16)) & 1) as u8) << 4);
     }
 }
 
@@ -677,7 +677,7 @@ mod simd {
         let base = 256 * (j / 2);
         std::array::from_fn(|p| {
             let raw = seg(qs, base + 32 * p);
-            if j % 2 == 0 {
+            if j.is_multiple_of(2) {
                 _mm256_and_si256(raw, mask)
             } else {
                 _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask)
