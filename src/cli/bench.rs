@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// Do not store the result.
     #[arg(long)]
     no_store: bool,
+    /// Keep a synthetic model's GGUF in this directory, reused by later runs (to measure
+    /// another engine, such as llama-bench, on the same file).
+    #[arg(long)]
+    keep_synthetic: Option<std::path::PathBuf>,
 }
 
 /// Progress on stderr; Ctrl-C ends the process (nothing is stored mid-run).
@@ -82,6 +86,7 @@ pub fn bench(config: &Config, args: BenchArgs) -> Result<()> {
         model: &args.model,
         path: path.as_deref(),
         quantization: args.quantization.as_deref(),
+        keep_synthetic: args.keep_synthetic.as_deref(),
     };
     let result = bench::run_model(
         &target,

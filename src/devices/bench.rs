@@ -530,9 +530,13 @@ pub struct Target<'a> {
     pub model: &'a str,
     pub path: Option<&'a Path>,
     pub quantization: Option<&'a str>,
+    /// Keep a synthetic model's file in this directory (and reuse it when it is there), so
+    /// another engine can be measured on the very same file.
+    pub keep_synthetic: Option<&'a Path>,
 }
 
-/// Benchmark `target`; a synthetic model is written into `scratch` and deleted afterwards.
+/// Benchmark `target`; a synthetic model is written into `scratch` and deleted afterwards,
+/// unless the target keeps it.
 pub fn run_model(
     target: &Target,
     scratch: &Path,
@@ -567,9 +571,27 @@ pub fn run_model(
         0.0,
         &format!("writing a synthetic {shape_name} model in {q}"),
     );
+    let written = |dir: &Path| {
+        super::synthetic::write(&shape, dtype, dir)
+            .map_err(|e| BenchError::Load(format!("writing the synthetic model: {e:#}")))
+    };
+    if let Some(keep) = target.keep_synthetic {
+        // Synthetic weights are seeded: the same shape and type are the same file.
+        let dir = keep.join(format!("{shape_name}-{}", q.to_ascii_lowercase()));
+        let existing = std::fs::read_dir(&dir).ok().and_then(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+        });
+        let path = match existing {
+            Some(path) => path,
+            None => written(&dir)?,
+        };
+        return run(model, &path, device, device_note, options, observer);
+    }
     let dir = scratch.join(format!("synthetic-{}", std::process::id()));
-    let path = super::synthetic::write(&shape, dtype, &dir)
-        .map_err(|e| BenchError::Load(format!("writing the synthetic model: {e:#}")))?;
+    let path = written(&dir)?;
     let result = run(model, &path, device, device_note, options, observer);
     let _ = std::fs::remove_dir_all(&dir);
     result

@@ -104,6 +104,7 @@ pub async fn start_bench(
             model: &req.model,
             path: path.as_deref(),
             quantization: req.quantization.as_deref(),
+            keep_synthetic: None,
         };
         let result = bench::run_model(&target, &scratch, &device, None, options, &mut observer)
             .map_err(|e| e.to_string())?;

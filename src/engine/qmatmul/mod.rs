@@ -301,24 +301,37 @@ impl QLinear {
 
     /// `x`: (rows, in_features) → (rows, out_features), in `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let rows = x.dim(0)?;
-        match &self.weights {
-            Weights::Lantern(w) => {
-                let input = x.to_dtype(DType::F32)?.contiguous()?;
-                let input = input.flatten_all()?.to_vec1::<f32>()?;
-                let mut out = vec![0f32; rows * self.out_features];
-                matmul_cpu(
-                    w,
-                    &input,
-                    rows,
-                    self.in_features,
-                    self.out_features,
-                    &mut out,
-                );
+        match self.forward_host(x)? {
+            Some(out) => {
+                let rows = x.dim(0)?;
                 Tensor::from_vec(out, (rows, self.out_features), x.device())?.to_dtype(x.dtype())
             }
-            Weights::Candle(m) => m.forward(x),
+            None => match &self.weights {
+                Weights::Candle(m) => m.forward(x),
+                Weights::Lantern(_) => unreachable!("forward_host runs Lantern's weights"),
+            },
         }
+    }
+
+    /// On Lantern's kernels: the (rows, out_features) result as plain f32 rows, for callers
+    /// that go on working on the CPU; None for candle's weights.
+    pub fn forward_host(&self, x: &Tensor) -> Result<Option<Vec<f32>>> {
+        let Weights::Lantern(w) = &self.weights else {
+            return Ok(None);
+        };
+        let rows = x.dim(0)?;
+        let input = x.to_dtype(DType::F32)?.contiguous()?;
+        let input = input.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; rows * self.out_features];
+        matmul_cpu(
+            w,
+            &input,
+            rows,
+            self.in_features,
+            self.out_features,
+            &mut out,
+        );
+        Ok(Some(out))
     }
 }
 
@@ -361,6 +374,15 @@ impl LinearGroup {
             linear.out_features += part.out_features;
         }
         Self::Fused { linear, widths }
+    }
+
+    /// A fused group on Lantern's kernels: the parts' outputs side by side in each row, as
+    /// plain f32 rows (rows, sum of widths); None otherwise.
+    pub fn forward_host(&self, x: &Tensor) -> Result<Option<Vec<f32>>> {
+        match self {
+            Self::Fused { linear, .. } => linear.forward_host(x),
+            Self::Separate(_) => Ok(None),
+        }
     }
 
     /// One output per part, in order.
