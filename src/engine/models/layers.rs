@@ -420,12 +420,49 @@ impl GatedMlp {
             .zip(gate_up.par_chunks(2 * ffn))
             .for_each(|(o, row)| {
                 let (gate, up) = row.split_at(ffn);
-                for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                    *o = activation.apply(g) * u;
+                // One loop per activation, so each is a straight line the compiler vectorizes.
+                match activation {
+                    Activation::Gelu => {
+                        for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                            *o = gelu_vectorizable(g) * u;
+                        }
+                    }
+                    Activation::Silu => {
+                        for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                            *o = activation.apply(g) * u;
+                        }
+                    }
                 }
             });
         Tensor::from_vec(out, (rows, ffn), device)
     }
+}
+
+/// GELU's tanh approximation with `tanh(x) = 1 − 2 / (e^{2x} + 1)` and `e^y` from Cephes'
+/// `expf` polynomial, in plain f32 arithmetic the compiler turns into SIMD: libm's `tanhf` (with
+/// its `expm1f`) was 13% of a Gemma 3 prefill on two threads. Within 1e-6 of candle's formula
+/// (tested); llama.cpp itself reads GELU from an f16 table.
+#[inline(always)]
+fn gelu_vectorizable(v: f32) -> f32 {
+    const SQRT_TWO_OVER_PI: f32 =
+        std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = (SQRT_TWO_OVER_PI * v * (1.0 + 0.044715 * v * v)).clamp(-9.0, 9.0);
+    let y = 2.0 * x;
+    // e^y = 2^n · e^r with |r| ≤ ln 2 / 2.
+    let n = (y * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = y - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    let e = er * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let tanh = 1.0 - 2.0 / (e + 1.0);
+    0.5 * v * (1.0 + tanh)
 }
 
 impl Activation {
@@ -572,6 +609,19 @@ pub fn lm_head(norm: &RmsNorm, head: &QLinear, x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vectorizable_gelu_is_candles_within_a_millionth() {
+        let v: Vec<f32> = (-20000..20000).map(|i| i as f32 * 0.00071).collect();
+        for x in v {
+            let (ours, theirs) = (gelu_vectorizable(x), Activation::Gelu.apply(x));
+            let tolerance = 1e-6 * x.abs().max(1.0);
+            assert!(
+                (ours - theirs).abs() <= tolerance,
+                "gelu({x}): {ours} vs {theirs}"
+            );
+        }
+    }
 
     #[test]
     fn activations_are_candles_to_the_bit() {
