@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::ids;
+
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -16,14 +18,6 @@ use lantern::ChatModel;
 fn gemma() -> &'static ChatModel {
     static MODEL: OnceLock<ChatModel> = OnceLock::new();
     MODEL.get_or_init(|| ChatModel::load(&common::model_path("gemma3"), &Device::Cpu).unwrap())
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn run(model: &ChatModel, request: &GenerateRequest) -> (Vec<u32>, String, FinishReason) {

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::ids;
+
 use candle_core::Device;
 use lantern::engine::generate::{generate, Event, GenerateRequest};
 use lantern::engine::quant::{parse_target, requantize};
@@ -22,14 +24,6 @@ const DECISIVE: f64 = 0.3;
 /// token differs from llama.cpp's, and Q6_K's top-1 misses 1 of 55 decisive positions (issue
 /// 17 stays open on this). Both still load, run, and round-trip byte-identically.
 const NOT_YET_AGREEING: [&str; 2] = ["q2_k", "q6_k"];
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
 
 #[test]
 fn every_quantized_type_agrees_with_llama_cpp() {

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::ids;
+
 use lantern::engine::generate::{generate, Event, GenerateRequest};
 use lantern::engine::sampler::{argmax, log_softmax, SamplingParams};
 use lantern::engine::template::ChatMessage;
@@ -18,14 +20,6 @@ const NOISE: f64 = 0.25;
 
 fn messages(conv: &Value) -> Vec<ChatMessage> {
     serde_json::from_value(conv["messages"].clone()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 #[test]

@@ -21,6 +21,15 @@ pub fn reference() -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// A fixture's array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
 /// An installed model; the test setup (`models/fetch`) installs the defaults.
 pub fn model_path(name: &str) -> PathBuf {
     Library::new(&lantern::library::home())
