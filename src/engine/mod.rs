@@ -1,6 +1,7 @@
 //! Everything that touches tensors and nothing that touches HTTP: GGUF files, tokenizers, chat
 //! templates, model code, KV caches, sampling and stopping.
 
+pub mod constrain;
 pub mod device;
 pub mod generate;
 pub mod gguf;
@@ -12,6 +13,7 @@ pub mod sampler;
 pub mod stops;
 pub mod template;
 pub mod tokenizer;
+pub mod tools;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -48,6 +50,8 @@ pub struct ChatModel {
     pub load_time: Duration,
     /// The file's weight type as llama.cpp names it (`Q4_1`, `Q4_K_M`): the model's variant.
     pub quantization: Option<String>,
+    /// The grammar compiler, built on the first request that asks for structured output.
+    constraints: std::sync::OnceLock<Result<constrain::Constraints, String>>,
 }
 
 impl ChatModel {
@@ -72,13 +76,60 @@ impl ChatModel {
             template,
             load_time,
             quantization: gguf.quantization(),
+            constraints: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Compile a grammar for one sequence of this model.
+    pub fn constrain(
+        &self,
+        grammar: &constrain::Grammar,
+    ) -> Result<constrain::Constraint, constrain::ConstraintError> {
+        let constraints = self
+            .constraints
+            .get_or_init(|| {
+                constrain::Constraints::new(&self.tokenizer).map_err(|e| match e {
+                    constrain::ConstraintError::Vocabulary(m)
+                    | constrain::ConstraintError::Compile(m) => m,
+                })
+            })
+            .as_ref()
+            .map_err(|e| constrain::ConstraintError::Vocabulary(e.clone()))?;
+        constraints.compile(grammar)
     }
 
     /// Prompt token ids for a conversation, ready for the assistant's reply.
     pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, LoadError> {
         let text = self.template.render(messages, true)?;
         self.prompt_ids(&text)
+    }
+
+    /// `chat_prompt` for a conversation that may call `tools` or carry earlier calls and their
+    /// results: the template renders them itself when it knows how, else Hermes's convention
+    /// is written into the conversation (`tools::inline_tools`).
+    pub fn chat_prompt_with_tools(
+        &self,
+        messages: Vec<ChatMessage>,
+        tools: &[tools::ToolSpec],
+    ) -> Result<Vec<u32>, LoadError> {
+        let text = if self.template.renders_tools() {
+            let specs: Vec<serde_json::Value> =
+                tools.iter().map(tools::ToolSpec::to_json).collect();
+            self.template.render_with_tools(
+                &messages,
+                (!specs.is_empty()).then_some(&specs[..]),
+                true,
+            )?
+        } else {
+            self.template
+                .render(&tools::inline_tools(messages, tools), true)?
+        };
+        self.prompt_ids(&text)
+    }
+
+    /// How this model writes tool calls, as its template shows.
+    pub fn tool_format(&self) -> tools::ToolFormat {
+        tools::ToolFormat::of_template(self.template.source(), self.template.renders_tools())
     }
 
     /// Token ids for a raw prompt, with BOS when the model wants one and the text lacks it.

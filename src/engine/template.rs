@@ -42,11 +42,18 @@ pub enum TemplateError {
     Render(String),
 }
 
-/// One message of a conversation, as templates see it.
+/// One message of a conversation, as templates see it (Hugging Face's shape: an assistant's
+/// `tool_calls` carry `arguments` as objects, a `tool` message its `tool_call_id` and `name`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -54,6 +61,9 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
         }
     }
 }
@@ -65,6 +75,8 @@ pub struct ChatTemplate {
     eos_token: String,
     /// True when the GGUF had no template and a built-in one stands in.
     pub builtin: bool,
+    /// The template's own text, for what it tells of the model (its tool-call format).
+    source: String,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -203,6 +215,7 @@ impl ChatTemplate {
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
             builtin: false,
+            source: source.to_string(),
         })
     }
 
@@ -243,6 +256,26 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// The template's source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Does the template render a `tools` list itself (Hugging Face templates' `tools`)?
+    pub fn renders_tools(&self) -> bool {
+        self.source.contains("tools")
+    }
+
+    /// `render` with the functions a model may call, as the template's `tools` variable.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
         let tmpl = self
             .env
             .get_template("chat")
@@ -251,6 +284,7 @@ impl ChatTemplate {
         tmpl.render_captured_to(
             context! {
                 messages => minijinja::value::Serde(messages),
+                tools => tools.map(minijinja::value::Serde),
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token.as_str(),
                 eos_token => self.eos_token.as_str(),

@@ -65,12 +65,22 @@ pub struct SpecialTokens {
     pub add_bos: bool,
 }
 
+/// How a vocabulary's token strings spell bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizerFamily {
+    /// GPT-2's byte-level BPE: every byte is one printable character.
+    ByteLevel,
+    /// SentencePiece: `▁` for a space, `<0xNN>` tokens for single bytes.
+    SentencePiece,
+}
+
 /// A tokenizer with the facts about it that the engine needs.
 #[derive(Clone)]
 pub struct GgufTokenizer {
     /// Shared: every streaming request's decoder holds it.
     pub tokenizer: std::sync::Arc<Tokenizer>,
     pub special: SpecialTokens,
+    pub family: TokenizerFamily,
 }
 
 impl GgufTokenizer {
@@ -78,6 +88,10 @@ impl GgufTokenizer {
         let model = gguf.get_str("tokenizer.ggml.model")?;
         let tokens = gguf.get_str_array("tokenizer.ggml.tokens")?;
         let types = token_types(gguf, tokens.len())?;
+        let family = match model {
+            "llama" => TokenizerFamily::SentencePiece,
+            _ => TokenizerFamily::ByteLevel,
+        };
         let mut tokenizer = match model {
             "gpt2" => byte_level_bpe(gguf, &tokens)?,
             "llama" => sentencepiece_bpe(gguf, &tokens, &types)?,
@@ -98,6 +112,7 @@ impl GgufTokenizer {
         Ok(Self {
             tokenizer: std::sync::Arc::new(tokenizer),
             special,
+            family,
         })
     }
 

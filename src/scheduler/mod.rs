@@ -105,6 +105,8 @@ pub struct ValidatedRequest {
     /// is bit-exact; on a GPU, attention through cuBLAS/Metal kernels sized by the chunk can
     /// differ in the last bits, so a client wanting exact repeatability there turns it off.
     pub cache_prompt: bool,
+    /// The grammar the output must match (structured output, forced tool calls).
+    pub constraint: Option<crate::engine::constrain::Constraint>,
 }
 
 impl ValidatedRequest {
@@ -123,6 +125,7 @@ impl ValidatedRequest {
             stop,
             keep_alive,
             cache_prompt: true,
+            constraint: None,
         }
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::batch::{Budgets, Planner, SeqId, StepPlan};
 use super::prefix::{PrefixCache, PrefixStats};
 use super::{GenEvent, KeepAlive, Usage, ValidatedRequest};
+use crate::engine::constrain::{Constraint, Mask};
 use crate::engine::generate::{generate, FinishReason, GenerateRequest};
 use crate::engine::kv::KvCache;
 use crate::engine::models::{ModelInfo, SeqInput};
@@ -152,6 +153,8 @@ struct Sequence {
     stops: StopStrings,
     cache: KvCache,
     events: UnboundedSender<GenEvent>,
+    /// The grammar its output follows, if it asked for one.
+    constraint: Option<Constraint>,
     keep_alive: Option<KeepAlive>,
     queued_at: Instant,
     admitted_at: Option<Instant>,
@@ -312,6 +315,7 @@ impl Worker {
                 stops: StopStrings::new(request.stop),
                 cache,
                 events: job.events,
+                constraint: request.constraint,
                 keep_alive: request.keep_alive,
                 queued_at: job.queued_at,
                 admitted_at: None,
@@ -354,12 +358,46 @@ impl Worker {
             let seq = self.seqs.get_mut(&w.id).expect("planned sequences exist");
             seq.admitted_at.get_or_insert(now);
         }
-        match self.forward(&plan) {
-            Ok(logits) => {
+        // Grammar masks depend only on tokens already accepted: they are computed on another
+        // thread while this one runs the forward pass.
+        let mut constrained: Vec<(SeqId, Constraint)> = plan
+            .work
+            .iter()
+            .filter(|w| w.samples)
+            .filter_map(|w| {
+                let seq = self.seqs.get_mut(&w.id)?;
+                Some((w.id, seq.constraint.take()?))
+            })
+            .collect();
+        let (forward, masks) = std::thread::scope(|scope| {
+            let masks = (!constrained.is_empty()).then(|| {
+                scope.spawn(|| {
+                    use rayon::prelude::*;
+                    constrained
+                        .par_iter_mut()
+                        .map(|(id, c)| (*id, c.allowed()))
+                        .collect::<HashMap<SeqId, Result<Mask, String>>>()
+                })
+            });
+            let forward = self.forward(&plan);
+            let masks = masks
+                .map(|h| h.join().unwrap_or_default())
+                .unwrap_or_default();
+            (forward, masks)
+        });
+        let mut masks = masks;
+        for (id, c) in constrained {
+            if let Some(seq) = self.seqs.get_mut(&id) {
+                seq.constraint = Some(c);
+            }
+        }
+        match forward {
+            Ok(mut logits) => {
                 self.planner.commit(&plan);
                 for (row, w) in plan.work.iter().enumerate() {
                     if w.samples {
-                        self.sample(w.id, &logits[row]);
+                        let mask = masks.remove(&w.id);
+                        self.sample(w.id, &mut logits[row], mask);
                     }
                 }
             }
@@ -412,16 +450,31 @@ impl Worker {
     }
 
     /// Sample a sequence's next token and send it out; finish the sequence if it is done.
-    fn sample(&mut self, id: SeqId, logits: &[f32]) {
+    /// `mask`: what its grammar allows at this step, when it has one.
+    fn sample(&mut self, id: SeqId, logits: &mut [f32], mask: Option<Result<Mask, String>>) {
         let stop_ids = &self.model.tokenizer.special.stop_ids;
         let limit = self.model.transformer.info.context_length;
         let seq = self.seqs.get_mut(&id).expect("sampled sequences exist");
+        match mask {
+            Some(Ok(mask)) if mask.count() > 0 => mask.apply(logits),
+            Some(Ok(_)) => return self.fail(id, "the grammar allows no token here".into()),
+            Some(Err(e)) => return self.fail(id, format!("grammar: {e}")),
+            None => {}
+        }
         let now = Instant::now();
         seq.first_token_at.get_or_insert(now);
         if let Some(last) = seq.last_token_at.replace(now) {
             seq.inter_token.push((now - last).as_secs_f32());
         }
         let sampled = seq.sampler.sample(logits, &seq.tokens);
+        let grammar_done = match seq.constraint.as_mut().map(|c| {
+            c.accept(sampled.token)
+                .map(|()| c.is_finished() || stop_ids.contains(&sampled.token))
+        }) {
+            Some(Err(e)) => return self.fail(id, format!("grammar: {e}")),
+            Some(Ok(done)) => done,
+            None => false,
+        };
         seq.completion_tokens += 1;
         let _ = seq.events.send(GenEvent::Token {
             id: sampled.token,
@@ -448,6 +501,13 @@ impl Worker {
                     };
                 }
             }
+            // The grammar is complete and allows nothing more: the answer is whole.
+            if grammar_done {
+                break 'decide Outcome::Finished {
+                    reason: FinishReason::Stop,
+                    stopped_by_string: false,
+                };
+            }
             if seq.completion_tokens >= seq.max_tokens || seq.tokens.len() >= limit {
                 break 'decide Outcome::Finished {
                     reason: FinishReason::Length,
@@ -462,6 +522,17 @@ impl Worker {
         } = outcome
         {
             self.finish(id, reason, stopped_by_string);
+        }
+    }
+
+    /// End one sequence with an error its client sees.
+    fn fail(&mut self, id: SeqId, message: String) {
+        self.planner.remove(id);
+        if let Some(seq) = self.seqs.remove(&id) {
+            tracing::warn!(error = %message, "a sequence failed");
+            let _ = seq.events.send(GenEvent::Failed(message));
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.with_status(|s| s.failed += 1);
         }
     }
 

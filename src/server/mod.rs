@@ -25,6 +25,8 @@ pub mod response_cache;
 pub mod settings;
 pub mod sse;
 pub mod start;
+pub mod structured;
+pub mod tools;
 pub mod ui;
 pub mod validate;
 

@@ -34,6 +34,29 @@ fn new_id(prefix: &str) -> String {
     )
 }
 
+/// A chat answer's message and finish reason: calls read out of the text when the request
+/// gave tools.
+fn chat_message(
+    text: String,
+    tools: Option<&super::tools::ToolsRequest>,
+    finish: FinishReason,
+) -> (Value, &'static str) {
+    if let Some(t) = tools {
+        let parsed = crate::engine::tools::parse(&text, &t.specs);
+        if !parsed.calls.is_empty() {
+            let content = (!parsed.content.is_empty()).then_some(parsed.content);
+            return (
+                json!({"role": "assistant", "content": content, "tool_calls": super::tools::calls_json(&parsed.calls)}),
+                "tool_calls",
+            );
+        }
+    }
+    (
+        json!({"role": "assistant", "content": text}),
+        finish_reason(finish),
+    )
+}
+
 fn finish_reason(f: FinishReason) -> &'static str {
     match f {
         FinishReason::Stop => "stop",
@@ -391,12 +414,16 @@ async fn complete(
             Api::Completions => completion_logprobs(&engine, &choice.tokens),
         });
         choices.push(match api {
-            Api::Chat => json!({
-                "index": index,
-                "message": {"role": "assistant", "content": choice.text},
-                "logprobs": logprobs,
-                "finish_reason": finish,
-            }),
+            Api::Chat => {
+                let (message, finish) =
+                    chat_message(choice.text, plan.tools.as_ref(), choice.usage.finish_reason);
+                json!({
+                    "index": index,
+                    "message": message,
+                    "logprobs": logprobs,
+                    "finish_reason": finish,
+                })
+            }
             Api::Completions => json!({
                 "index": index,
                 "text": choice.text,
@@ -420,6 +447,33 @@ async fn complete(
     }
     finish(&session, &totals, last_usage.as_ref(), Outcome::Ok);
     Ok(Json(body).into_response())
+}
+
+/// A whole message as the deltas a stream sends: its text, then per call one delta with the
+/// call's id and name and one with its arguments (as OpenAI splits them).
+fn stream_deltas(message: Value) -> Vec<Value> {
+    let mut deltas = Vec::new();
+    if let Some(text) = message["content"].as_str().filter(|t| !t.is_empty()) {
+        deltas.push(json!({"content": text}));
+    }
+    for (k, call) in message["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        deltas.push(json!({"tool_calls": [{
+            "index": k,
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": call["function"]["name"], "arguments": ""},
+        }]}));
+        deltas.push(json!({"tool_calls": [{
+            "index": k,
+            "function": {"arguments": call["function"]["arguments"]},
+        }]}));
+    }
+    deltas
 }
 
 /// Stream chunks. Every choice is scheduled at once (they generate side by side); their chunks
@@ -471,6 +525,10 @@ fn stream(
                 }
             }
             let mut pending_tokens = Vec::new();
+            // With tools, text that may be a call is held until it is known not to be one (then
+            // it streams as content) or the answer ends (then its calls go out as deltas).
+            let mut holding = api == Api::Chat && plan.tools.is_some();
+            let mut held = String::new();
             while let Some(event) = events.recv().await {
                 let message = match event {
                     GenEvent::Token { id, logprob, top } => {
@@ -479,6 +537,16 @@ fn stream(
                         continue;
                     }
                     GenEvent::Text(text) => {
+                        let text = if holding {
+                            held.push_str(&text);
+                            if crate::engine::tools::may_be_call(&held) {
+                                continue;
+                            }
+                            holding = false;
+                            std::mem::take(&mut held)
+                        } else {
+                            text
+                        };
                         let tokens = std::mem::take(&mut pending_tokens);
                         let logprobs = plan.logprobs.map(|_| match api {
                             Api::Chat => chat_logprobs(&engine, &tokens),
@@ -494,9 +562,25 @@ fn stream(
                         })
                     }
                     GenEvent::Done(usage) => {
+                        let mut finish = finish_reason(usage.finish_reason);
+                        if holding && !held.is_empty() {
+                            let (message, reason) = chat_message(
+                                std::mem::take(&mut held),
+                                plan.tools.as_ref(),
+                                usage.finish_reason,
+                            );
+                            finish = reason;
+                            for delta in stream_deltas(message) {
+                                let c = chunk(
+                                    json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}]),
+                                );
+                                if tx.send(c).await.is_err() {
+                                    return gone(&mut totals, streamed, last_usage.as_ref());
+                                }
+                            }
+                        }
                         totals.add(index, plan.n, &usage);
                         streamed = 0;
-                        let finish = finish_reason(usage.finish_reason);
                         last_usage = Some(usage);
                         chunk(match api {
                             Api::Chat => {

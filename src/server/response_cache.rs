@@ -55,7 +55,9 @@ pub(super) fn response_key(engine: &EngineHandle, api: Api, plan: &Plan) -> Opti
             "completions"
         })
         .number(plan.n as u64)
-        .number(optional(plan.logprobs.map(|l| l as u64)));
+        .number(optional(plan.logprobs.map(|l| l as u64)))
+        .text(plan.grammar_key.as_deref().unwrap_or(""))
+        .number(plan.tools.is_some() as u64);
     for r in &plan.requests {
         let p = &r.sampling;
         k = k

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use super::errors::ApiError;
+use crate::engine::constrain::Constraint;
 use crate::engine::sampler::SamplingParams;
 use crate::engine::template::ChatMessage;
 use crate::scheduler::{EngineHandle, KeepAlive, ValidatedRequest};
@@ -52,6 +53,11 @@ pub struct ContentPart {
 pub struct WireMessage {
     pub role: String,
     pub content: Option<Content>,
+    /// An assistant's calls.
+    pub tool_calls: Option<Vec<super::tools::WireToolCall>>,
+    /// A tool result's call and function.
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,11 +98,17 @@ pub struct Sampling {
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<WireMessage>,
-    /// Fields Lantern cannot honour yet; accepting them silently would give wrong answers.
-    pub tools: Option<serde_json::Value>,
+    pub tools: Option<Vec<super::tools::WireTool>>,
     pub tool_choice: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<bool>,
+    /// The deprecated form of `tools`: refused with a pointer to `tools`.
     pub functions: Option<serde_json::Value>,
+    pub function_call: Option<serde_json::Value>,
     pub response_format: Option<serde_json::Value>,
+    /// Lantern's extension: a grammar (llguidance's Lark) the output must match.
+    pub grammar: Option<String>,
+    /// Lantern's extension: a regular expression the output must match.
+    pub regex: Option<String>,
     #[serde(default)]
     pub logprobs: bool,
     pub top_logprobs: Option<i64>,
@@ -112,6 +124,9 @@ pub struct CompletionRequest {
     pub logprobs: Option<i64>,
     #[serde(default)]
     pub echo: bool,
+    pub response_format: Option<serde_json::Value>,
+    pub grammar: Option<String>,
+    pub regex: Option<String>,
     #[serde(flatten)]
     pub sampling: Sampling,
 }
@@ -128,6 +143,10 @@ pub struct Plan {
     pub stream: bool,
     pub include_usage: bool,
     pub logprobs: Option<usize>,
+    /// Tools whose calls are read out of the answers.
+    pub tools: Option<super::tools::ToolsRequest>,
+    /// The output's grammar, as text: part of the response cache's key.
+    pub grammar_key: Option<String>,
 }
 
 /// A compression that was applied: what was asked and what it did.
@@ -145,7 +164,7 @@ impl Applied {
 
 /// Run `f` (compute-heavy) where it may block: off the async workers when on a multi-thread
 /// runtime.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
@@ -305,6 +324,7 @@ fn per_choice(
     stop: Vec<String>,
     keep_alive: Option<KeepAlive>,
     cache_prompt: bool,
+    constraint: Option<&Constraint>,
 ) -> Vec<ValidatedRequest> {
     (0..n)
         .map(|i| {
@@ -313,6 +333,7 @@ fn per_choice(
             let mut r =
                 ValidatedRequest::new(prompt.clone(), max_tokens, s, stop.clone(), keep_alive);
             r.cache_prompt = cache_prompt;
+            r.constraint = constraint.cloned();
             r
         })
         .collect()
@@ -339,27 +360,50 @@ pub fn validate_chat(
     mut req: ChatRequest,
     scorer: Option<&crate::engine::ChatModel>,
 ) -> Result<Plan, ApiError> {
-    let unsupported = [
-        ("tools", &req.tools),
-        ("tool_choice", &req.tool_choice),
+    for (param, value) in [
         ("functions", &req.functions),
-    ];
-    for (param, value) in unsupported {
+        ("function_call", &req.function_call),
+    ] {
         if value.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(ApiError::invalid(
-                format!("`{param}` is not supported by this server yet"),
+                format!(
+                    "`{param}` is the deprecated form of `tools`; send `tools` and `tool_choice`"
+                ),
                 param,
             ));
         }
     }
-    if let Some(format) = req.response_format.as_ref().filter(|v| !v.is_null()) {
-        if format.get("type").and_then(|t| t.as_str()) != Some("text") {
-            return Err(ApiError::invalid(
-                "only `response_format: {\"type\": \"text\"}` is supported yet",
-                "response_format",
-            ));
-        }
+    let tools = super::tools::tools_request(
+        req.tools.take(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+    )?;
+    let format = super::structured::one_of(
+        super::structured::response_format(req.response_format.as_ref(), "response_format")?,
+        super::structured::extension(req.grammar.take(), req.regex.take())?,
+    )?;
+    let forced = tools.as_ref().and_then(|t| {
+        crate::engine::tools::forced_grammar(
+            &t.specs,
+            &t.choice,
+            t.parallel,
+            engine.model.tool_format(),
+        )
+    });
+    if forced.is_some() && format.is_some() {
+        return Err(ApiError::invalid(
+            "`tool_choice` `required` or a named function already fixes the output; drop `response_format`",
+            "response_format",
+        ));
     }
+    let (grammar, grammar_param) = match (forced, format) {
+        (Some(g), _) => (Some(g), "tool_choice"),
+        (None, g) => (g, "response_format"),
+    };
+    let constraint = grammar
+        .as_ref()
+        .map(|g| super::structured::compile(engine, g, grammar_param))
+        .transpose()?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
             "`messages` must not be empty",
@@ -379,8 +423,8 @@ pub fn validate_chat(
             }
         };
         let content = match m.content {
-            // Every role carries its text in `content` (tool calls, which let an assistant
-            // message go without, are not taken here).
+            // An assistant that only called tools has no text.
+            None if role == "assistant" && m.tool_calls.is_some() => String::new(),
             None => {
                 return Err(ApiError::invalid(
                     format!(
@@ -407,7 +451,26 @@ pub fn validate_chat(
                 text
             }
         };
-        messages.push(ChatMessage::new(role, content));
+        let mut message = ChatMessage::new(role, content);
+        if let Some(calls) = m.tool_calls {
+            if role != "assistant" {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}]: only assistant messages carry `tool_calls`"),
+                    "messages",
+                ));
+            }
+            message.tool_calls = Some(
+                calls
+                    .into_iter()
+                    .map(|c| super::tools::template_call(i, c))
+                    .collect::<Result<_, _>>()?,
+            );
+        }
+        if role == "tool" {
+            message.tool_call_id = m.tool_call_id;
+            message.name = m.name;
+        }
+        messages.push(message);
     }
     let mut compression = None;
     if let Some(spec) = compression_spec(req.sampling.compression.take())? {
@@ -417,9 +480,8 @@ pub fn validate_chat(
         messages = compressed;
         compression = Some(Applied { spec, report });
     }
-    let prompt = engine
-        .model
-        .chat_prompt(&messages)
+    let specs = tools.as_ref().map(|t| &t.specs[..]).unwrap_or_default();
+    let prompt = blocking(|| engine.model.chat_prompt_with_tools(messages, specs))
         .map_err(|e| ApiError::invalid(e.to_string(), "messages"))?;
     let top_logprobs = match (req.logprobs, req.top_logprobs) {
         (false, Some(_)) => {
@@ -447,11 +509,14 @@ pub fn validate_chat(
             stop,
             keep_alive,
             req.sampling.cache_prompt.unwrap_or(true),
+            constraint.as_ref(),
         ),
         n,
         stream: req.sampling.stream,
         include_usage: req.sampling.include_usage(),
         logprobs: top_logprobs,
+        grammar_key: grammar.as_ref().map(|g| g.key()),
+        tools: tools.filter(|t| t.parses()),
     })
 }
 
@@ -468,6 +533,14 @@ pub fn validate_completion(
         return Err(ApiError::invalid("`prompt` must not be empty", "prompt"));
     }
     let logprobs = range(req.logprobs, 0, 5, "logprobs")?.map(|l| l as usize);
+    let grammar = super::structured::one_of(
+        super::structured::response_format(req.response_format.as_ref(), "response_format")?,
+        super::structured::extension(req.grammar.take(), req.regex.take())?,
+    )?;
+    let constraint = grammar
+        .as_ref()
+        .map(|g| super::structured::compile(engine, g, "response_format"))
+        .transpose()?;
     let n = req.sampling.n()?;
     let keep_alive = req.sampling.keep_alive()?;
     let spec = compression_spec(req.sampling.compression.take())?;
@@ -518,6 +591,7 @@ pub fn validate_completion(
             stop,
             keep_alive,
             req.sampling.cache_prompt.unwrap_or(true),
+            constraint.as_ref(),
         ));
     }
     Ok(Plan {
@@ -528,5 +602,7 @@ pub fn validate_completion(
         stream: req.sampling.stream,
         include_usage: req.sampling.include_usage(),
         logprobs,
+        grammar_key: grammar.as_ref().map(|g| g.key()),
+        tools: None,
     })
 }
