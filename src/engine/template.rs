@@ -98,7 +98,7 @@ fn strftime_now(format: String) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let (y, m, d) = crate::clock::civil_from_days(secs.div_euclid(86_400));
     const MONTHS: [&str; 12] = [
         "January",
         "February",
@@ -120,20 +120,6 @@ fn strftime_now(format: String) -> String {
         .replace("%d", &format!("{d:02}"))
         .replace("%B", month)
         .replace("%b", &month[..3])
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Python's string methods (minijinja-contrib's pycompat), with `format`'s widths bounded.
@@ -418,11 +404,5 @@ mod tests {
                 .unwrap(),
             "HI"
         );
-    }
-
-    #[test]
-    fn dates_are_civil() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_414), (2025, 11, 22));
     }
 }

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::errors::ApiError;
 use super::AppState;
@@ -26,7 +26,7 @@ use super::AppState;
 pub async fn defend(State(state): State<AppState>, request: Request, next: Next) -> Response {
     match check(&state, request.method(), request.uri(), request.headers()) {
         Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
+        Err(e) => super::ollama::error_for(request.uri().path(), e),
     }
 }
 

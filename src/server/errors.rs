@@ -81,6 +81,11 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
     fn parts(&self) -> (StatusCode, &'static str, Option<&str>, Option<&'static str>) {
         match self {
             Self::InvalidRequest { param, code, .. } => (

@@ -82,9 +82,10 @@ impl ApiKeys {
     }
 }
 
-/// The admin API: everything under `/api/`.
+/// The admin API: everything under `/api/` but Ollama's inference and listing routes, which
+/// are asked for what `/v1/` is.
 pub fn is_admin(path: &str) -> bool {
-    path.starts_with("/api/") || path == "/api"
+    (path.starts_with("/api/") || path == "/api") && !super::ollama::is_ollama_path(path)
 }
 
 pub async fn require_access(
@@ -118,7 +119,7 @@ pub async fn require_access(
     } else if is_admin(path) && state.keys.is_empty() {
         ApiError::AdminRequired.into_response()
     } else {
-        ApiError::Unauthorized.into_response()
+        super::ollama::error_for(path, ApiError::Unauthorized)
     }
 }
 

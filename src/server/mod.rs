@@ -19,6 +19,7 @@ pub mod jobs;
 pub mod lab;
 pub mod models;
 pub mod monitoring;
+pub mod ollama;
 pub mod openai;
 pub mod rate;
 pub mod response_cache;
@@ -86,6 +87,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/embed", post(ollama::embed))
+        .route("/api/embeddings", post(ollama::embed))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/show", post(ollama::show))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/version", get(ollama::version))
         .route("/api/engine", get(admin::engine))
         .route("/api/cache", get(admin::cache))
         .route("/api/sessions", get(admin::sessions))

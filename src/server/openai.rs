@@ -19,14 +19,14 @@ use super::{sse, AppState};
 use crate::engine::generate::FinishReason;
 use crate::scheduler::{EngineHandle, GenEvent, RegistryError, ScheduleError, Usage};
 
-fn now() -> u64 {
+pub(super) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn new_id(prefix: &str) -> String {
+pub(super) fn new_id(prefix: &str) -> String {
     format!(
         "{prefix}-{:016x}{:08x}",
         rand::random::<u64>(),
@@ -36,7 +36,7 @@ fn new_id(prefix: &str) -> String {
 
 /// A chat answer's message and finish reason: calls read out of the text when the request
 /// gave tools.
-fn chat_message(
+pub(super) fn chat_message(
     text: String,
     tools: Option<&super::tools::ToolsRequest>,
     finish: FinishReason,
@@ -118,10 +118,10 @@ fn schedule_error(e: ScheduleError) -> ApiError {
 type TokenLogprobs = (u32, Option<f32>, Vec<(u32, f32)>);
 
 /// One finished choice.
-struct Choice {
-    text: String,
-    tokens: Vec<TokenLogprobs>,
-    usage: Usage,
+pub(super) struct Choice {
+    pub(super) text: String,
+    pub(super) tokens: Vec<TokenLogprobs>,
+    pub(super) usage: Usage,
 }
 
 /// Schedule every choice at once, so they run side by side in the batch.
@@ -211,12 +211,44 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let mut req: ChatRequest = parse_body(body, state.body_limit)?;
-    let session = session_of(&headers, req.sampling.user.as_deref());
-    let admitted = super::budget::admit(&state, &session)?;
+    let req: ChatRequest = parse_body(body, state.body_limit)?;
+    let planned = plan_chat(&state, &headers, req).await?;
+    let compression = planned.plan.compression.clone();
+    let admitted = planned.admitted;
+    let started = start(
+        &state,
+        planned.engine,
+        planned.plan,
+        Api::Chat,
+        planned.session,
+        &headers,
+    )?;
+    respond(started)
+        .await
+        .map(|r| with_compression(admitted.onto(r), compression.as_ref()))
+}
+
+/// A chat request checked and ready to schedule.
+pub(super) struct Planned {
+    pub(super) engine: EngineHandle,
+    pub(super) plan: Plan,
+    pub(super) session: String,
+    /// The session's budget headers, for the response.
+    pub(super) admitted: super::budget::Admitted,
+}
+
+/// Everything before scheduling a chat request, whichever API it came through: its session and
+/// budget, an experiment's routing, the model, compression, validation.
+pub(super) async fn plan_chat(
+    state: &AppState,
+    headers: &HeaderMap,
+    mut req: ChatRequest,
+) -> Result<Planned, ApiError> {
+    let session = session_of(headers, req.sampling.user.as_deref());
+    let admitted = super::budget::admit(state, &session)?;
     // `experiment:NAME` runs this session's variant: its model, and its compression and
     // temperature where the request names none.
-    let routed = super::experiments::route(&state, &req.model, &session).await?;
+    let routed = super::experiments::route(state, &req.model, &session).await?;
     if let Some((_, v)) = &routed {
         req.model = v.model.clone();
         req.sampling.compression = req.sampling.compression.or_else(|| v.compression.clone());
@@ -231,13 +263,15 @@ pub async fn chat_completions(
         .sampling
         .compression
         .or_else(|| state.compression.get(&session));
-    let scorer = scorer_of(&state, req.sampling.compression.as_ref()).await?;
+    let scorer = scorer_of(state, req.sampling.compression.as_ref()).await?;
     let mut plan = validate_chat(&engine, req, scorer.as_ref().map(|s| &*s.model))?;
     plan.variant = routed.map(|(label, _)| label);
-    let compression = plan.compression.clone();
-    respond(&state, engine, plan, Api::Chat, session, &headers)
-        .await
-        .map(|r| with_compression(admitted.onto(r), compression.as_ref()))
+    Ok(Planned {
+        engine,
+        plan,
+        session,
+        admitted,
+    })
 }
 
 pub async fn completions(
@@ -260,7 +294,8 @@ pub async fn completions(
     let scorer = scorer_of(&state, req.sampling.compression.as_ref()).await?;
     let plan = validate_completion(&engine, req, scorer.as_ref().map(|s| &*s.model))?;
     let compression = plan.compression.clone();
-    respond(&state, engine, plan, Api::Completions, session, &headers)
+    let started = start(&state, engine, plan, Api::Completions, session, &headers)?;
+    respond(started)
         .await
         .map(|r| with_compression(admitted.onto(r), compression.as_ref()))
 }
@@ -321,15 +356,31 @@ pub fn session_of(headers: &HeaderMap, user: Option<&str>) -> String {
 
 use super::rate::key_of as rate_key_of;
 
-async fn respond(
+/// A request scheduled (or answered from the response cache): its choices' event streams and
+/// what rendering them needs. Every API's responses are written from one of these.
+pub(super) struct Started {
+    pub(super) engine: EngineHandle,
+    pub(super) streams: Vec<mpsc::UnboundedReceiver<GenEvent>>,
+    pub(super) plan: Plan,
+    pub(super) api: Api,
+    pub(super) id: String,
+    pub(super) account: Account,
+    /// The request's time limit.
+    pub(super) limit: std::time::Duration,
+    pub(super) from_cache: bool,
+}
+
+/// Schedule every choice of a plan, or replay them from the response cache. Scheduled before
+/// the response starts: a full queue is a 429 status, not an event.
+pub(super) fn start(
     state: &AppState,
     engine: EngineHandle,
     mut plan: Plan,
     api: Api,
     session: String,
     headers: &HeaderMap,
-) -> Result<Response, ApiError> {
-    let session = Account {
+) -> Result<Started, ApiError> {
+    let account = Account {
         session,
         rate_key: rate_key_of(headers),
         limiter: state.rate.clone(),
@@ -353,7 +404,6 @@ async fn respond(
     }
     let hit = key.filter(|_| control.read).and_then(|k| cache.get(&k));
     let from_cache = hit.is_some();
-    // Scheduled before the response starts: a full queue is a 429 status, not an event.
     let streams = match (hit, key) {
         (Some(recorded), _) => {
             engine.served_without_engine(plan.requests.first().and_then(|r| r.keep_alive));
@@ -366,48 +416,84 @@ async fn respond(
         ),
         _ => schedule_all(&engine, std::mem::take(&mut plan.requests))?,
     };
-    if plan.stream {
-        return Ok(stream(
-            engine, streams, plan, api, id, session, limit, from_cache,
-        ));
-    }
-    // Dropping the unfinished future on timeout drops its event streams: the engine cancels.
-    let account = session.clone();
-    let answer = complete(engine, streams, plan, api, id, session, from_cache);
-    match tokio::time::timeout(limit, answer).await {
-        Ok(answer) => answer,
-        Err(_) => {
-            finish(&account, &Totals::default(), None, Outcome::Timeout);
-            Err(ApiError::Timeout(limit.as_secs()))
-        }
-    }
+    Ok(Started {
+        engine,
+        streams,
+        plan,
+        api,
+        id,
+        account,
+        limit,
+        from_cache,
+    })
 }
 
-async fn complete(
-    engine: EngineHandle,
-    streams: Vec<mpsc::UnboundedReceiver<GenEvent>>,
-    plan: Plan,
-    api: Api,
-    id: String,
-    session: Account,
-    from_cache: bool,
-) -> Result<Response, ApiError> {
-    let mut choices = Vec::new();
+/// OpenAI's response: chunks when the request streams, else one body.
+async fn respond(started: Started) -> Result<Response, ApiError> {
+    if started.plan.stream {
+        return Ok(stream(started));
+    }
+    complete(started).await
+}
+
+/// Every choice of a non-streaming request, finished and accounted for.
+pub(super) struct Collected {
+    pub(super) started: Started,
+    pub(super) choices: Vec<Choice>,
+    pub(super) totals: Totals,
+    pub(super) last_usage: Option<Usage>,
+}
+
+/// Wait for every choice (within the request's time limit) and account for the request.
+/// Dropping the unfinished future on timeout drops its event streams: the engine cancels.
+pub(super) async fn collect(mut started: Started) -> Result<Collected, ApiError> {
+    let account = started.account.clone();
     let mut totals = Totals {
-        from_cache,
+        from_cache: started.from_cache,
         ..Totals::default()
     };
-    let mut last_usage = None;
+    let streams = std::mem::take(&mut started.streams);
     let all = futures_util::future::try_join_all(streams.into_iter().map(run_choice));
-    let finished = match all.await {
-        Ok(f) => f,
-        Err(e) => {
-            finish(&session, &totals, None, Outcome::Error(e.to_string()));
+    let finished = match tokio::time::timeout(started.limit, all).await {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => {
+            finish(&account, &totals, None, Outcome::Error(e.to_string()));
             return Err(e);
         }
+        Err(_) => {
+            finish(&account, &Totals::default(), None, Outcome::Timeout);
+            return Err(ApiError::Timeout(started.limit.as_secs()));
+        }
     };
+    for (index, choice) in finished.iter().enumerate() {
+        totals.add(index, started.plan.n, &choice.usage);
+    }
+    let last_usage = finished.last().map(|c| c.usage.clone());
+    finish(&account, &totals, last_usage.as_ref(), Outcome::Ok);
+    Ok(Collected {
+        started,
+        choices: finished,
+        totals,
+        last_usage,
+    })
+}
+
+async fn complete(started: Started) -> Result<Response, ApiError> {
+    let Collected {
+        started,
+        choices: finished,
+        totals,
+        last_usage,
+    } = collect(started).await?;
+    let Started {
+        engine,
+        plan,
+        api,
+        id,
+        ..
+    } = started;
+    let mut choices = Vec::new();
     for (index, choice) in finished.into_iter().enumerate() {
-        totals.add(index, plan.n, &choice.usage);
         let finish = finish_reason(choice.usage.finish_reason);
         let logprobs = plan.logprobs.map(|_| match api {
             Api::Chat => chat_logprobs(&engine, &choice.tokens),
@@ -431,7 +517,6 @@ async fn complete(
                 "finish_reason": finish,
             }),
         });
-        last_usage = Some(choice.usage);
     }
     let mut body = json!({
         "id": id,
@@ -445,7 +530,6 @@ async fn complete(
     if let Some(u) = &last_usage {
         body["timings"] = timings_json(u);
     }
-    finish(&session, &totals, last_usage.as_ref(), Outcome::Ok);
     Ok(Json(body).into_response())
 }
 
@@ -478,17 +562,17 @@ fn stream_deltas(message: Value) -> Vec<Value> {
 
 /// Stream chunks. Every choice is scheduled at once (they generate side by side); their chunks
 /// are sent one choice after another, each with its index.
-#[allow(clippy::too_many_arguments)]
-fn stream(
-    engine: EngineHandle,
-    streams: Vec<mpsc::UnboundedReceiver<GenEvent>>,
-    plan: Plan,
-    api: Api,
-    id: String,
-    session: Account,
-    limit: std::time::Duration,
-    from_cache: bool,
-) -> Response {
+fn stream(started: Started) -> Response {
+    let Started {
+        engine,
+        streams,
+        plan,
+        api,
+        id,
+        account: session,
+        limit,
+        from_cache,
+    } = started;
     let (tx, rx) = mpsc::channel::<Value>(64);
     let timeout_tx = tx.clone();
     let created = now();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::errors::ApiError;
 
@@ -187,7 +187,7 @@ pub async fn limit(State(limiter): State<RateLimiter>, request: Request, next: N
         }
         Err(refused) => {
             let (error, headers) = *refused;
-            let mut response = error.into_response();
+            let mut response = super::ollama::error_for(request.uri().path(), error);
             response.headers_mut().extend(headers);
             response
         }

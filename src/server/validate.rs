@@ -92,6 +92,8 @@ pub struct Sampling {
     pub cache_prompt: Option<bool>,
     /// Lantern's extension: compress the prompt first, `{"method": "prune", "ratio": 0.5}`.
     pub compression: Option<crate::compress::Spec>,
+    /// Ollama's `num_ctx`: the prompt and the answer stay within this many tokens.
+    pub context_limit: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,7 +210,10 @@ impl Sampling {
         prompt_len: usize,
         top_logprobs: Option<usize>,
     ) -> Result<(usize, SamplingParams, Vec<String>), ApiError> {
-        let context = engine.info.context_length;
+        let context = engine
+            .info
+            .context_length
+            .min(self.context_limit.unwrap_or(usize::MAX));
         if prompt_len >= context {
             return Err(ApiError::InvalidRequest {
                 message: format!(
