@@ -23,6 +23,7 @@ pub mod ollama;
 pub mod openai;
 pub mod rate;
 pub mod response_cache;
+pub mod responses;
 pub mod settings;
 pub mod sse;
 pub mod start;
@@ -86,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{id}", get(models::get_model))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/responses", post(responses::responses))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/api/chat", post(ollama::chat))
         .route("/api/generate", post(ollama::generate))
