@@ -124,24 +124,18 @@ fn byte_level_decoder() -> std::collections::HashMap<char, u8> {
     map
 }
 
-/// The bytes each token stands for; special tokens get llguidance's `0xFF` marker before their
+/// The bytes each token stands for; control tokens get llguidance's `0xFF` marker before their
 /// text so no grammar matches them as text.
 fn token_bytes(tokenizer: &GgufTokenizer) -> Vec<Vec<u8>> {
     let t = &tokenizer.tokenizer;
     let n = t.get_vocab_size(true);
-    let special: std::collections::HashSet<u32> = t
-        .get_added_tokens_decoder()
-        .into_iter()
-        .filter(|(_, tok)| tok.special)
-        .map(|(id, _)| id)
-        .collect();
     let decoder = byte_level_decoder();
     (0..n as u32)
         .map(|id| {
             let Some(piece) = t.id_to_token(id) else {
                 return Vec::new();
             };
-            if special.contains(&id) {
+            if tokenizer.control.binary_search(&id).is_ok() {
                 let mut b = vec![TokTrie::SPECIAL_TOKEN_MARKER];
                 b.extend_from_slice(piece.as_bytes());
                 return b;

@@ -81,6 +81,9 @@ pub struct GgufTokenizer {
     pub tokenizer: std::sync::Arc<Tokenizer>,
     pub special: SpecialTokens,
     pub family: TokenizerFamily,
+    /// Ids of CONTROL tokens (`<|im_start|>`, `<end_of_turn>`), sorted: markup, never text.
+    /// USER_DEFINED ones (Gemma's `\n` runs) are parsed as special yet spell plain text.
+    pub control: std::sync::Arc<[u32]>,
 }
 
 impl GgufTokenizer {
@@ -109,10 +112,17 @@ impl GgufTokenizer {
             .collect();
         tokenizer.add_special_tokens(specials).map_err(build_err)?;
         let special = special_tokens(gguf, &tokens)?;
+        let control = types
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL)
+            .map(|(id, _)| id as u32)
+            .collect();
         Ok(Self {
             tokenizer: std::sync::Arc::new(tokenizer),
             special,
             family,
+            control,
         })
     }
 

@@ -29,6 +29,7 @@ use crate::scheduler::{GenEvent, Usage};
 const OLLAMA_VERSION: &str = "0.9.0";
 
 /// An error in Ollama's shape: the status, and `{"error": message}`.
+#[derive(Debug)]
 pub struct OllamaError(ApiError);
 
 impl From<ApiError> for OllamaError {
@@ -894,6 +895,15 @@ mod tests {
         ] {
             assert!(apply_options(&mut Map::new(), options, format).is_err());
         }
+    }
+
+    #[test]
+    fn calls_carry_object_arguments() {
+        let openai = json!([{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]);
+        assert_eq!(
+            ollama_calls(&openai),
+            json!([{"function": {"name": "f", "arguments": {"x": 1}}}])
+        );
     }
 
     #[test]
