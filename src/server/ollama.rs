@@ -819,6 +819,9 @@ pub async fn show(
     ] {
         model_info.insert(format!("{arch}.{key}"), json!(value));
     }
+    let special = &engine.tokenizer.special;
+    model_info.insert("tokenizer.ggml.bos_token_id".into(), json!(special.bos));
+    model_info.insert("lantern.stop_token_ids".into(), json!(special.stop_ids));
     Ok(Json(json!({
         "modelfile": "",
         "parameters": "",

@@ -8,7 +8,7 @@ The same-run ratio Lantern / llama.cpp and each engine's share of the read-bandw
 for tg128 go to benches/results/<date>-types-<model>.json and .md. Real files (gemma3's Q4_K_M)
 can be added as they are with --files.
 
-Usage: python3 benches/types.py [MODEL] [--types q4_k,q5_k,...] [--threads 1,2] [--reps 3]
+Usage: python3 benches/weight_types.py [MODEL] [--types q4_k,q5_k,...] [--threads 1,2] [--reps 3]
                                 [--files NAME=PATH ...]
 Run it on a quiet machine: the figures are only comparable within one run.
 """
@@ -159,7 +159,7 @@ def main():
             "lantern_commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                              capture_output=True, text=True).stdout.strip(),
             "llamacpp": "llama-cpp-python 0.3.36 sdist, llama-bench, GGML_NATIVE (build.sh)",
-            "command": "python3 benches/types.py " + " ".join(sys.argv[1:])}
+            "command": "python3 benches/weight_types.py " + " ".join(sys.argv[1:])}
     base = ROOT / "benches/results" / f"{stamp:%Y-%m-%d}-types-{args.model}"
     base.with_suffix(".json").write_text(json.dumps({**meta, "results": results}, indent=1) + "\n")
     lines = [f"# Weight types — Lantern vs llama.cpp, same run ({meta['date']})", "",
