@@ -26,7 +26,7 @@ use super::AppState;
 pub async fn defend(State(state): State<AppState>, request: Request, next: Next) -> Response {
     match check(&state, request.method(), request.uri(), request.headers()) {
         Ok(()) => next.run(request).await,
-        Err(e) => super::ollama::error_for(request.uri().path(), e),
+        Err(e) => super::errors::error_for(request.uri().path(), e),
     }
 }
 

@@ -1,4 +1,5 @@
-//! One error type for the HTTP API, one mapping to OpenAI's error JSON and status.
+//! One error type for the HTTP API, one mapping to OpenAI's error JSON and status, and to
+//! Ollama's (`{"error": message}`) on Ollama's routes.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -196,5 +197,57 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         response
+    }
+}
+
+/// An error in Ollama's shape: the status, and `{"error": message}`.
+#[derive(Debug)]
+pub struct OllamaError(pub ApiError);
+
+impl From<ApiError> for OllamaError {
+    fn from(e: ApiError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for OllamaError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        (status, axum::Json(json!({"error": self.0.to_string()}))).into_response()
+    }
+}
+
+/// An error as the API at `path` writes it: Ollama's shape on its routes, OpenAI's elsewhere.
+pub fn error_for(path: &str, e: ApiError) -> Response {
+    if is_ollama_path(path) {
+        OllamaError(e).into_response()
+    } else {
+        e.into_response()
+    }
+}
+
+/// Ollama's paths that any client may call (the rest of `/api/` is Lantern's admin API).
+pub fn is_ollama_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/api/chat"
+            | "/api/generate"
+            | "/api/embed"
+            | "/api/embeddings"
+            | "/api/tags"
+            | "/api/show"
+            | "/api/ps"
+            | "/api/version"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ollama_paths_are_named() {
+        assert!(is_ollama_path("/api/chat") && is_ollama_path("/api/tags"));
+        assert!(!is_ollama_path("/api/models") && !is_ollama_path("/api/engine"));
     }
 }

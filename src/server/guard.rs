@@ -85,7 +85,7 @@ impl ApiKeys {
 /// The admin API: everything under `/api/` but Ollama's inference and listing routes, which
 /// are asked for what `/v1/` is.
 pub fn is_admin(path: &str) -> bool {
-    (path.starts_with("/api/") || path == "/api") && !super::ollama::is_ollama_path(path)
+    (path.starts_with("/api/") || path == "/api") && !super::errors::is_ollama_path(path)
 }
 
 pub async fn require_access(
@@ -119,7 +119,7 @@ pub async fn require_access(
     } else if is_admin(path) && state.keys.is_empty() {
         ApiError::AdminRequired.into_response()
     } else {
-        super::ollama::error_for(path, ApiError::Unauthorized)
+        super::errors::error_for(path, ApiError::Unauthorized)
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::accounting::{finish, Api, Outcome, Totals};
 use super::body::parse_body;
-use super::errors::ApiError;
+use super::errors::{ApiError, OllamaError};
 use super::openai::{chat_message, collect, plan_chat, start, Collected, Started};
 use super::validate::ChatRequest;
 use super::AppState;
@@ -27,47 +27,6 @@ use crate::scheduler::{GenEvent, Usage};
 
 /// The Ollama API version these routes follow (clients check it before using newer fields).
 const OLLAMA_VERSION: &str = "0.9.0";
-
-/// An error in Ollama's shape: the status, and `{"error": message}`.
-#[derive(Debug)]
-pub struct OllamaError(ApiError);
-
-impl From<ApiError> for OllamaError {
-    fn from(e: ApiError) -> Self {
-        Self(e)
-    }
-}
-
-impl IntoResponse for OllamaError {
-    fn into_response(self) -> Response {
-        let status = self.0.status();
-        (status, Json(json!({"error": self.0.to_string()}))).into_response()
-    }
-}
-
-/// An error as the API at `path` writes it: Ollama's shape on its routes, OpenAI's elsewhere.
-pub fn error_for(path: &str, e: ApiError) -> Response {
-    if is_ollama_path(path) {
-        OllamaError(e).into_response()
-    } else {
-        e.into_response()
-    }
-}
-
-/// Ollama's paths that any client may call (the rest of `/api/` is Lantern's admin API).
-pub fn is_ollama_path(path: &str) -> bool {
-    matches!(
-        path,
-        "/api/chat"
-            | "/api/generate"
-            | "/api/embed"
-            | "/api/embeddings"
-            | "/api/tags"
-            | "/api/show"
-            | "/api/ps"
-            | "/api/version"
-    )
-}
 
 /// Ollama names carry a tag; Lantern's models have none, so `:latest` means the model itself.
 fn model_name(name: &str) -> &str {
@@ -913,7 +872,5 @@ mod tests {
     fn tags_and_paths() {
         assert_eq!(model_name("smollm2:latest"), "smollm2");
         assert_eq!(model_name("smollm2"), "smollm2");
-        assert!(is_ollama_path("/api/chat") && is_ollama_path("/api/tags"));
-        assert!(!is_ollama_path("/api/models") && !is_ollama_path("/api/engine"));
     }
 }

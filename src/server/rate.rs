@@ -187,7 +187,7 @@ pub async fn limit(State(limiter): State<RateLimiter>, request: Request, next: N
         }
         Err(refused) => {
             let (error, headers) = *refused;
-            let mut response = super::ollama::error_for(request.uri().path(), error);
+            let mut response = super::errors::error_for(request.uri().path(), error);
             response.headers_mut().extend(headers);
             response
         }

@@ -77,13 +77,14 @@ pub fn one_of(
     }
 }
 
-/// Compile for the engine's model; a grammar that does not compile is the client's fault.
+/// Compile for the engine's model (compute: callers run it where it may block); a grammar that
+/// does not compile is the client's fault.
 pub fn compile(
     engine: &EngineHandle,
     grammar: &Grammar,
     param: &str,
 ) -> Result<Constraint, ApiError> {
-    super::validate::blocking(|| engine.model.constrain(grammar)).map_err(|e| {
+    engine.model.constrain(grammar).map_err(|e| {
         ApiError::invalid(
             format!("`{param}` cannot be enforced: {e}"),
             param.to_string(),

@@ -166,7 +166,7 @@ impl Applied {
 
 /// Run `f` (compute-heavy) where it may block: off the async workers when on a multi-thread
 /// runtime.
-pub(super) fn blocking<R>(f: impl FnOnce() -> R) -> R {
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
@@ -321,27 +321,38 @@ impl TakeStops for Option<OneOrMany> {
 
 /// One scheduled request per choice; with a seed, choice `i` uses `seed + i` so the choices
 /// differ yet the whole response repeats.
-fn per_choice(
-    prompt: Vec<u32>,
-    n: usize,
+fn per_choice(first: ValidatedRequest, n: usize) -> Vec<ValidatedRequest> {
+    (0..n)
+        .map(|i| {
+            let mut r = first.clone();
+            r.sampling.seed = r.sampling.seed.map(|seed| seed.wrapping_add(i as u64));
+            r
+        })
+        .collect()
+}
+
+/// The first choice's request; the others are copies with their own seeds (`per_choice`).
+struct Choice {
     max_tokens: usize,
     sampling: SamplingParams,
     stop: Vec<String>,
     keep_alive: Option<KeepAlive>,
     cache_prompt: bool,
-    constraint: Option<&Constraint>,
-) -> Vec<ValidatedRequest> {
-    (0..n)
-        .map(|i| {
-            let mut s = sampling.clone();
-            s.seed = s.seed.map(|seed| seed.wrapping_add(i as u64));
-            let mut r =
-                ValidatedRequest::new(prompt.clone(), max_tokens, s, stop.clone(), keep_alive);
-            r.cache_prompt = cache_prompt;
-            r.constraint = constraint.cloned();
-            r
-        })
-        .collect()
+}
+
+impl Choice {
+    fn request(self, prompt: Vec<u32>, constraint: Option<&Constraint>) -> ValidatedRequest {
+        let mut r = ValidatedRequest::new(
+            prompt,
+            self.max_tokens,
+            self.sampling,
+            self.stop,
+            self.keep_alive,
+        );
+        r.cache_prompt = self.cache_prompt;
+        r.constraint = constraint.cloned();
+        r
+    }
 }
 
 impl Sampling {
@@ -407,7 +418,7 @@ pub fn validate_chat(
     };
     let constraint = grammar
         .as_ref()
-        .map(|g| super::structured::compile(engine, g, grammar_param))
+        .map(|g| blocking(|| super::structured::compile(engine, g, grammar_param)))
         .transpose()?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
@@ -507,14 +518,15 @@ pub fn validate_chat(
         variant: None,
         compression,
         requests: per_choice(
-            prompt,
+            Choice {
+                max_tokens,
+                sampling,
+                stop,
+                keep_alive,
+                cache_prompt: req.sampling.cache_prompt.unwrap_or(true),
+            }
+            .request(prompt, constraint.as_ref()),
             n,
-            max_tokens,
-            sampling,
-            stop,
-            keep_alive,
-            req.sampling.cache_prompt.unwrap_or(true),
-            constraint.as_ref(),
         ),
         n,
         stream: req.sampling.stream,
@@ -544,7 +556,7 @@ pub fn validate_completion(
     )?;
     let constraint = grammar
         .as_ref()
-        .map(|g| super::structured::compile(engine, g, "response_format"))
+        .map(|g| blocking(|| super::structured::compile(engine, g, "response_format")))
         .transpose()?;
     let n = req.sampling.n()?;
     let keep_alive = req.sampling.keep_alive()?;
@@ -589,14 +601,15 @@ pub fn validate_completion(
             max_tokens
         };
         requests.extend(per_choice(
-            ids,
+            Choice {
+                max_tokens,
+                sampling,
+                stop,
+                keep_alive,
+                cache_prompt: req.sampling.cache_prompt.unwrap_or(true),
+            }
+            .request(ids, constraint.as_ref()),
             n,
-            max_tokens,
-            sampling,
-            stop,
-            keep_alive,
-            req.sampling.cache_prompt.unwrap_or(true),
-            constraint.as_ref(),
         ));
     }
     Ok(Plan {
