@@ -1,6 +1,7 @@
 //! Property-based fuzzing of the parsers that take untrusted input: chat and completion request
-//! bodies through validation, GGUF files, the tokenizer on arbitrary bytes, and chat templates
-//! written to hurt (endless loops, huge outputs, attribute probing, recursion).
+//! bodies through validation (schemas, grammars and tools compiled), GGUF files, the tokenizer
+//! on arbitrary bytes, and chat templates written to hurt (endless loops, huge outputs,
+//! attribute probing, recursion).
 //!
 //! Each target runs generated cases (proptest strategies, seeded differently each batch) until
 //! its time budget is spent: `LANTERN_FUZZ_SECONDS` (CI: 30 per target; `benches/fuzz.sh` runs
@@ -158,6 +159,23 @@ const KEYS: &[&str] = &[
     "scorer",
     "keep_alive",
     "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "tool_calls",
+    "tool_call_id",
+    "function",
+    "arguments",
+    "parameters",
+    "json_schema",
+    "schema",
+    "strict",
+    "type",
+    "properties",
+    "required",
+    "items",
+    "enum",
+    "grammar",
+    "regex",
     "echo",
     "suffix",
     "name",
@@ -183,6 +201,18 @@ fn request() -> impl Strategy<Value = Value> {
             json!({"model": "smollm2", "messages": [{"role": "system", "content": "x"},
                     {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
                     "stop": ["\n"], "logprobs": true, "top_logprobs": 3, "seed": 1})
+        ),
+        Just(
+            json!({"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}],
+                    "response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": true,
+                    "schema": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}})
+        ),
+        Just(
+            json!({"model": "smollm2", "messages": [{"role": "user", "content": "Hi"},
+                    {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                    {"role": "tool", "tool_call_id": "c", "content": "1"}],
+                    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+                    "tool_choice": "required"})
         ),
     ];
     (
