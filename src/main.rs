@@ -149,10 +149,12 @@ fn serve(config: &Config, flags: ServeFlags) -> Result<()> {
             )
         })?;
         let server = launch.start(listener).await?;
+        // Caught before the line below: a script may signal as soon as it reads it.
+        let signals = lantern::server::shutdown_signal();
         // Tests and scripts read this line to find the port.
         println!("listening on http://{}/v1", server.addr());
         std::io::stdout().flush()?;
-        server.run_until_signal().await
+        server.run_until(signals).await
     })
 }
 

@@ -249,9 +249,10 @@ impl Server {
         Ok(served?)
     }
 
-    /// Serve until the process is asked to stop (Ctrl-C or SIGTERM), then shut down.
-    pub async fn run_until_signal(self) -> Result<()> {
-        super::shutdown_signal().await;
+    /// Serve until `signal` (from [`super::shutdown_signal`], taken before the server said it
+    /// listens), then shut down.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) -> Result<()> {
+        signal.await;
         self.shutdown().await
     }
 }
