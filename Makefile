@@ -46,8 +46,8 @@ lint: ui desktop-deps
 	python3 tests/structure/import_cycles.py src
 	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 
-test: models lint
-	$(CARGO) test --release --locked
+test: models lint .venv/.installed
+	LANTERN_PYTHON=$(abspath .venv/bin/python) $(CARGO) test --release --locked
 	$(MAKE) clients
 	$(MAKE) e2e
 	$(MAKE) desktop-test
@@ -72,7 +72,8 @@ desktop-test: desktop
 	  $(APT_INSTALL) xvfb xauth dbus xdotool imagemagick fonts-dejavu-core; }
 	tests/desktop/run.sh $(DESKTOP)
 
-# The official OpenAI SDK (from PyPI, in a virtual environment) against the real server.
+# The official OpenAI SDK, LangChain and the ollama client (from PyPI, in a virtual environment)
+# against the real server. The same environment has the `gguf` writer tests/architectures.rs uses.
 clients: build .venv/.installed
 	LANTERN_BIN=$(LANTERN) .venv/bin/python -m pytest -q tests/clients
 

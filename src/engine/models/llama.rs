@@ -1,5 +1,7 @@
-//! The llama family: Llama 2/3, SmolLM2, Mistral (as `llama` or `mistral` GGUFs) and Qwen2 (QKV
-//! biases, half-split rotary). Pre-norm blocks: `h = x + attn(norm(x)); y = h + mlp(norm(h))`.
+//! The llama family: Llama 2/3 (3.1/3.2's rope scaling as `rope_freqs.weight`), SmolLM2, Mistral
+//! (as `llama` or `mistral` GGUFs), Qwen2 (QKV biases, half-split rotary) and Qwen3 (RMS norm of
+//! each query and key head before the rotary, half-split rotary). Pre-norm blocks:
+//! `h = x + attn(norm(x)); y = h + mlp(norm(h))`.
 
 use std::sync::Arc;
 
@@ -62,7 +64,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
         .usize("context_length")
         .unwrap_or(4096)
         .min(MAX_CONTEXT);
-    let style = if arch == "qwen2" {
+    let style = if arch == "qwen2" || arch == "qwen3" {
         RopeStyle::Halves
     } else {
         RopeStyle::Interleaved
@@ -107,11 +109,19 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             None
         };
         let (qkv, wo) = attention_weights(gguf, i, &dims, device)?;
+        let qk_norm = if gguf.has_tensor(&p("attn_q_norm.weight")) {
+            Some((
+                norm(gguf, &p("attn_q_norm.weight"), eps, device)?,
+                norm(gguf, &p("attn_k_norm.weight"), eps, device)?,
+            ))
+        } else {
+            None
+        };
         let attn = Attention {
             qkv,
             wo,
             bias,
-            qk_norm: None,
+            qk_norm,
             n_heads,
             n_kv_heads,
             head_dim,

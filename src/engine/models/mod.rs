@@ -25,7 +25,7 @@ pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
     /// No model code for this `general.architecture`.
-    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2, gemma3)")]
+    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2, qwen3, gemma3)")]
     Unsupported(String),
     /// A tensor has a shape the metadata does not explain.
     #[error("inconsistent model: {0}")]
@@ -90,7 +90,7 @@ impl Transformer {
     /// Open the right architecture for a GGUF file.
     pub fn load(gguf: &GgufFile, device: &Device) -> Result<Self, ModelError> {
         match gguf.architecture()? {
-            "llama" | "mistral" | "qwen2" => llama::load(gguf, device),
+            "llama" | "mistral" | "qwen2" | "qwen3" => llama::load(gguf, device),
             "gemma3" => gemma3::load(gguf, device),
             other => Err(ModelError::Unsupported(other.to_string())),
         }
