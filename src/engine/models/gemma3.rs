@@ -107,11 +107,11 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             head_dim,
             scale: 1.0 / (head_dim as f64).sqrt(),
             window: (!global).then_some(window),
-            rope: if global {
+            rope: Some(if global {
                 global_rope.clone()
             } else {
                 local_rope.clone()
-            },
+            }),
         };
         let mlp = gated_mlp(gguf, i, &dims, Activation::Gelu, device)?;
         blocks.push(Box::new(GemmaBlock {

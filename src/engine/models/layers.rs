@@ -240,8 +240,9 @@ pub struct Attention {
     pub head_dim: usize,
     pub scale: f64,
     pub window: Option<usize>,
-    /// Shared by the layers that use the same base (Gemma 3 has a local and a global one).
-    pub rope: Arc<Rope>,
+    /// Shared by the layers that use the same base (Gemma 3 has a local and a global one);
+    /// None for layers without positions (SmolLM3's NoPE layers).
+    pub rope: Option<Arc<Rope>>,
 }
 
 impl Attention {
@@ -280,8 +281,10 @@ impl Attention {
                 qs = qn.forward(&qs)?;
                 ks = kn.forward(&ks)?;
             }
-            let qs = self.rope.apply(&qs, span.pos)?;
-            let ks = self.rope.apply(&ks, span.pos)?;
+            let (qs, ks) = match &self.rope {
+                Some(rope) => (rope.apply(&qs, span.pos)?, rope.apply(&ks, span.pos)?),
+                None => (qs, ks),
+            };
             let (k_all, v_all) = cache.append(layer, &ks, &vs)?;
             outputs.push(self.attend(&qs, &k_all, &v_all, span)?);
         }
@@ -315,13 +318,15 @@ impl Attention {
         let rows = |t: Tensor| -> Result<Vec<f32>> { t.contiguous()?.flatten_all()?.to_vec1() };
         let (mut q, mut k, v) = (rows(q)?, rows(k)?, rows(v)?);
         let (q_row, kv_row) = (self.n_heads * hd, self.n_kv_heads * hd);
-        let furthest = spans.iter().map(|s| s.pos + s.len).max().unwrap_or(0);
-        let rope = self.rope.host_rows(furthest)?;
-        for span in spans {
-            for i in 0..span.len {
-                let r = span.start + i;
-                rope.rotate(&mut q[r * q_row..(r + 1) * q_row], hd, span.pos + i)?;
-                rope.rotate(&mut k[r * kv_row..(r + 1) * kv_row], hd, span.pos + i)?;
+        if let Some(rope) = &self.rope {
+            let furthest = spans.iter().map(|s| s.pos + s.len).max().unwrap_or(0);
+            let rope = rope.host_rows(furthest)?;
+            for span in spans {
+                for i in 0..span.len {
+                    let r = span.start + i;
+                    rope.rotate(&mut q[r * q_row..(r + 1) * q_row], hd, span.pos + i)?;
+                    rope.rotate(&mut k[r * kv_row..(r + 1) * kv_row], hd, span.pos + i)?;
+                }
             }
         }
         host_attention::round_to_f16(&mut q);

@@ -1,7 +1,9 @@
 //! The llama family: Llama 2/3 (3.1/3.2's rope scaling as `rope_freqs.weight`), SmolLM2, Mistral
 //! (as `llama` or `mistral` GGUFs), Qwen2 (QKV biases, half-split rotary) and Qwen3 (RMS norm of
-//! each query and key head before the rotary, half-split rotary). Pre-norm blocks:
-//! `h = x + attn(norm(x)); y = h + mlp(norm(h))`.
+//! each query and key head before the rotary, half-split rotary), SmolLM3 (every fourth layer
+//! without rotary, "NoPE") and Granite (scaled embeddings, residual branches, attention and
+//! logits, by its `*_scale` keys). Pre-norm blocks:
+//! `h = x + s·attn(norm(x)); y = h + s·mlp(norm(h))`, with s = 1 but for Granite.
 
 use std::sync::Arc;
 
@@ -23,7 +25,12 @@ struct LlamaBlock {
     attn: Attention,
     ffn_norm: RmsNorm,
     mlp: GatedMlp,
+    /// Granite's `residual_scale`: each branch is scaled before it joins the residual stream.
+    residual_scale: Option<f64>,
 }
+
+/// SmolLM3 leaves the rotary out of every fourth layer (llama.cpp's `n_no_rope_layer_step`).
+const SMOLLM3_NO_ROPE_EVERY: usize = 4;
 
 impl Block for LlamaBlock {
     fn forward(
@@ -33,10 +40,16 @@ impl Block for LlamaBlock {
         caches: &mut [&mut KvCache],
         layer: usize,
     ) -> candle_core::Result<Tensor> {
-        let h = (x + self
-            .attn
-            .forward(&self.attn_norm.forward(x)?, spans, caches, layer)?)?;
-        &h + self.mlp.forward(&self.ffn_norm.forward(&h)?)?
+        let scaled = |t: Tensor| match self.residual_scale {
+            Some(s) => t * s,
+            None => Ok(t),
+        };
+        let h =
+            (x + scaled(
+                self.attn
+                    .forward(&self.attn_norm.forward(x)?, spans, caches, layer)?,
+            )?)?;
+        &h + scaled(self.mlp.forward(&self.ffn_norm.forward(&h)?)?)?
     }
 }
 
@@ -88,7 +101,13 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
         device,
     )?);
 
-    let (embedding, head) = embedding_and_head(gguf, d_model, None, device)?;
+    // Granite's multipliers (llama.cpp's f_embedding_scale, f_residual_scale,
+    // f_attention_scale, f_logit_scale); absent or 0 means none.
+    let granite = |key: &str| meta.f64(key).ok().filter(|&v| v != 0.0);
+    let (embedding_scale, residual_scale) = (granite("embedding_scale"), granite("residual_scale"));
+    let attention_scale = granite("attention.scale");
+    let logit_scale = granite("logit_scale");
+    let (embedding, head) = embedding_and_head(gguf, d_model, embedding_scale, device)?;
     let vocab_size = embedding.vocab_size();
     let dims = Dims {
         d_model,
@@ -125,9 +144,9 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             n_heads,
             n_kv_heads,
             head_dim,
-            scale: 1.0 / (head_dim as f64).sqrt(),
+            scale: attention_scale.unwrap_or(1.0 / (head_dim as f64).sqrt()),
             window: None,
-            rope: rope.clone(),
+            rope: (arch != "smollm3" || (i + 1) % SMOLLM3_NO_ROPE_EVERY != 0).then(|| rope.clone()),
         };
         let mlp = gated_mlp(gguf, i, &dims, Activation::Silu, device)?;
         blocks.push(Box::new(LlamaBlock {
@@ -135,6 +154,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             attn,
             ffn_norm: norm(gguf, &p("ffn_norm.weight"), eps, device)?,
             mlp,
+            residual_scale,
         }));
     }
     let info = ModelInfo {
@@ -148,7 +168,9 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
         vocab_size,
     };
     let out_norm = norm(gguf, "output_norm.weight", eps, device)?;
-    Ok(Transformer::assemble(
-        info, embedding, blocks, out_norm, head, device,
-    ))
+    let model = Transformer::assemble(info, embedding, blocks, out_norm, head, device);
+    Ok(match logit_scale {
+        Some(s) => model.with_logit_divisor(s),
+        None => model,
+    })
 }

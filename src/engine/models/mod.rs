@@ -25,7 +25,7 @@ pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
     /// No model code for this `general.architecture`.
-    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2, qwen3, gemma3)")]
+    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2, qwen3, smollm3, granite, gemma3)")]
     Unsupported(String),
     /// A tensor has a shape the metadata does not explain.
     #[error("inconsistent model: {0}")]
@@ -83,6 +83,8 @@ pub struct Transformer {
     blocks: Vec<Box<dyn Block>>,
     norm: RmsNorm,
     head: Arc<QLinear>,
+    /// Logits are divided by this (Granite's `logit_scale`).
+    logit_divisor: Option<f64>,
     device: Device,
 }
 
@@ -90,7 +92,9 @@ impl Transformer {
     /// Open the right architecture for a GGUF file.
     pub fn load(gguf: &GgufFile, device: &Device) -> Result<Self, ModelError> {
         match gguf.architecture()? {
-            "llama" | "mistral" | "qwen2" | "qwen3" => llama::load(gguf, device),
+            "llama" | "mistral" | "qwen2" | "qwen3" | "smollm3" | "granite" => {
+                llama::load(gguf, device)
+            }
             "gemma3" => gemma3::load(gguf, device),
             other => Err(ModelError::Unsupported(other.to_string())),
         }
@@ -153,7 +157,11 @@ impl Transformer {
         }
         let rows = layers::output_rows(&spans, &all, &self.device)?;
         let x = layers::select_rows(&x, &rows)?;
-        Ok(layers::lm_head(&self.norm, &self.head, &x)?)
+        let logits = layers::lm_head(&self.norm, &self.head, &x)?;
+        Ok(match self.logit_divisor {
+            Some(d) => (logits / d)?,
+            None => logits,
+        })
     }
 }
 
@@ -347,7 +355,14 @@ impl Transformer {
             blocks,
             norm,
             head,
+            logit_divisor: None,
             device: device.clone(),
         }
+    }
+
+    /// Divide the logits by `d` (Granite's `logit_scale`).
+    pub(crate) fn with_logit_divisor(mut self, d: f64) -> Self {
+        self.logit_divisor = Some(d);
+        self
     }
 }
