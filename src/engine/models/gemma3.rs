@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use super::layers::{Activation, Attention, GatedMlp, RmsNorm, Rope, RopeStyle, SeqSpan};
+use super::layers::{Activation, Attention, GatedMlp, QkNorm, RmsNorm, Rope, RopeStyle, SeqSpan};
 use super::llama::MAX_CONTEXT;
 use super::{
     attention_weights, embedding_and_head, gated_mlp, norm, Block, Dims, Meta, ModelError,
@@ -98,7 +98,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             qkv,
             wo,
             bias: None,
-            qk_norm: Some((
+            qk_norm: Some(QkNorm::PerHead(
                 norm(gguf, &p("attn_q_norm.weight"), eps, device)?,
                 norm(gguf, &p("attn_k_norm.weight"), eps, device)?,
             )),

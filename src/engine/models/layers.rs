@@ -225,6 +225,15 @@ fn attention_mask(
     Ok(Some(Tensor::from_vec(mask, (t, total), device)?))
 }
 
+/// RMS norms of the queries and keys (query norm, key norm).
+#[derive(Debug)]
+pub enum QkNorm {
+    /// Over each head (Gemma 3, Qwen3).
+    PerHead(RmsNorm, RmsNorm),
+    /// Over all heads together, the whole projection (OLMo 2).
+    Whole(RmsNorm, RmsNorm),
+}
+
 /// Self-attention with grouped KV heads.
 #[derive(Debug)]
 pub struct Attention {
@@ -233,8 +242,8 @@ pub struct Attention {
     pub wo: QLinear,
     /// Qwen2's QKV biases.
     pub bias: Option<(Tensor, Tensor, Tensor)>,
-    /// Gemma 3's per-head norms on queries and keys, before rotation.
-    pub qk_norm: Option<(RmsNorm, RmsNorm)>,
+    /// Norms on queries and keys, before rotation.
+    pub qk_norm: Option<QkNorm>,
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
@@ -263,6 +272,10 @@ impl Attention {
             k = k.broadcast_add(bk)?;
             v = v.broadcast_add(bv)?;
         }
+        if let Some(QkNorm::Whole(qn, kn)) = &self.qk_norm {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
         if x.device().is_cpu() {
             return self.forward_host(q, k, v, spans, caches, layer);
         }
@@ -277,7 +290,7 @@ impl Attention {
             let mut qs = heads(&q, self.n_heads)?;
             let mut ks = heads(&k, self.n_kv_heads)?;
             let vs = heads(&v, self.n_kv_heads)?;
-            if let Some((qn, kn)) = &self.qk_norm {
+            if let Some(QkNorm::PerHead(qn, kn)) = &self.qk_norm {
                 qs = qn.forward(&qs)?;
                 ks = kn.forward(&ks)?;
             }
@@ -309,11 +322,11 @@ impl Attention {
     ) -> Result<Tensor> {
         let (tokens, hd) = (q.dim(0)?, self.head_dim);
         let (q, k) = match &self.qk_norm {
-            Some((qn, kn)) => (
+            Some(QkNorm::PerHead(qn, kn)) => (
                 qn.forward(&q.reshape((tokens, self.n_heads, hd))?)?,
                 kn.forward(&k.reshape((tokens, self.n_kv_heads, hd))?)?,
             ),
-            None => (q, k),
+            _ => (q, k),
         };
         let rows = |t: Tensor| -> Result<Vec<f32>> { t.contiguous()?.flatten_all()?.to_vec1() };
         let (mut q, mut k, v) = (rows(q)?, rows(k)?, rows(v)?);

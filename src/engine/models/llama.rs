@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use super::layers::{Activation, Attention, GatedMlp, RmsNorm, Rope, RopeStyle, SeqSpan};
+use super::layers::{Activation, Attention, GatedMlp, QkNorm, RmsNorm, Rope, RopeStyle, SeqSpan};
 use super::{
     attention_weights, embedding_and_head, gated_mlp, norm, Block, Dims, Meta, ModelError,
     ModelInfo, Transformer,
@@ -129,7 +129,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
         };
         let (qkv, wo) = attention_weights(gguf, i, &dims, device)?;
         let qk_norm = if gguf.has_tensor(&p("attn_q_norm.weight")) {
-            Some((
+            Some(QkNorm::PerHead(
                 norm(gguf, &p("attn_q_norm.weight"), eps, device)?,
                 norm(gguf, &p("attn_k_norm.weight"), eps, device)?,
             ))

@@ -6,6 +6,7 @@ pub mod gemma3;
 pub mod host_attention;
 pub mod layers;
 pub mod llama;
+pub mod olmo2;
 pub mod span;
 
 use std::sync::Arc;
@@ -25,7 +26,7 @@ pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
     /// No model code for this `general.architecture`.
-    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2, qwen3, smollm3, granite, gemma3)")]
+    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2, qwen3, smollm3, granite, olmo2, gemma3)")]
     Unsupported(String),
     /// A tensor has a shape the metadata does not explain.
     #[error("inconsistent model: {0}")]
@@ -96,6 +97,7 @@ impl Transformer {
                 llama::load(gguf, device)
             }
             "gemma3" => gemma3::load(gguf, device),
+            "olmo2" => olmo2::load(gguf, device),
             other => Err(ModelError::Unsupported(other.to_string())),
         }
     }

@@ -1,0 +1,123 @@
+//! OLMo 2: norms after attention and after the MLP instead of before them
+//! (`h = x + norm(attn(x)); y = h + norm(mlp(h))`), RMS norms over the whole query and key
+//! projections (all heads together) before the half-split rotary.
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+
+use super::layers::{Activation, Attention, GatedMlp, QkNorm, RmsNorm, Rope, RopeStyle, SeqSpan};
+use super::llama::MAX_CONTEXT;
+use super::{
+    attention_weights, embedding_and_head, gated_mlp, norm, Block, Dims, Meta, ModelError,
+    ModelInfo, Transformer,
+};
+use crate::engine::gguf::GgufFile;
+use crate::engine::kv::KvCache;
+
+struct Olmo2Block {
+    attn: Attention,
+    post_attn_norm: RmsNorm,
+    mlp: GatedMlp,
+    post_ffn_norm: RmsNorm,
+}
+
+impl Block for Olmo2Block {
+    fn forward(
+        &self,
+        x: &Tensor,
+        spans: &[SeqSpan],
+        caches: &mut [&mut KvCache],
+        layer: usize,
+    ) -> candle_core::Result<Tensor> {
+        let h = (x + self
+            .post_attn_norm
+            .forward(&self.attn.forward(x, spans, caches, layer)?)?)?;
+        &h + self.post_ffn_norm.forward(&self.mlp.forward(&h)?)?
+    }
+}
+
+pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError> {
+    let meta = Meta {
+        gguf,
+        prefix: "olmo2".into(),
+    };
+    let n_layers = meta.usize("block_count")?;
+    let d_model = meta.usize("embedding_length")?;
+    let n_heads = meta.usize("attention.head_count")?;
+    let n_kv_heads = meta.usize("attention.head_count_kv").unwrap_or(n_heads);
+    let ffn = meta.usize("feed_forward_length")?;
+    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || d_model % n_heads != 0 {
+        return Err(ModelError::Inconsistent(format!(
+            "{n_heads} heads, {n_kv_heads} KV heads, d_model {d_model}"
+        )));
+    }
+    if meta.usize("attention.sliding_window").is_ok() {
+        return Err(ModelError::Unsupported(
+            "olmo2 with sliding-window layers (OLMo 3)".into(),
+        ));
+    }
+    let head_dim = d_model / n_heads;
+    let eps = meta.f64_or("attention.layer_norm_rms_epsilon", 1e-6);
+    let context_length = meta
+        .usize("context_length")
+        .unwrap_or(4096)
+        .min(MAX_CONTEXT);
+    let rope = Arc::new(Rope::new(
+        head_dim,
+        meta.f64_or("rope.freq_base", 500_000.0),
+        context_length,
+        RopeStyle::Halves,
+        None,
+        device,
+    )?);
+    let (embedding, head) = embedding_and_head(gguf, d_model, None, device)?;
+    let vocab_size = embedding.vocab_size();
+    let dims = Dims {
+        d_model,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        ffn,
+    };
+    let mut blocks: Vec<Box<dyn Block>> = Vec::with_capacity(n_layers);
+    for i in 0..n_layers {
+        let p = |name: &str| format!("blk.{i}.{name}");
+        let (qkv, wo) = attention_weights(gguf, i, &dims, device)?;
+        let attn = Attention {
+            qkv,
+            wo,
+            bias: None,
+            qk_norm: Some(QkNorm::Whole(
+                norm(gguf, &p("attn_q_norm.weight"), eps, device)?,
+                norm(gguf, &p("attn_k_norm.weight"), eps, device)?,
+            )),
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            window: None,
+            rope: Some(rope.clone()),
+        };
+        blocks.push(Box::new(Olmo2Block {
+            attn,
+            post_attn_norm: norm(gguf, &p("post_attention_norm.weight"), eps, device)?,
+            mlp: gated_mlp(gguf, i, &dims, Activation::Silu, device)?,
+            post_ffn_norm: norm(gguf, &p("post_ffw_norm.weight"), eps, device)?,
+        }));
+    }
+    let info = ModelInfo {
+        architecture: "olmo2".into(),
+        n_layers,
+        d_model,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        context_length,
+        vocab_size,
+    };
+    let out_norm = norm(gguf, "output_norm.weight", eps, device)?;
+    Ok(Transformer::assemble(
+        info, embedding, blocks, out_norm, head, device,
+    ))
+}
