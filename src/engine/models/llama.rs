@@ -2,7 +2,8 @@
 //! (as `llama` or `mistral` GGUFs), Qwen2 (QKV biases, half-split rotary) and Qwen3 (RMS norm of
 //! each query and key head before the rotary, half-split rotary), SmolLM3 (every fourth layer
 //! without rotary, "NoPE") and Granite (scaled embeddings, residual branches, attention and
-//! logits, by its `*_scale` keys). Pre-norm blocks:
+//! logits, by its `*_scale` keys) and Phi-3 (fused QKV and gate-and-up weights, half-split
+//! rotary; LongRoPE's per-frequency factors are refused, not run wrong). Pre-norm blocks:
 //! `h = x + s·attn(norm(x)); y = h + s·mlp(norm(h))`, with s = 1 but for Granite.
 
 use std::sync::Arc;
@@ -77,7 +78,12 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
         .usize("context_length")
         .unwrap_or(4096)
         .min(MAX_CONTEXT);
-    let style = if arch == "qwen2" || arch == "qwen3" {
+    if arch == "phi3" && gguf.has_tensor("rope_factors_long.weight") {
+        return Err(ModelError::Unsupported(
+            "phi3 with LongRoPE scaling (Phi-3.5, Phi-4-mini)".into(),
+        ));
+    }
+    let style = if matches!(arch.as_str(), "qwen2" | "qwen3" | "phi3") {
         RopeStyle::Halves
     } else {
         RopeStyle::Interleaved

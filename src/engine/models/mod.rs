@@ -26,7 +26,7 @@ pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
     /// No model code for this `general.architecture`.
-    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2, qwen3, smollm3, granite, olmo2, gemma3)")]
+    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2, qwen3, smollm3, granite, phi3, olmo2, gemma3)")]
     Unsupported(String),
     /// A tensor has a shape the metadata does not explain.
     #[error("inconsistent model: {0}")]
@@ -93,7 +93,7 @@ impl Transformer {
     /// Open the right architecture for a GGUF file.
     pub fn load(gguf: &GgufFile, device: &Device) -> Result<Self, ModelError> {
         match gguf.architecture()? {
-            "llama" | "mistral" | "qwen2" | "qwen3" | "smollm3" | "granite" => {
+            "llama" | "mistral" | "qwen2" | "qwen3" | "smollm3" | "granite" | "phi3" => {
                 llama::load(gguf, device)
             }
             "gemma3" => gemma3::load(gguf, device),
@@ -231,6 +231,48 @@ pub(crate) fn linear(
     Ok(layer)
 }
 
+/// Consecutive row ranges of one (out, in) weight as their own layers: Phi-3's fused
+/// `attn_qkv` and gate-and-up `ffn_up`. GGUF rows are contiguous, so each part is a byte range.
+pub(crate) fn split_rows(
+    gguf: &GgufFile,
+    name: &str,
+    parts: &[usize],
+    cols: usize,
+    device: &Device,
+) -> Result<Vec<QLinear>, ModelError> {
+    let rows: usize = parts.iter().sum();
+    let (info, bytes) = gguf.tensor_bytes(name)?;
+    if info.shape != [rows, cols] {
+        return Err(ModelError::Inconsistent(format!(
+            "{name} has shape {:?}, expected {:?}",
+            info.shape,
+            [rows, cols]
+        )));
+    }
+    let row_bytes = cols / info.dtype.block_size() * info.dtype.type_size();
+    let mut out = Vec::with_capacity(parts.len());
+    let mut start = 0;
+    for &n in parts {
+        let part = &bytes[start * row_bytes..(start + n) * row_bytes];
+        let layer = match device
+            .is_cpu()
+            .then(|| QLinear::from_gguf_rows(info.dtype, part, (n, cols), |_| {}))
+            .flatten()
+        {
+            Some(layer) => layer,
+            None => {
+                let whole = gguf.qtensor(name, device)?.dequantize(device)?;
+                let rows = whole.narrow(0, start, n)?.contiguous()?;
+                QLinear::new(QTensor::quantize(&rows, info.dtype)?)?
+            }
+        };
+        out.push(layer);
+        start += n;
+    }
+    gguf.release(name, usize::MAX);
+    Ok(out)
+}
+
 /// Linear layers over the same input, fused where the weights allow.
 pub(crate) fn group(
     gguf: &GgufFile,
@@ -270,15 +312,27 @@ pub(crate) fn attention_weights(
     device: &Device,
 ) -> Result<(LinearGroup, QLinear), ModelError> {
     let p = |name: &str| format!("blk.{i}.{name}");
-    let qkv = group(
-        gguf,
-        &[
-            (&p("attn_q.weight"), (d.n_heads * d.head_dim, d.d_model)),
-            (&p("attn_k.weight"), (d.n_kv_heads * d.head_dim, d.d_model)),
-            (&p("attn_v.weight"), (d.n_kv_heads * d.head_dim, d.d_model)),
-        ],
-        device,
-    )?;
+    let (q, kv) = (d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
+    // One fused `attn_qkv` (Phi-3) or three.
+    let qkv = if gguf.has_tensor(&p("attn_qkv.weight")) {
+        LinearGroup::new(split_rows(
+            gguf,
+            &p("attn_qkv.weight"),
+            &[q, kv, kv],
+            d.d_model,
+            device,
+        )?)
+    } else {
+        group(
+            gguf,
+            &[
+                (&p("attn_q.weight"), (q, d.d_model)),
+                (&p("attn_k.weight"), (kv, d.d_model)),
+                (&p("attn_v.weight"), (kv, d.d_model)),
+            ],
+            device,
+        )?
+    };
     let wo = linear(
         gguf,
         &p("attn_output.weight"),
@@ -297,15 +351,27 @@ pub(crate) fn gated_mlp(
     device: &Device,
 ) -> Result<layers::GatedMlp, ModelError> {
     let p = |name: &str| format!("blk.{i}.{name}");
-    Ok(layers::GatedMlp {
-        gate_up: group(
+    // Without `ffn_gate`, `ffn_up` holds the gate rows and then the up rows (Phi-3).
+    let gate_up = if gguf.has_tensor(&p("ffn_gate.weight")) {
+        group(
             gguf,
             &[
                 (&p("ffn_gate.weight"), (d.ffn, d.d_model)),
                 (&p("ffn_up.weight"), (d.ffn, d.d_model)),
             ],
             device,
-        )?,
+        )?
+    } else {
+        LinearGroup::new(split_rows(
+            gguf,
+            &p("ffn_up.weight"),
+            &[d.ffn, d.ffn],
+            d.d_model,
+            device,
+        )?)
+    };
+    Ok(layers::GatedMlp {
+        gate_up,
         down: linear(gguf, &p("ffn_down.weight"), (d.d_model, d.ffn), device)?,
         activation,
     })
