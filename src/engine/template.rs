@@ -320,6 +320,32 @@ mod tests {
     }
 
     #[test]
+    fn tools_and_calls_reach_a_template_that_renders_them() {
+        let source = "{% if tools %}TOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}\n{% endif %}\
+            {% for m in messages %}{{ m.role }}:{{ m.content }}\
+            {% for c in m.tool_calls or [] %}[call {{ c.function.name }} {{ c.function.arguments.x }}]{% endfor %}\
+            {% if m.tool_call_id %}({{ m.tool_call_id }}){% endif %}\n{% endfor %}";
+        let t = ChatTemplate::new(source, "", "").unwrap();
+        assert!(t.renders_tools() && !chatml().renders_tools());
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls = Some(vec![serde_json::json!(
+            {"type": "function", "id": "c1", "function": {"name": "f", "arguments": {"x": 1}}}
+        )]);
+        let mut result = ChatMessage::new("tool", "42");
+        result.tool_call_id = Some("c1".into());
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "f"}})];
+        let out = t
+            .render_with_tools(
+                &[ChatMessage::new("user", "hi"), call, result],
+                Some(&tools),
+                false,
+            )
+            .unwrap();
+        // (`trim_blocks`, as Hugging Face renders, eats the newline after each block tag.)
+        assert_eq!(out, "TOOLS:f;user:hiassistant:[call f 1]tool:42(c1)");
+    }
+
+    #[test]
     fn raise_exception_is_a_clear_error() {
         let t = ChatTemplate::new(GEMMA_TEMPLATE, "<bos>", "<eos>").unwrap();
         let err = t
