@@ -4,6 +4,7 @@
 //! holds llama.cpp's top-5 log-probabilities on them (made by `make_arch_reference.py`). Teacher
 //! forced through llama.cpp's greedy tokens, Lantern's top-1 must agree wherever llama.cpp's
 //! margin is decisive, and the log-probability of its top token must stay close on average.
+//! OLMo 2's positions are also judged against a float64 forward pass (`exact_top2`).
 //!
 //! The writer needs Python with the `gguf` package: `$LANTERN_PYTHON`, else `.venv/bin/python`
 //! (`make test` installs it there), else `python3`.
@@ -22,12 +23,27 @@ use common::ids;
 const DECISIVE: f64 = 0.25;
 const MEAN_LOGPROB_ERROR: f64 = 0.05;
 
-/// Measured and printed, not yet held (issue 21 stays open on it): OLMo 2 in Q8_0 agrees on the
-/// first positions, then llama.cpp's top token falls to a log-probability near -10 in Lantern
-/// at a few decode steps (2 of 3 prompts), while the same weights in f16 agree to 0.01; so the
-/// blocks are right and something in the Q8_0 path meets OLMo 2's un-normalized block inputs
-/// differently from ggml.
-const NOT_YET_AGREEING: [&str; 1] = ["olmo2-q8_0"];
+/// Where llama.cpp is not the oracle: on OLMo 2 in Q8_0 its top token at a few decode steps
+/// differs from a float64 forward pass of the same weights (`exact_olmo2.py`) by up to 9 nats,
+/// and Lantern's agrees with the float64 pass. These are held to `exact_top2`, and llama.cpp's
+/// figures are printed.
+const LLAMA_CPP_DEVIATES: [&str; 1] = ["olmo2-q8_0"];
+
+/// (top-1 agreements, decisive positions, mean |Δ log-prob| of the reference's top token)
+/// of Lantern's rows against a reference's ranked `[[id, logprob], ...]` per position.
+fn agreement(rows: &[Vec<f32>], reference: &[Value]) -> (usize, usize, f64) {
+    let (mut agree, mut decisive, mut sum) = (0, 0, 0f64);
+    for (row, top) in rows.iter().zip(reference) {
+        let lp = |k: usize| top[k][1].as_f64().unwrap();
+        let best = top[0][0].as_u64().unwrap() as usize;
+        sum += (log_softmax(row)[best] as f64 - lp(0)).abs();
+        if lp(0) - lp(1) >= DECISIVE {
+            decisive += 1;
+            agree += usize::from(argmax(row) as usize == best);
+        }
+    }
+    (agree, decisive, sum / rows.len().max(1) as f64)
+}
 
 fn python() -> String {
     if let Ok(p) = std::env::var("LANTERN_PYTHON") {
@@ -71,28 +87,36 @@ fn synthetic_models_of_each_architecture_agree_with_llama_cpp() {
         let sha = format!("{:x}", Sha256::digest(std::fs::read(&file).unwrap()));
         assert_eq!(sha, entry["sha256"], "{name}: the writer made another file");
         let model = ChatModel::load(&file, &Device::Cpu).unwrap();
-        let (mut agree, mut decisive, mut sum, mut n) = (0, 0, 0f64, 0);
+        let (mut llama, mut exact) = (Vec::new(), Vec::new());
         for c in entry["completions"].as_array().unwrap() {
             let greedy = ids(&c["greedy_ids"]);
-            let top = c["top5_logprobs"].as_array().unwrap();
             let rows = common::forced_logits(&model.transformer, &ids(&c["prompt_ids"]), &greedy);
-            for (i, row) in rows.iter().enumerate() {
-                let lp = |k: usize| top[i][k][1].as_f64().unwrap();
-                let best = top[i][0][0].as_u64().unwrap() as usize;
-                sum += (log_softmax(row)[best] as f64 - lp(0)).abs();
-                n += 1;
-                if lp(0) - lp(1) >= DECISIVE {
-                    decisive += 1;
-                    agree += usize::from(argmax(row) as usize == best);
-                }
+            llama.push(agreement(&rows, c["top5_logprobs"].as_array().unwrap()));
+            if let Some(e) = c["exact_top2"].as_array() {
+                exact.push(agreement(&rows, e));
             }
         }
-        let mean = sum / n as f64;
-        eprintln!("{name}: top-1 {agree}/{decisive} where llama.cpp is decisive; mean |Δ logprob| {mean:.4} over {n}");
-        if (agree != decisive || mean > MEAN_LOGPROB_ERROR) && !NOT_YET_AGREEING.contains(&name) {
-            failures.push(format!(
-                "{name}: top-1 {agree}/{decisive}, mean |Δ| {mean:.4}"
-            ));
+        let total = |runs: &[(usize, usize, f64)]| {
+            let n = runs.len().max(1) as f64;
+            runs.iter()
+                .fold((0, 0, 0.0), |(a, d, m), r| (a + r.0, d + r.1, m + r.2 / n))
+        };
+        let mut judged = vec![("llama.cpp", total(&llama))];
+        if !exact.is_empty() {
+            judged.push(("float64", total(&exact)));
+        }
+        for (oracle, (agree, decisive, mean)) in judged {
+            eprintln!("{name} vs {oracle}: top-1 {agree}/{decisive} where decisive; mean |Δ logprob| {mean:.4}");
+            let held = if LLAMA_CPP_DEVIATES.contains(&name) {
+                oracle == "float64"
+            } else {
+                true
+            };
+            if held && (agree != decisive || mean > MEAN_LOGPROB_ERROR) {
+                failures.push(format!(
+                    "{name} vs {oracle}: top-1 {agree}/{decisive}, mean |Δ| {mean:.4}"
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{failures:?}");
