@@ -611,8 +611,7 @@ fn stream(started: Started) -> Response {
             let mut pending_tokens = Vec::new();
             // With tools, text that may be a call is held until it is known not to be one (then
             // it streams as content) or the answer ends (then its calls go out as deltas).
-            let mut holding = api == Api::Chat && plan.tools.is_some();
-            let mut held = String::new();
+            let mut hold = super::tools::CallHold::new(api == Api::Chat && plan.tools.is_some());
             while let Some(event) = events.recv().await {
                 let message = match event {
                     GenEvent::Token { id, logprob, top } => {
@@ -621,15 +620,8 @@ fn stream(started: Started) -> Response {
                         continue;
                     }
                     GenEvent::Text(text) => {
-                        let text = if holding {
-                            held.push_str(&text);
-                            if crate::engine::tools::may_be_call(&held) {
-                                continue;
-                            }
-                            holding = false;
-                            std::mem::take(&mut held)
-                        } else {
-                            text
+                        let Some(text) = hold.push(text) else {
+                            continue;
                         };
                         let tokens = std::mem::take(&mut pending_tokens);
                         let logprobs = plan.logprobs.map(|_| match api {
@@ -647,12 +639,9 @@ fn stream(started: Started) -> Response {
                     }
                     GenEvent::Done(usage) => {
                         let mut finish = finish_reason(usage.finish_reason);
-                        if holding && !held.is_empty() {
-                            let (message, reason) = chat_message(
-                                std::mem::take(&mut held),
-                                plan.tools.as_ref(),
-                                usage.finish_reason,
-                            );
+                        if let Some(held) = hold.finish() {
+                            let (message, reason) =
+                                chat_message(held, plan.tools.as_ref(), usage.finish_reason);
                             finish = reason;
                             for delta in stream_deltas(message) {
                                 let c = chunk(

@@ -428,23 +428,16 @@ fn stream(mut started: Started, echo: Echo, id: String) -> Response {
                 return finish(&account, &totals, None, Outcome::Cancelled);
             }
             // With tools, text is held until it is known not to be a call, as on chat.
-            let mut holding = started.plan.tools.is_some();
-            let (mut held, mut text, mut opened) = (String::new(), String::new(), false);
+            let mut hold = super::tools::CallHold::new(started.plan.tools.is_some());
+            let (mut text, mut opened) = (String::new(), false);
             let msg_id = new_id("msg");
             let mut streamed = 0;
             while let Some(event) = events.recv().await {
                 match event {
                     GenEvent::Token { .. } => streamed += 1,
                     GenEvent::Text(piece) => {
-                        let piece = if holding {
-                            held.push_str(&piece);
-                            if crate::engine::tools::may_be_call(&held) {
-                                continue;
-                            }
-                            holding = false;
-                            std::mem::take(&mut held)
-                        } else {
-                            piece
+                        let Some(piece) = hold.push(piece) else {
+                            continue;
                         };
                         if !opened {
                             opened = true;
@@ -468,7 +461,11 @@ fn stream(mut started: Started, echo: Echo, id: String) -> Response {
                         let items = if opened {
                             vec![message_item(&msg_id, &text)]
                         } else {
-                            output_items(std::mem::take(&mut held), &started, usage.finish_reason)
+                            output_items(
+                                hold.finish().unwrap_or_default(),
+                                &started,
+                                usage.finish_reason,
+                            )
                         };
                         if opened {
                             let part =

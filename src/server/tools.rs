@@ -180,6 +180,43 @@ pub fn template_call(i: usize, call: WireToolCall) -> Result<Value, ApiError> {
     }))
 }
 
+/// A stream's text while it may still turn out to be a tool call: held until it is known not to
+/// be one (then it flows on as text) or the answer ends (then it is read for calls). Every
+/// streaming API (chat, Responses, Ollama) sends its text through one.
+#[derive(Debug, Default)]
+pub struct CallHold {
+    holding: bool,
+    held: String,
+}
+
+impl CallHold {
+    /// `tools`: the request gave tools whose calls are read out of the answer.
+    pub fn new(tools: bool) -> Self {
+        Self {
+            holding: tools,
+            held: String::new(),
+        }
+    }
+
+    /// A piece of text in; the text to send now, if any.
+    pub fn push(&mut self, text: String) -> Option<String> {
+        if !self.holding {
+            return Some(text);
+        }
+        self.held.push_str(&text);
+        if crate::engine::tools::may_be_call(&self.held) {
+            return None;
+        }
+        self.holding = false;
+        Some(std::mem::take(&mut self.held))
+    }
+
+    /// The answer ended: the held text, when some is left to read for calls.
+    pub fn finish(&mut self) -> Option<String> {
+        (self.holding && !self.held.is_empty()).then(|| std::mem::take(&mut self.held))
+    }
+}
+
 fn call_id() -> String {
     format!("call_{:024x}", rand::random::<u128>() >> 32)
 }
@@ -247,6 +284,22 @@ mod tests {
             let e = tools_request(Some(tools), choice.as_ref(), None).unwrap_err();
             assert!(e.to_string().contains(needle), "{e}");
         }
+    }
+
+    #[test]
+    fn text_is_held_only_while_it_may_be_a_call() {
+        let mut hold = CallHold::new(true);
+        assert_eq!(hold.push("<tool".into()), None);
+        assert_eq!(hold.push("_call>".into()), None);
+        assert_eq!(hold.finish().as_deref(), Some("<tool_call>"));
+        let mut hold = CallHold::new(true);
+        assert_eq!(hold.push("{".into()), None);
+        assert_eq!(hold.push("Hi".into()), None);
+        let mut prose = CallHold::new(true);
+        assert_eq!(prose.push("Hello".into()).as_deref(), Some("Hello"));
+        assert_eq!(prose.push(" there".into()).as_deref(), Some(" there"));
+        assert_eq!(prose.finish(), None);
+        assert_eq!(CallHold::new(false).push("{".into()).as_deref(), Some("{"));
     }
 
     #[test]

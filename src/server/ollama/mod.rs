@@ -5,6 +5,15 @@
 //! Requests are translated into the OpenAI shapes and go through the same validation, cache,
 //! scheduler and accounting; only the wire differs: Ollama's field names (`options.num_predict`,
 //! `format`, `keep_alive`), durations in nanoseconds, errors as `{"error": "..."}`.
+//!
+//! - `request`: Ollama's options, format and messages as the OpenAI fields they mean
+//! - `listing`: what is installed and loaded (`tags`, `show`, `ps`, `version`)
+
+mod listing;
+mod request;
+
+pub use listing::{ps, show, tags, version};
+use request::{apply_options, openai_messages, refuse_think};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -25,9 +34,6 @@ use super::AppState;
 use crate::engine::generate::FinishReason;
 use crate::scheduler::{GenEvent, Usage};
 
-/// The Ollama API version these routes follow (clients check it before using newer fields).
-const OLLAMA_VERSION: &str = "0.9.0";
-
 /// Ollama names carry a tag; Lantern's models have none, so `:latest` means the model itself.
 fn model_name(name: &str) -> &str {
     name.strip_suffix(":latest").unwrap_or(name)
@@ -41,22 +47,6 @@ fn now_rfc3339() -> String {
 
 fn nanos(d: std::time::Duration) -> u64 {
     d.as_nanos() as u64
-}
-
-/// `options`: Ollama's sampling settings, by Ollama's names.
-#[derive(Debug, Default, Deserialize)]
-struct Options {
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<i64>,
-    min_p: Option<f32>,
-    seed: Option<i64>,
-    num_predict: Option<i64>,
-    num_ctx: Option<i64>,
-    stop: Option<Value>,
-    repeat_penalty: Option<f32>,
-    presence_penalty: Option<f32>,
-    frequency_penalty: Option<f32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,121 +83,6 @@ struct GenerateBody {
 
 fn invalid(message: impl Into<String>, param: &'static str) -> OllamaError {
     OllamaError(ApiError::invalid(message, param))
-}
-
-/// Ollama's options and format as the OpenAI fields they mean, onto `body`. Ollama's defaults
-/// (temperature 0.8, top_k 40, top_p 0.9, repeat_penalty 1.1) hold where the request sets none.
-fn apply_options(
-    body: &mut Map<String, Value>,
-    options: Option<Value>,
-    format: Option<Value>,
-) -> Result<(), OllamaError> {
-    let o: Options = match options.filter(|v| !v.is_null()) {
-        None => Options::default(),
-        Some(v) => {
-            serde_json::from_value(v).map_err(|e| invalid(format!("`options`: {e}"), "options"))?
-        }
-    };
-    let mut set = |k: &str, v: Value| {
-        body.insert(k.into(), v);
-    };
-    set("temperature", json!(o.temperature.unwrap_or(0.8)));
-    set("top_p", json!(o.top_p.unwrap_or(0.9)));
-    set("top_k", json!(o.top_k.unwrap_or(40)));
-    set("repetition_penalty", json!(o.repeat_penalty.unwrap_or(1.1)));
-    if let Some(v) = o.min_p {
-        set("min_p", json!(v));
-    }
-    if let Some(v) = o.seed {
-        set("seed", json!(v));
-    }
-    if let Some(v) = o.presence_penalty {
-        set("presence_penalty", json!(v));
-    }
-    if let Some(v) = o.frequency_penalty {
-        set("frequency_penalty", json!(v));
-    }
-    // -1: until the turn ends; -2: fill the context. Both are the default here.
-    match o.num_predict {
-        Some(n) if n > 0 => set("max_tokens", json!(n)),
-        Some(-1 | -2) | None => {}
-        Some(n) => {
-            return Err(invalid(
-                format!("`options.num_predict` must be positive, -1 or -2, got {n}"),
-                "options",
-            ))
-        }
-    }
-    if let Some(n) = o.num_ctx {
-        if n < 1 {
-            return Err(invalid(
-                format!("`options.num_ctx` must be positive, got {n}"),
-                "options",
-            ));
-        }
-        set("context_limit", json!(n));
-    }
-    if let Some(stop) = o.stop {
-        set("stop", stop);
-    }
-    match format.filter(|v| !v.is_null()) {
-        None => {}
-        Some(Value::String(s)) if s == "json" => {
-            set("response_format", json!({"type": "json_object"}));
-        }
-        Some(Value::String(s)) if s.is_empty() => {}
-        Some(schema @ Value::Object(_)) => {
-            set(
-                "response_format",
-                json!({"type": "json_schema", "json_schema": {"name": "format", "schema": schema}}),
-            );
-        }
-        Some(other) => {
-            return Err(invalid(
-                format!("`format` must be \"json\" or a JSON Schema object, got {other}"),
-                "format",
-            ))
-        }
-    }
-    Ok(())
-}
-
-/// A model without thinking says so, as Ollama does, rather than ignoring `think`.
-fn refuse_think(think: &Option<Value>, model: &str) -> Result<(), OllamaError> {
-    match think {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(()),
-        Some(_) => Err(invalid(
-            format!("\"{model}\" does not support thinking"),
-            "think",
-        )),
-    }
-}
-
-/// Ollama's messages as OpenAI's: `tool_calls` with object arguments, `tool_name` on results.
-fn openai_messages(messages: Vec<Map<String, Value>>) -> Result<Vec<Value>, OllamaError> {
-    messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut m)| {
-            if m.get("images").is_some_and(|v| !v.is_null()) {
-                return Err(invalid(
-                    format!("messages[{i}]: images are not supported by this model (text only)"),
-                    "messages",
-                ));
-            }
-            m.remove("images");
-            m.remove("thinking");
-            if let Some(name) = m.remove("tool_name") {
-                m.insert("name".into(), name);
-            }
-            if m.get("role").and_then(Value::as_str) == Some("assistant")
-                && m.get("content").is_none()
-            {
-                m.insert("content".into(), json!(""));
-            }
-            Ok(Value::Object(m))
-        })
-        .collect()
 }
 
 /// Load or unload a model on a request without a prompt, as Ollama does (`done_reason`
@@ -340,8 +215,7 @@ fn stream_ndjson(
                 from_cache: started.from_cache,
                 ..Totals::default()
             };
-            let mut held = String::new();
-            let mut holding = chat && started.plan.tools.is_some();
+            let mut hold = super::tools::CallHold::new(chat && started.plan.tools.is_some());
             let mut streamed = 0;
             while let Some(event) = events.recv().await {
                 let piece = match event {
@@ -350,15 +224,8 @@ fn stream_ndjson(
                         continue;
                     }
                     GenEvent::Text(text) => {
-                        let text = if holding {
-                            held.push_str(&text);
-                            if crate::engine::tools::may_be_call(&held) {
-                                continue;
-                            }
-                            holding = false;
-                            std::mem::take(&mut held)
-                        } else {
-                            text
+                        let Some(text) = hold.push(text) else {
+                            continue;
                         };
                         let mut v = if chat {
                             json!({"message": {"role": "assistant", "content": text}})
@@ -372,13 +239,8 @@ fn stream_ndjson(
                     }
                     GenEvent::Done(usage) => {
                         totals.add(0, 1, &usage);
-                        let mut last = if holding && !held.is_empty() {
-                            let whole = answer_fields(
-                                chat,
-                                std::mem::take(&mut held),
-                                &started,
-                                usage.finish_reason,
-                            );
+                        let mut last = if let Some(held) = hold.finish() {
+                            let whole = answer_fields(chat, held, &started, usage.finish_reason);
                             // The calls (or held text) go out in one piece before the end.
                             let mut piece =
                                 json!({"model": model, "created_at": now_rfc3339(), "done": false});
@@ -666,165 +528,6 @@ pub async fn embed(
         })
     };
     Ok(Json(body).into_response())
-}
-
-/// An id for a model file from what identifies its contents cheaply (path, size, time written):
-/// Ollama's `digest` field, which clients show and compare.
-fn digest(path: &std::path::Path, size: u64, created: u64) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(path.to_string_lossy().as_bytes());
-    h.update(size.to_le_bytes());
-    h.update(created.to_le_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn details(architecture: &str, quantization: &str, format: &str) -> Value {
-    json!({
-        "parent_model": "",
-        "format": format,
-        "family": architecture,
-        "families": [architecture],
-        "parameter_size": "",
-        "quantization_level": quantization,
-    })
-}
-
-/// `GET /api/tags`: every installed model, chat and embedding.
-pub async fn tags(State(state): State<AppState>) -> Json<Value> {
-    let mut models: Vec<Value> = state
-        .engines
-        .servable()
-        .iter()
-        .map(|m| {
-            json!({
-                "name": m.id,
-                "model": m.id,
-                "modified_at": rfc3339(m.created as f64),
-                "size": m.size_bytes,
-                "digest": digest(&m.path, m.size_bytes, m.created),
-                "details": details(&m.architecture, &m.quantization, "gguf"),
-            })
-        })
-        .collect();
-    models.extend(state.embedders.installed().iter().map(|m| {
-        let created = crate::scheduler::registry::created_of(&m.path);
-        json!({
-            "name": m.id,
-            "model": m.id,
-            "modified_at": rfc3339(created as f64),
-            "size": m.size_bytes,
-            "digest": digest(&m.path, m.size_bytes, created),
-            "details": details("bert", "F32", "safetensors"),
-        })
-    }));
-    Json(json!({"models": models}))
-}
-
-#[derive(Debug, Deserialize)]
-struct ShowBody {
-    model: Option<String>,
-    /// Older clients send `name`.
-    name: Option<String>,
-}
-
-/// `POST /api/show`: a model's details, template and capabilities.
-pub async fn show(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, OllamaError> {
-    let req: ShowBody = parse_body(body, state.body_limit)?;
-    let name = req
-        .model
-        .or(req.name)
-        .ok_or_else(|| invalid("`model` is required", "model"))?;
-    let name = model_name(&name).to_string();
-    if let Some(m) = state
-        .embedders
-        .installed()
-        .into_iter()
-        .find(|m| m.id == name)
-    {
-        let created = crate::scheduler::registry::created_of(&m.path);
-        return Ok(Json(json!({
-            "modelfile": "", "parameters": "", "template": "",
-            "details": details("bert", "F32", "safetensors"),
-            "model_info": {"general.architecture": "bert"},
-            "capabilities": ["embedding"],
-            "modified_at": rfc3339(created as f64),
-        }))
-        .into_response());
-    }
-    let servable = state.engines.servable();
-    let m = servable
-        .iter()
-        .find(|m| m.id == name)
-        .ok_or_else(|| OllamaError(ApiError::ModelNotFound(name.clone())))?;
-    // The template and figures are the loaded model's own.
-    let engine = state
-        .engines
-        .get(&name)
-        .await
-        .map_err(super::openai::registry_error)?;
-    let info = &engine.info;
-    let arch = &info.architecture;
-    let mut model_info = Map::new();
-    model_info.insert("general.architecture".into(), json!(arch));
-    for (key, value) in [
-        ("context_length", info.context_length),
-        ("block_count", info.n_layers),
-        ("attention.head_count_kv", info.n_kv_heads),
-        ("vocab_size", info.vocab_size),
-    ] {
-        model_info.insert(format!("{arch}.{key}"), json!(value));
-    }
-    let special = &engine.tokenizer.special;
-    model_info.insert("tokenizer.ggml.bos_token_id".into(), json!(special.bos));
-    model_info.insert("lantern.stop_token_ids".into(), json!(special.stop_ids));
-    Ok(Json(json!({
-        "modelfile": "",
-        "parameters": "",
-        "template": engine.model.template.source(),
-        "details": details(arch, &m.quantization, "gguf"),
-        "model_info": model_info,
-        "capabilities": ["completion", "tools"],
-        "modified_at": rfc3339(m.created as f64),
-    }))
-    .into_response())
-}
-
-/// `GET /api/ps`: the loaded models and when each unloads.
-pub async fn ps(State(state): State<AppState>) -> Json<Value> {
-    let servable = state.engines.servable();
-    let models: Vec<Value> = state
-        .engines
-        .loaded()
-        .iter()
-        .map(|l| {
-            let file = servable.iter().find(|s| s.id == l.id);
-            let size = file.map_or(0, |f| f.size_bytes);
-            let created = file.map_or(0, |f| f.created);
-            let quantization = file.map(|f| f.quantization.as_str()).unwrap_or("");
-            // Busy or kept forever: Ollama shows a time far ahead.
-            let expires = l.unload_at.unwrap_or(crate::clock::unix_seconds() + 3.15e8);
-            json!({
-                "name": l.id,
-                "model": l.id,
-                "size": size,
-                "digest": digest(&l.path, size, created),
-                "details": details(&l.info.architecture, quantization, "gguf"),
-                "expires_at": rfc3339(expires),
-                "size_vram": 0,
-                "context_length": l.info.context_length,
-            })
-        })
-        .collect();
-    Json(json!({"models": models}))
-}
-
-/// `GET /api/version`.
-pub async fn version() -> Json<Value> {
-    Json(json!({"version": OLLAMA_VERSION, "lantern": env!("CARGO_PKG_VERSION")}))
 }
 
 #[cfg(test)]
