@@ -11,8 +11,11 @@
 //!   use Lantern's SIMD kernels ([`engine::qmatmul`]).
 //! - [`scheduler`]: the only place requests meet the engine: `EngineHandle::schedule` takes a
 //!   validated request and returns a stream of events; one engine thread owns the model.
-//! - [`server`]: axum routes for the OpenAI-compatible API; bodies are validated into scheduler
-//!   requests, every error becomes OpenAI's error JSON.
+//! - [`infer`]: the one request path: every wire format's typed request is planned once
+//!   (budget, routing, model, compression, validation, response cache) and run through one
+//!   event loop (timeout, disconnect, tool calls, accounting) on a [`infer::Backend`].
+//! - [`server`]: axum routes and wire formats only (OpenAI, Responses, Ollama, Anthropic): each
+//!   parses its body into an [`infer::Request`] and renders the events in its own shape.
 //! - The path of one generation ([`engine::generate`]): chat messages → template → token ids →
 //!   chunked prefill → decode loop (forward, [`engine::sampler`], [`engine::stops`]) → text
 //!   streamed out whole, with its figures.
@@ -23,6 +26,7 @@ pub mod compress;
 pub mod config;
 pub mod devices;
 pub mod engine;
+pub mod infer;
 pub mod jobs;
 pub mod lab;
 pub mod library;

@@ -246,8 +246,16 @@ fn engine() -> &'static lantern::scheduler::EngineHandle {
 
 #[test]
 fn request_bodies_never_panic_the_validators() {
-    use lantern::server::validate::{validate_chat, validate_completion};
+    use lantern::infer::validate::validate;
+    use lantern::server::anthropic::wire::MessagesBody;
+    use lantern::server::openai::wire::{ChatRequest, CompletionRequest};
     let engine = engine();
+    let caller = || lantern::infer::Caller {
+        session: "fuzz".into(),
+        rate_key: "anonymous".into(),
+        cache: Default::default(),
+        timeout: std::time::Duration::from_secs(60),
+    };
     let cases = fuzz(
         "requests",
         prop_oneof![
@@ -258,11 +266,18 @@ fn request_bodies_never_panic_the_validators() {
         |bytes| {
             no_panic(|| {
                 let body = || Ok(axum::body::Bytes::from(bytes.clone()));
-                if let Ok(req) = lantern::server::body::parse_body(body(), 1 << 20) {
-                    let _ = validate_chat(engine, req, None);
+                let parsed = lantern::server::body::parse_body::<ChatRequest>(body(), 1 << 20);
+                if let Ok(req) = parsed.map(|r| r.into_request(caller())) {
+                    let _ = req.map(|r| validate(engine, r, None));
                 }
-                if let Ok(req) = lantern::server::body::parse_body(body(), 1 << 20) {
-                    let _ = validate_completion(engine, req, None);
+                let parsed =
+                    lantern::server::body::parse_body::<CompletionRequest>(body(), 1 << 20);
+                if let Ok(req) = parsed.map(|r| r.into_request(caller())) {
+                    let _ = req.map(|r| validate(engine, r, None));
+                }
+                let parsed = lantern::server::body::parse_body::<MessagesBody>(body(), 1 << 20);
+                if let Ok(req) = parsed.map(|r| r.into_request(caller(), false)) {
+                    let _ = req.map(|r| validate(engine, r, None));
                 }
             })
         },

@@ -196,6 +196,7 @@ mod tests {
             cached_tokens: 0,
             completion_tokens: 1,
             finish_reason: FinishReason::Stop,
+            stop_sequence: None,
             queue: Duration::ZERO,
             time_to_first_token: Duration::ZERO,
             prefill: Duration::ZERO,

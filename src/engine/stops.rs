@@ -62,6 +62,8 @@ impl StreamDecoder {
 pub struct StopStrings {
     stops: Vec<String>,
     pending: String,
+    /// The stop string found, once one is.
+    matched: Option<usize>,
 }
 
 /// The outcome of feeding text to `StopStrings`.
@@ -78,6 +80,7 @@ impl StopStrings {
         Self {
             stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
             pending: String::new(),
+            matched: None,
         }
     }
 
@@ -86,9 +89,11 @@ impl StopStrings {
         let found = self
             .stops
             .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
+            .enumerate()
+            .filter_map(|(i, s)| self.pending.find(s.as_str()).map(|at| (at, i)))
             .min();
-        if let Some(at) = found {
+        if let Some((at, which)) = found {
+            self.matched = Some(which);
             let emit = self.pending[..at].to_string();
             self.pending.clear();
             return StopCheck {
@@ -112,6 +117,11 @@ impl StopStrings {
             emit,
             stopped: false,
         }
+    }
+
+    /// The stop string that ended the text, once one has.
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.map(|i| self.stops[i].as_str())
     }
 
     /// Text still held back when generation ends for another reason.

@@ -154,6 +154,8 @@ pub struct Usage {
     pub cached_tokens: usize,
     pub completion_tokens: usize,
     pub finish_reason: FinishReason,
+    /// The stop string that ended the answer, when one did.
+    pub stop_sequence: Option<String>,
     /// Arrival to the first step that included it.
     pub queue: Duration,
     /// Arrival to the first token (what the client waits).

@@ -175,6 +175,7 @@ impl Sequence {
             cached_tokens: self.cached_tokens,
             completion_tokens: self.completion_tokens,
             finish_reason,
+            stop_sequence: self.stops.matched().map(str::to_string),
             queue: admitted - self.queued_at,
             time_to_first_token: first - self.queued_at,
             prefill: first - admitted,

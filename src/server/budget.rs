@@ -16,30 +16,28 @@ pub const REMAINING: HeaderName = HeaderName::from_static("x-lantern-budget-rema
 /// What to tell a session that was let in.
 pub struct Admitted(Vec<(HeaderName, HeaderValue)>);
 
-/// Let `session` in unless its daily budget is spent.
-pub fn admit(state: &AppState, session: &str) -> Result<Admitted, ApiError> {
-    let now = crate::clock::unix_seconds();
-    let status = match state.monitor.budgets().check(session, now) {
-        Ok(Some(status)) => status,
-        Ok(None) => return Ok(Admitted(Vec::new())),
-        Err(spent) => {
-            return Err(ApiError::BudgetExhausted {
-                message: spent.exhausted_message(),
-                retry_after: (spent.resets_at - now).ceil().max(1.0) as u64,
-            })
+impl From<&crate::infer::Admission> for Admitted {
+    fn from(a: &crate::infer::Admission) -> Self {
+        let mut headers = Vec::new();
+        if let Some(left) = a.remaining {
+            headers.push((REMAINING, HeaderValue::from(left)));
         }
-    };
-    let mut headers = vec![(
-        REMAINING,
-        HeaderValue::from(status.daily_tokens.saturating_sub(status.used_today)),
-    )];
-    if status.fraction() >= state.monitor.settings().alerts.budget_warning {
         // The message is ASCII unless the session id is not; then the header is left out.
-        if let Ok(v) = HeaderValue::from_str(&status.warning()) {
+        if let Some(v) = a
+            .warning
+            .as_deref()
+            .and_then(|w| HeaderValue::from_str(w).ok())
+        {
             headers.push((WARNING, v));
         }
+        Self(headers)
     }
-    Ok(Admitted(headers))
+}
+
+/// Let `session` in unless its daily budget is spent (for requests off the inference path:
+/// embeddings).
+pub fn admit(state: &AppState, session: &str) -> Result<Admitted, ApiError> {
+    Ok(Admitted::from(&state.infer.admit(session)?))
 }
 
 impl Admitted {

@@ -141,7 +141,7 @@ pub async fn embeddings(
     use axum::response::IntoResponse;
     let started = std::time::Instant::now();
     let req: EmbeddingRequest = parse_body(body, state.body_limit)?;
-    let session = super::openai::session_of(&headers, req.user.as_deref());
+    let session = super::caller::session_of(&headers, req.user.as_deref());
     let admitted = super::budget::admit(&state, &session)?;
     let model_id = req
         .model

@@ -1,5 +1,6 @@
-//! One error type for the HTTP API, one mapping to OpenAI's error JSON and status, and to
-//! Ollama's (`{"error": message}`) on Ollama's routes.
+//! One error type for the HTTP API, one mapping to OpenAI's error JSON and status, to Ollama's
+//! (`{"error": message}`) on Ollama's routes and to Anthropic's (`{"type": "error", "error":
+//! {"type", "message"}}`) on its routes. The inference path's errors become these.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -200,6 +201,108 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::infer::InferError> for ApiError {
+    fn from(e: crate::infer::InferError) -> Self {
+        use crate::infer::InferError as E;
+        match e {
+            E::Invalid {
+                message,
+                param,
+                code,
+            } => Self::InvalidRequest {
+                message,
+                param,
+                code,
+            },
+            E::ModelNotFound(m) => Self::ModelNotFound(m),
+            E::Overloaded {
+                message,
+                retry_after,
+            } => Self::Overloaded {
+                message,
+                retry_after,
+            },
+            E::BudgetExhausted {
+                message,
+                retry_after,
+            } => Self::BudgetExhausted {
+                message,
+                retry_after,
+            },
+            E::Unavailable { message, code } => Self::Unavailable { message, code },
+            E::Timeout(s) => Self::Timeout(s),
+            E::Internal {
+                request_id,
+                message,
+            } => Self::Internal {
+                request_id,
+                message,
+            },
+        }
+    }
+}
+
+impl From<crate::infer::InferError> for OllamaError {
+    fn from(e: crate::infer::InferError) -> Self {
+        Self(e.into())
+    }
+}
+
+/// An error in Anthropic's shape: the status, and `{"type": "error", "error": {"type",
+/// "message"}}` with Anthropic's names for the kinds (the SDKs raise by status and read these).
+#[derive(Debug)]
+pub struct AnthropicError(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for AnthropicError {
+    fn from(e: E) -> Self {
+        Self(e.into())
+    }
+}
+
+impl AnthropicError {
+    /// Anthropic's status and error type for one of ours: 529 when overloaded, as its API says.
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match &self.0 {
+            ApiError::Unauthorized | ApiError::AdminRequired => {
+                (StatusCode::UNAUTHORIZED, "authentication_error")
+            }
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "permission_error"),
+            ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => {
+                (StatusCode::NOT_FOUND, "not_found_error")
+            }
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
+            ApiError::BudgetExhausted { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+            ApiError::Overloaded { .. } | ApiError::Unavailable { .. } => (
+                StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "overloaded_error",
+            ),
+            ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout_error"),
+            ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "api_error"),
+            other => (other.status(), "invalid_request_error"),
+        }
+    }
+
+    /// The error object alone, as an `error` event inside a stream that already started.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"type": "error", "error": {"type": self.parts().1, "message": self.0.to_string()}})
+    }
+}
+
+impl IntoResponse for AnthropicError {
+    fn into_response(self) -> Response {
+        let body = self.body();
+        let mut response = (self.parts().0, axum::Json(body)).into_response();
+        if let ApiError::Overloaded { retry_after, .. }
+        | ApiError::BudgetExhausted { retry_after, .. } = self.0
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        response
+    }
+}
+
 /// An error in Ollama's shape: the status, and `{"error": message}`.
 #[derive(Debug)]
 pub struct OllamaError(pub ApiError);
@@ -217,10 +320,13 @@ impl IntoResponse for OllamaError {
     }
 }
 
-/// An error as the API at `path` writes it: Ollama's shape on its routes, OpenAI's elsewhere.
+/// An error as the API at `path` writes it: Ollama's shape on its routes, Anthropic's on its
+/// own, OpenAI's elsewhere.
 pub fn error_for(path: &str, e: ApiError) -> Response {
     if is_ollama_path(path) {
         OllamaError(e).into_response()
+    } else if path.starts_with("/v1/messages") {
+        AnthropicError(e).into_response()
     } else {
         e.into_response()
     }

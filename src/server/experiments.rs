@@ -156,18 +156,24 @@ async fn generate(
     partial: &mut dyn FnMut(&str),
 ) -> Result<(String, crate::scheduler::Usage), String> {
     let engine = state.engines.get(model).await.map_err(|e| e.to_string())?;
-    let mut body = json!({
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "temperature": variant.temperature.unwrap_or(0.0),
-        "seed": 1,
-    });
-    if let Some(c) = &variant.compression {
-        body["compression"] = json!(c);
-    }
-    let req: super::validate::ChatRequest =
-        serde_json::from_value(body).map_err(|e| e.to_string())?;
+    // The lab's own request on the one path's validation, recorded by the lab, not the monitor.
+    let caller = crate::infer::Caller {
+        session: "lab".into(),
+        rate_key: "lab".into(),
+        cache: crate::infer::CacheUse::default(),
+        timeout: state.settings.request_timeout(),
+    };
+    let messages = vec![crate::engine::template::ChatMessage::new("user", prompt)];
+    let mut req = crate::infer::Request::new(
+        crate::infer::Api::Lab,
+        model,
+        crate::infer::Input::Chat(messages),
+        caller,
+    );
+    req.sampling.max_tokens = Some(max_tokens as i64);
+    req.sampling.temperature = Some(variant.temperature.unwrap_or(0.0));
+    req.sampling.seed = Some(1);
+    req.sampling.compression = variant.compression.clone();
     let scorer = match variant
         .compression
         .as_ref()
@@ -176,7 +182,7 @@ async fn generate(
         Some(name) => Some(state.engines.get(name).await.map_err(|e| e.to_string())?),
         None => None,
     };
-    let plan = super::validate::validate_chat(&engine, req, scorer.as_ref().map(|s| &*s.model))
+    let plan = crate::infer::validate::validate(&engine, req, scorer.as_ref().map(|s| &*s.model))
         .map_err(|e| e.to_string())?;
     let request = plan.requests.into_iter().next().ok_or("nothing to run")?;
     let mut events = engine.schedule(request).map_err(|e| e.to_string())?;

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, COOKIE};
+use axum::http::header::COOKIE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -98,17 +98,17 @@ pub async fn require_access(
         return next.run(request).await;
     }
     let headers = request.headers();
-    let bearer = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let admin = bearer
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .is_some_and(|t| state.admin.matches(t))
+    // `Authorization: Bearer KEY` or Anthropic's `x-api-key: KEY`, the same key either way.
+    let key_given = super::caller::api_key(headers);
+    let bearer = key_given.map(|k| format!("Bearer {k}"));
+    let admin = key_given.is_some_and(|t| state.admin.matches(t))
         || headers
             .get_all(COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .filter_map(|c| AdminToken::from_cookies(c, state.settings.port()))
             .any(|t| state.admin.matches(t));
-    let key = !state.keys.is_empty() && state.keys.accepts(bearer);
+    let key = !state.keys.is_empty() && state.keys.accepts(bearer.as_deref());
     let allowed = if is_admin(path) {
         admin || key
     } else {

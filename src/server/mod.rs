@@ -3,12 +3,13 @@
 //! `openai` serves the OpenAI-compatible API (`embeddings` its `/v1/embeddings`), `validate` turns bodies into scheduler requests,
 //! `errors` maps every failure to OpenAI's error JSON, `sse` streams.
 
-pub mod accounting;
 pub mod admin;
 pub mod admin_token;
+pub mod anthropic;
 pub mod body;
 pub mod browser;
 pub mod budget;
+pub mod caller;
 pub mod csv;
 pub mod devices;
 pub mod embeddings;
@@ -22,7 +23,6 @@ pub mod monitoring;
 pub mod ollama;
 pub mod openai;
 pub mod rate;
-pub mod response_cache;
 pub mod responses;
 pub mod settings;
 pub mod sse;
@@ -30,7 +30,6 @@ pub mod start;
 pub mod structured;
 pub mod tools;
 pub mod ui;
-pub mod validate;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri};
@@ -49,6 +48,8 @@ pub use crate::config::serve::DEFAULT_BODY_LIMIT;
 #[derive(Clone)]
 pub struct AppState {
     pub engines: Registry,
+    /// The one inference path every wire format runs its requests through.
+    pub infer: crate::infer::Infer,
     /// Embedding models, loaded on first request.
     pub embedders: crate::scheduler::embedder::Embedders,
     pub caches: crate::cache::Caches,
@@ -89,6 +90,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/responses", post(responses::responses))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/api/chat", post(ollama::chat))
         .route("/api/generate", post(ollama::generate))
         .route("/api/embed", post(ollama::embed))
@@ -189,6 +192,8 @@ pub fn router(state: AppState) -> Router {
                     header::AUTHORIZATION,
                     header::CONTENT_TYPE,
                     HeaderName::from_static("x-session-id"),
+                    HeaderName::from_static("x-api-key"),
+                    HeaderName::from_static("anthropic-version"),
                 ]),
         )
         // Outermost: a foreign `Host` or a cross-site write is refused before anything runs.

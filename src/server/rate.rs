@@ -159,21 +159,7 @@ impl RateLimiter {
     }
 }
 
-/// The rate-limit key of a request: its API key, hashed, or `anonymous`.
-pub fn key_of(headers: &HeaderMap) -> String {
-    match headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-    {
-        Some(key) => {
-            use sha2::Digest;
-            let digest = sha2::Sha256::digest(key.trim().as_bytes());
-            format!("key-{}", &format!("{digest:x}")[..12])
-        }
-        None => "anonymous".into(),
-    }
-}
+pub use super::caller::key_of;
 
 pub async fn limit(State(limiter): State<RateLimiter>, request: Request, next: Next) -> Response {
     if !limiter.enabled() || !request.uri().path().starts_with("/v1/") {

@@ -1,30 +1,29 @@
 //! `POST /v1/responses`: OpenAI's Responses API, stateless (`store` is always false).
 //!
 //! `input` (a string, or message and function-call items), `instructions`, `max_output_tokens`
-//! and `text.format` become a chat request and go through the same validation, cache,
-//! scheduler and accounting; the answer comes back as output items (a message, or function
-//! calls), or streamed as `response.created` … `response.output_text.delta` …
-//! `response.completed` events.
+//! and `text.format` become the one typed request; the inference path's events come back as
+//! output items (a message, function calls), or streamed as `response.created` …
+//! `response.output_text.delta` … `response.completed` events.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::sse::Event;
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::accounting::{finish, Api, Outcome, Totals};
 use super::body::parse_body;
 use super::errors::ApiError;
-use super::openai::{chat_message, collect, new_id, now, plan_chat, start, Collected, Started};
-use super::validate::ChatRequest;
+use super::openai::{new_id, now};
 use super::AppState;
-use crate::engine::generate::FinishReason;
-use crate::scheduler::{GenEvent, Usage};
+use crate::engine::template::ChatMessage;
+use crate::engine::tools::ToolCall;
+use crate::infer::accounting::Totals;
+use crate::infer::{Api, Event, Finish, Input, Request};
 
 #[derive(Debug, Deserialize)]
 struct ResponsesBody {
@@ -83,10 +82,10 @@ fn text_of(content: &Value, at: &str) -> Result<String, ApiError> {
 
 /// `input` items as chat messages: messages by role, `function_call` items as an assistant's
 /// calls (consecutive ones together), `function_call_output` items as tool results.
-fn messages(instructions: Option<String>, input: Value) -> Result<Vec<Value>, ApiError> {
+fn messages(instructions: Option<String>, input: Value) -> Result<Vec<ChatMessage>, ApiError> {
     let mut out = Vec::new();
     if let Some(i) = instructions.filter(|i| !i.is_empty()) {
-        out.push(json!({"role": "system", "content": i}));
+        out.push(ChatMessage::new("system", i));
     }
     let items = match input {
         Value::String(s) => vec![json!({"role": "user", "content": s})],
@@ -102,25 +101,39 @@ fn messages(instructions: Option<String>, input: Value) -> Result<Vec<Value>, Ap
         let at = format!("input[{i}]");
         match item["type"].as_str() {
             None | Some("message") => {
-                let role = item["role"].as_str().ok_or_else(|| {
-                    invalid(format!("{at} needs a `role`"), "input")
-                })?;
-                out.push(json!({"role": role, "content": text_of(&item["content"], &at)?}));
+                let role = match item["role"].as_str() {
+                    Some("developer") => "system",
+                    Some(r @ ("system" | "user" | "assistant")) => r,
+                    Some(other) => {
+                        return Err(invalid(
+                            format!("{at}.role `{other}` is not one of system, developer, user, assistant"),
+                            "input",
+                        ))
+                    }
+                    None => return Err(invalid(format!("{at} needs a `role`"), "input")),
+                };
+                out.push(ChatMessage::new(role, text_of(&item["content"], &at)?));
             }
             Some("function_call") => {
-                let call = json!({
-                    "id": item["call_id"],
-                    "type": "function",
-                    "function": {"name": item["name"], "arguments": item["arguments"]},
-                });
-                if item["name"].as_str().is_none() {
+                let Some(name) = item["name"].as_str() else {
                     return Err(invalid(format!("{at}: a function_call needs its `name`"), "input"));
-                }
+                };
+                let arguments = match &item["arguments"] {
+                    Value::String(s) => serde_json::from_str(s).unwrap_or_else(|_| json!(s)),
+                    Value::Null => json!({}),
+                    other => other.clone(),
+                };
+                let call = json!({"id": item["call_id"], "type": "function",
+                                  "function": {"name": name, "arguments": arguments}});
                 match out.last_mut() {
-                    Some(last) if last["role"] == "assistant" && last.get("tool_calls").is_some() => {
-                        last["tool_calls"].as_array_mut().expect("an array").push(call);
+                    Some(last) if last.role == "assistant" && last.tool_calls.is_some() => {
+                        last.tool_calls.get_or_insert_with(Vec::new).push(call);
                     }
-                    _ => out.push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
+                    _ => {
+                        let mut m = ChatMessage::new("assistant", "");
+                        m.tool_calls = Some(vec![call]);
+                        out.push(m);
+                    }
                 }
             }
             Some("function_call_output") => {
@@ -128,7 +141,9 @@ fn messages(instructions: Option<String>, input: Value) -> Result<Vec<Value>, Ap
                     Value::String(s) => s.clone(),
                     other => text_of(other, &at)?,
                 };
-                out.push(json!({"role": "tool", "tool_call_id": item["call_id"], "content": output}));
+                let mut m = ChatMessage::new("tool", output);
+                m.tool_call_id = item["call_id"].as_str().map(str::to_string);
+                out.push(m);
             }
             Some(other) => {
                 return Err(invalid(
@@ -141,41 +156,52 @@ fn messages(instructions: Option<String>, input: Value) -> Result<Vec<Value>, Ap
     Ok(out)
 }
 
-/// `text.format` as chat's `response_format`.
-fn response_format(text: Option<&Value>) -> Result<Option<Value>, ApiError> {
+/// `text.format` as the output's grammar.
+fn output_format(
+    text: Option<&Value>,
+) -> Result<Option<crate::engine::constrain::Grammar>, ApiError> {
     let Some(format) = text.and_then(|t| t.get("format")).filter(|f| !f.is_null()) else {
         return Ok(None);
     };
-    Ok(match format["type"].as_str() {
-        Some("text") => None,
-        Some("json_object") => Some(json!({"type": "json_object"})),
-        Some("json_schema") => Some(json!({"type": "json_schema", "json_schema": {
+    let as_chat = match format["type"].as_str() {
+        Some("text") => return Ok(None),
+        Some("json_object") => json!({"type": "json_object"}),
+        Some("json_schema") => json!({"type": "json_schema", "json_schema": {
             "name": format["name"],
             "schema": format.get("schema").cloned().unwrap_or(json!({})),
             "strict": format.get("strict").cloned().unwrap_or(json!(false)),
-        }})),
+        }}),
         _ => {
             return Err(invalid(
                 "`text.format.type` must be text, json_object or json_schema",
                 "text.format",
             ))
         }
-    })
+    };
+    super::structured::response_format(Some(&as_chat), "text.format")
 }
 
-/// Responses' flat function tools as chat's nested ones.
-fn chat_tools(tools: Vec<Value>) -> Result<Vec<Value>, ApiError> {
+/// Responses' flat function tools as the engine's specs.
+fn tool_specs(tools: &[Value]) -> Result<Vec<crate::engine::tools::ToolSpec>, ApiError> {
     tools
-        .into_iter()
+        .iter()
         .enumerate()
-        .map(|(i, t)| match t["type"].as_str() {
-            Some("function") => Ok(json!({"type": "function", "function": {
-                "name": t["name"],
-                "description": t.get("description"),
-                "parameters": t.get("parameters"),
-                "strict": t.get("strict"),
-            }})),
-            other => Err(ApiError::invalid(
+        .map(|(i, t)| match (t["type"].as_str(), t["name"].as_str()) {
+            (Some("function"), Some(name)) => Ok(crate::engine::tools::ToolSpec {
+                name: name.to_string(),
+                description: t["description"].as_str().map(str::to_string),
+                parameters: t
+                    .get("parameters")
+                    .filter(|p| !p.is_null())
+                    .cloned()
+                    .unwrap_or(json!({"type": "object"})),
+                strict: t["strict"].as_bool().unwrap_or(false),
+            }),
+            (Some("function"), None) => Err(ApiError::invalid(
+                format!("tools[{i}] needs a `name`"),
+                format!("tools[{i}]"),
+            )),
+            (other, _) => Err(ApiError::invalid(
                 format!(
                     "tools[{i}].type `{}` is not supported (only `function`)",
                     other.unwrap_or("?")
@@ -250,35 +276,37 @@ fn message_item(id: &str, text: &str) -> Value {
     })
 }
 
-/// The output items of an answer: function calls when it made any (with its text, if some,
-/// as a message first), else one message.
-fn output_items(text: String, started: &Started, finish: FinishReason) -> Vec<Value> {
-    let (message, _) = chat_message(text, started.plan.tools.as_ref(), finish);
+/// Calls as `function_call` output items.
+fn call_items(calls: &[ToolCall]) -> Vec<Value> {
+    calls
+        .iter()
+        .map(|c| {
+            json!({
+                "type": "function_call",
+                "id": new_id("fc"),
+                "call_id": super::tools::call_id(),
+                "name": c.name,
+                "arguments": c.arguments,
+                "status": "completed",
+            })
+        })
+        .collect()
+}
+
+/// The output items of an answer: its text as a message (when it has text, or no calls), then
+/// its calls.
+fn output_items(text: &str, calls: &[ToolCall]) -> Vec<Value> {
     let mut items = Vec::new();
-    let content = message["content"].as_str().unwrap_or_default();
-    let calls = message["tool_calls"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if !content.is_empty() || calls.is_empty() {
-        items.push(message_item(&new_id("msg"), content));
+    if !text.is_empty() || calls.is_empty() {
+        items.push(message_item(&new_id("msg"), text));
     }
-    for c in calls {
-        items.push(json!({
-            "type": "function_call",
-            "id": new_id("fc"),
-            "call_id": c["id"],
-            "name": c["function"]["name"],
-            "arguments": c["function"]["arguments"],
-            "status": "completed",
-        }));
-    }
+    items.extend(call_items(calls));
     items
 }
 
-fn status_of(usage: &Usage) -> &'static str {
-    match usage.finish_reason {
-        FinishReason::Length => "incomplete",
+fn status_of(finish: &Finish) -> &'static str {
+    match finish {
+        Finish::Length => "incomplete",
         _ => "completed",
     }
 }
@@ -299,46 +327,24 @@ pub async fn responses(
     let input = req
         .input
         .ok_or_else(|| invalid("`input` is required", "input"))?;
-    let mut chat = Map::new();
-    chat.insert("model".into(), json!(req.model));
-    chat.insert(
-        "messages".into(),
-        Value::Array(messages(req.instructions.clone(), input)?),
+    let caller = super::caller::caller(&state, &headers, req.user.as_deref());
+    let messages = messages(req.instructions.clone(), input)?;
+    let mut request = Request::new(
+        Api::Responses,
+        req.model.clone(),
+        Input::Chat(messages),
+        caller,
     );
-    if let Some(n) = req.max_output_tokens {
-        chat.insert("max_completion_tokens".into(), json!(n));
-    }
-    for (key, value) in [
-        ("temperature", req.temperature.map(|v| json!(v))),
-        ("top_p", req.top_p.map(|v| json!(v))),
-        ("seed", req.seed.map(|v| json!(v))),
-        ("user", req.user.map(|v| json!(v))),
-        ("response_format", response_format(req.text.as_ref())?),
-        (
-            "tool_choice",
-            req.tool_choice.clone().map(|c| match c {
-                // Responses names a function flat: {"type": "function", "name": ...}.
-                Value::Object(o) if o.contains_key("name") => {
-                    json!({"type": "function", "function": {"name": o["name"]}})
-                }
-                other => other,
-            }),
-        ),
-        (
-            "parallel_tool_calls",
-            req.parallel_tool_calls.map(|v| json!(v)),
-        ),
-    ] {
-        if let Some(v) = value {
-            chat.insert(key.into(), v);
-        }
-    }
     let tools = req.tools.unwrap_or_default();
-    if !tools.is_empty() {
-        chat.insert("tools".into(), Value::Array(chat_tools(tools.clone())?));
-    }
-    let chat: ChatRequest = serde_json::from_value(Value::Object(chat))
-        .map_err(|e| invalid(format!("Invalid request body: {e}"), "input"))?;
+    request.tools = tool_specs(&tools)?;
+    request.tool_choice = super::tools::choice(req.tool_choice.as_ref())?;
+    request.parallel_tool_calls = req.parallel_tool_calls;
+    request.output = output_format(req.text.as_ref())?;
+    request.output_param = "text.format";
+    request.sampling.max_completion_tokens = req.max_output_tokens;
+    request.sampling.temperature = req.temperature;
+    request.sampling.top_p = req.top_p;
+    request.sampling.seed = req.seed;
     let echo = Echo {
         model: req.model,
         instructions: req.instructions,
@@ -351,42 +357,36 @@ pub async fn responses(
         parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
         metadata: req.metadata.unwrap_or(json!({})),
     };
-    let planned = plan_chat(&state, &headers, chat).await?;
-    if planned.plan.n != 1 {
-        return Err(invalid("the Responses API gives one answer", "input"));
-    }
-    let admitted = planned.admitted;
-    let started = start(
-        &state,
-        planned.engine,
-        planned.plan,
-        Api::Chat,
-        planned.session,
-        &headers,
-    )?;
+    let plan = state.infer.plan(request).await?;
+    let mut run = state.infer.run(plan)?;
+    let admitted = super::budget::Admitted::from(&run.admission);
     let id = new_id("resp");
     let response = if req.stream {
-        stream(started, echo, id)
+        stream(run, echo, id)
     } else {
-        let Collected {
-            started,
-            mut choices,
-            totals,
-            ..
-        } = collect(started).await?;
-        let choice = choices
-            .pop()
+        let answer = run.collect().await?;
+        let choice = answer
+            .choices
+            .into_iter()
+            .next()
             .ok_or_else(|| ApiError::internal("no choice"))?;
-        let status = status_of(&choice.usage);
-        let output = output_items(choice.text, &started, choice.usage.finish_reason);
-        Json(echo.response(&id, now(), status, json!(output), usage_json(&totals))).into_response()
+        let output = output_items(&choice.text, &choice.calls);
+        let status = status_of(&choice.finish);
+        Json(echo.response(
+            &id,
+            now(),
+            status,
+            json!(output),
+            usage_json(&answer.totals),
+        ))
+        .into_response()
     };
     Ok(admitted.onto(response))
 }
 
 /// Named SSE events, each with its `type` and a rising `sequence_number`.
 struct Events {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<SseEvent>,
     sequence: u64,
 }
 
@@ -396,122 +396,99 @@ impl Events {
         data["sequence_number"] = json!(self.sequence);
         self.sequence += 1;
         self.tx
-            .send(Event::default().event(kind).data(data.to_string()))
+            .send(SseEvent::default().event(kind).data(data.to_string()))
             .await
             .is_ok()
     }
 }
 
-fn stream(mut started: Started, echo: Echo, id: String) -> Response {
-    let (tx, rx) = mpsc::channel::<Event>(64);
+/// The answer as Responses events. The message item opens with the first text; calls follow as
+/// whole items; the last event carries the whole response. Returning drops the run: a client
+/// that went away cancels the generation.
+fn stream(mut run: crate::infer::Run, echo: Echo, id: String) -> Response {
+    let (tx, rx) = mpsc::channel::<SseEvent>(64);
     let created = now();
     tokio::spawn(async move {
-        let account = started.account.clone();
-        let limit = started.limit;
-        let Some(mut events) = started.streams.pop() else {
-            return;
-        };
         let mut out = Events { tx, sequence: 0 };
-        let produce = async {
-            let mut totals = Totals {
-                from_cache: started.from_cache,
-                ..Totals::default()
-            };
-            let shell = echo.response(&id, created, "in_progress", json!([]), Value::Null);
-            if !out
-                .send("response.created", json!({"response": shell}))
+        let shell = echo.response(&id, created, "in_progress", json!([]), Value::Null);
+        if !out
+            .send("response.created", json!({"response": shell}))
+            .await
+            || !out
+                .send("response.in_progress", json!({"response": shell}))
                 .await
-                || !out
-                    .send("response.in_progress", json!({"response": shell}))
-                    .await
-            {
-                return finish(&account, &totals, None, Outcome::Cancelled);
-            }
-            // With tools, text is held until it is known not to be a call, as on chat.
-            let mut hold = super::tools::CallHold::new(started.plan.tools.is_some());
-            let (mut text, mut opened) = (String::new(), false);
-            let msg_id = new_id("msg");
-            let mut streamed = 0;
-            while let Some(event) = events.recv().await {
-                match event {
-                    GenEvent::Token { .. } => streamed += 1,
-                    GenEvent::Text(piece) => {
-                        let Some(piece) = hold.push(piece) else {
-                            continue;
-                        };
-                        if !opened {
-                            opened = true;
-                            let item = json!({"type": "message", "id": msg_id, "status": "in_progress", "role": "assistant", "content": []});
-                            let part =
-                                json!({"type": "output_text", "text": "", "annotations": []});
-                            if !out.send("response.output_item.added", json!({"output_index": 0, "item": item})).await
-                                || !out.send("response.content_part.added", json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "part": part})).await
-                            {
-                                break;
-                            }
-                        }
-                        text.push_str(&piece);
-                        let delta = json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "delta": piece, "logprobs": []});
-                        if !out.send("response.output_text.delta", delta).await {
-                            break;
+        {
+            return;
+        }
+        let (mut text, mut opened) = (String::new(), false);
+        let msg_id = new_id("msg");
+        let mut ended: Option<(&'static str, Vec<Value>)> = None;
+        while let Some(event) = run.events.recv().await {
+            match event {
+                Event::Text { text: piece, .. } => {
+                    if !opened {
+                        opened = true;
+                        let item = json!({"type": "message", "id": msg_id, "status": "in_progress", "role": "assistant", "content": []});
+                        let part = json!({"type": "output_text", "text": "", "annotations": []});
+                        if !out.send("response.output_item.added", json!({"output_index": 0, "item": item})).await
+                            || !out.send("response.content_part.added", json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "part": part})).await
+                        {
+                            return;
                         }
                     }
-                    GenEvent::Done(usage) => {
-                        totals.add(0, 1, &usage);
-                        let items = if opened {
-                            vec![message_item(&msg_id, &text)]
-                        } else {
-                            output_items(
-                                hold.finish().unwrap_or_default(),
-                                &started,
-                                usage.finish_reason,
-                            )
-                        };
-                        if opened {
-                            let part =
-                                json!({"type": "output_text", "text": text, "annotations": []});
-                            out.send("response.output_text.done", json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "text": text, "logprobs": []})).await;
-                            out.send("response.content_part.done", json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "part": part})).await;
-                            out.send(
-                                "response.output_item.done",
-                                json!({"output_index": 0, "item": items[0]}),
-                            )
-                            .await;
-                        } else {
-                            for (index, item) in items.iter().enumerate() {
-                                announce(&mut out, index, item).await;
-                            }
-                        }
-                        let whole = echo.response(
-                            &id,
-                            created,
-                            status_of(&usage),
-                            json!(items),
-                            usage_json(&totals),
-                        );
-                        let kind = if status_of(&usage) == "completed" {
-                            "response.completed"
-                        } else {
-                            "response.incomplete"
-                        };
-                        out.send(kind, json!({"response": whole})).await;
-                        return finish(&account, &totals, Some(&usage), Outcome::Ok);
-                    }
-                    GenEvent::Failed(message) => {
-                        let error = ApiError::Internal {
-                            request_id: new_id("req"),
-                            message: message.clone(),
-                        };
-                        out.send("error", json!({"code": "server_error", "message": error.to_string(), "param": null})).await;
-                        return finish(&account, &totals, None, Outcome::Error(message));
+                    text.push_str(&piece);
+                    let delta = json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "delta": piece, "logprobs": []});
+                    if !out.send("response.output_text.delta", delta).await {
+                        return;
                     }
                 }
+                Event::Done { calls, finish, .. } => {
+                    let mut items = Vec::new();
+                    if opened {
+                        let item = message_item(&msg_id, &text);
+                        let part = json!({"type": "output_text", "text": text, "annotations": []});
+                        out.send("response.output_text.done", json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "text": text, "logprobs": []})).await;
+                        out.send("response.content_part.done", json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "part": part})).await;
+                        out.send(
+                            "response.output_item.done",
+                            json!({"output_index": 0, "item": item}),
+                        )
+                        .await;
+                        items.push(item);
+                    } else if calls.is_empty() {
+                        items.push(message_item(&msg_id, ""));
+                        announce(&mut out, 0, &items[0]).await;
+                    }
+                    for item in call_items(&calls) {
+                        announce(&mut out, items.len(), &item).await;
+                        items.push(item);
+                    }
+                    ended = Some((status_of(&finish), items));
+                }
+                Event::End { totals, .. } => {
+                    let (status, items) = ended.take().unwrap_or(("completed", Vec::new()));
+                    let whole =
+                        echo.response(&id, created, status, json!(items), usage_json(&totals));
+                    let kind = if status == "completed" {
+                        "response.completed"
+                    } else {
+                        "response.incomplete"
+                    };
+                    out.send(kind, json!({"response": whole})).await;
+                    return;
+                }
+                Event::Error(e) => {
+                    let body = ApiError::from(e).body();
+                    let e = &body["error"];
+                    let code = e["code"].as_str().unwrap_or("server_error");
+                    out.send(
+                        "error",
+                        json!({"code": code, "message": e["message"], "param": e["param"]}),
+                    )
+                    .await;
+                    return;
+                }
             }
-            totals.completion = streamed;
-            finish(&account, &totals, None, Outcome::Cancelled)
-        };
-        if tokio::time::timeout(limit, produce).await.is_err() {
-            finish(&account, &Totals::default(), None, Outcome::Timeout);
         }
     });
     super::sse::events(rx)
@@ -572,41 +549,47 @@ mod tests {
             Some("Be brief.".into()),
             json!([
                 {"role": "user", "content": [{"type": "input_text", "text": "Weather?"}]},
-                {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+                {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{\"city\": \"Paris\"}"},
                 {"type": "function_call", "call_id": "c2", "name": "get_weather", "arguments": "{}"},
                 {"type": "function_call_output", "call_id": "c1", "output": "18C"},
             ]),
         )
         .unwrap();
-        assert_eq!(m[0], json!({"role": "system", "content": "Be brief."}));
-        assert_eq!(m[1]["content"], "Weather?");
-        assert_eq!(m[2]["tool_calls"].as_array().unwrap().len(), 2);
         assert_eq!(
-            m[3],
-            json!({"role": "tool", "tool_call_id": "c1", "content": "18C"})
+            (m[0].role.as_str(), m[0].content.as_str()),
+            ("system", "Be brief.")
         );
+        assert_eq!(m[1].content, "Weather?");
+        let calls = m[2].tool_calls.as_ref().unwrap();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0]["function"]["arguments"], json!({"city": "Paris"}));
+        assert_eq!(m[3].role, "tool");
+        assert_eq!(m[3].tool_call_id.as_deref(), Some("c1"));
+        assert_eq!(m[3].content, "18C");
+        let plain = messages(None, json!("hi")).unwrap();
         assert_eq!(
-            messages(None, json!("hi")).unwrap(),
-            vec![json!({"role": "user", "content": "hi"})]
+            (plain[0].role.as_str(), plain[0].content.as_str()),
+            ("user", "hi")
         );
         for bad in [
             json!([]),
             json!(3),
             json!([{"type": "image"}]),
             json!([{"content": "x"}]),
+            json!([{"role": "robot", "content": "x"}]),
         ] {
             assert!(messages(None, bad.clone()).is_err(), "{bad}");
         }
     }
 
     #[test]
-    fn text_format_is_response_format() {
-        assert_eq!(response_format(None).unwrap(), None);
+    fn text_format_is_the_output_grammar() {
+        assert_eq!(output_format(None).unwrap(), None);
         let f = json!({"format": {"type": "json_schema", "name": "p", "schema": {"type": "object"}, "strict": true}});
-        assert_eq!(
-            response_format(Some(&f)).unwrap().unwrap()["json_schema"]["strict"],
-            json!(true)
-        );
-        assert!(response_format(Some(&json!({"format": {"type": "yaml"}}))).is_err());
+        assert!(matches!(
+            output_format(Some(&f)).unwrap(),
+            Some(crate::engine::constrain::Grammar::JsonSchema { strict: true, .. })
+        ));
+        assert!(output_format(Some(&json!({"format": {"type": "yaml"}}))).is_err());
     }
 }

@@ -120,8 +120,18 @@ impl Launch {
         };
         let compression = Arc::new(crate::compress::SessionDefaults::open(store).await);
         compression.set_fallback(s.compression.clone());
+        let rate = super::rate::RateLimiter::new(rate_limits(&s));
+        let limiter = rate.clone();
+        let infer = crate::infer::Infer {
+            engines: engines.clone(),
+            responses: caches.responses.clone(),
+            monitor: monitor.clone(),
+            compression: compression.clone(),
+            charge: Arc::new(move |key: &str, tokens: u64| limiter.add_tokens(key, tokens)),
+        };
         let state = AppState {
             engines: engines.clone(),
+            infer,
             embedders,
             caches,
             monitor,
@@ -129,7 +139,7 @@ impl Launch {
             body_limit: s.body_limit,
             keys,
             admin,
-            rate: super::rate::RateLimiter::new(rate_limits(&s)),
+            rate,
             jobs: crate::jobs::Jobs::default(),
             pairs: Default::default(),
             compression,

@@ -5,8 +5,7 @@
 use serde_json::Value;
 
 use super::errors::ApiError;
-use crate::engine::constrain::{Constraint, Grammar};
-use crate::scheduler::EngineHandle;
+use crate::engine::constrain::Grammar;
 
 /// The grammar a request's output must match, if it names one. `param` is the field the error
 /// names (`response_format`, or `format` on Ollama's API).
@@ -75,21 +74,6 @@ pub fn one_of(
         )),
         (a, b) => Ok(a.or(b)),
     }
-}
-
-/// Compile for the engine's model (compute: callers run it where it may block); a grammar that
-/// does not compile is the client's fault.
-pub fn compile(
-    engine: &EngineHandle,
-    grammar: &Grammar,
-    param: &str,
-) -> Result<Constraint, ApiError> {
-    engine.model.constrain(grammar).map_err(|e| {
-        ApiError::invalid(
-            format!("`{param}` cannot be enforced: {e}"),
-            param.to_string(),
-        )
-    })
 }
 
 #[cfg(test)]

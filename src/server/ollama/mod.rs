@@ -2,18 +2,18 @@
 //! (NDJSON streams by default, as Ollama's), `/api/embed` (and the older `/api/embeddings`),
 //! `/api/tags`, `/api/show`, `/api/ps`, `/api/version`.
 //!
-//! Requests are translated into the OpenAI shapes and go through the same validation, cache,
-//! scheduler and accounting; only the wire differs: Ollama's field names (`options.num_predict`,
-//! `format`, `keep_alive`), durations in nanoseconds, errors as `{"error": "..."}`.
+//! Requests become the one typed request and run on the inference path; only the wire differs:
+//! Ollama's field names (`options.num_predict`, `format`, `keep_alive`), durations in
+//! nanoseconds, errors as `{"error": "..."}`.
 //!
-//! - `request`: Ollama's options, format and messages as the OpenAI fields they mean
+//! - `request`: Ollama's options, format and messages as the typed request's fields
 //! - `listing`: what is installed and loaded (`tags`, `show`, `ps`, `version`)
 
 mod listing;
 mod request;
 
 pub use listing::{ps, show, tags, version};
-use request::{apply_options, openai_messages, refuse_think};
+use request::{apply_options, messages, refuse_think};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -25,14 +25,12 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use super::accounting::{finish, Api, Outcome, Totals};
 use super::body::parse_body;
 use super::errors::{ApiError, OllamaError};
-use super::openai::{chat_message, collect, plan_chat, start, Collected, Started};
-use super::validate::ChatRequest;
 use super::AppState;
-use crate::engine::generate::FinishReason;
-use crate::scheduler::{GenEvent, Usage};
+use crate::engine::template::ChatMessage;
+use crate::infer::{Api, Event, Finish, Input, Request, Run};
+use crate::scheduler::Usage;
 
 /// Ollama names carry a tag; Lantern's models have none, so `:latest` means the model itself.
 fn model_name(name: &str) -> &str {
@@ -122,10 +120,10 @@ async fn load_or_unload(
     Ok(Json(body).into_response())
 }
 
-fn done_reason(f: FinishReason) -> &'static str {
+fn done_reason(f: &Finish) -> &'static str {
     match f {
-        FinishReason::Stop => "stop",
-        FinishReason::Length | FinishReason::Cancelled => "length",
+        Finish::Length => "length",
+        _ => "stop",
     }
 }
 
@@ -140,149 +138,86 @@ fn stats(body: &mut Value, usage: &Usage, total: std::time::Duration, load: std:
 }
 
 /// Calls as Ollama writes them: arguments as an object.
-fn ollama_calls(openai_calls: &Value) -> Value {
-    openai_calls
-        .as_array()
-        .into_iter()
-        .flatten()
+fn ollama_calls(calls: &[crate::engine::tools::ToolCall]) -> Value {
+    calls
+        .iter()
         .map(|c| {
-            let args = c["function"]["arguments"]
-                .as_str()
-                .and_then(|s| serde_json::from_str::<Value>(s).ok())
-                .unwrap_or(json!({}));
-            json!({"function": {"name": c["function"]["name"], "arguments": args}})
+            let args = serde_json::from_str::<Value>(&c.arguments).unwrap_or(json!({}));
+            json!({"function": {"name": c.name, "arguments": args}})
         })
         .collect()
 }
 
-/// What one answer's final object carries besides its figures.
-fn answer_fields(chat: bool, text: String, started: &Started, finish: FinishReason) -> Value {
-    if chat {
-        let (message, reason) = chat_message(text, started.plan.tools.as_ref(), finish);
-        let mut m =
-            json!({"role": "assistant", "content": message["content"].as_str().unwrap_or("")});
-        if message.get("tool_calls").is_some() {
-            m["tool_calls"] = ollama_calls(&message["tool_calls"]);
-        }
-        json!({"message": m, "done_reason": if reason == "tool_calls" { "stop" } else { reason }})
-    } else {
-        json!({"response": text, "done_reason": done_reason(finish)})
-    }
+/// One NDJSON object (or a whole answer's start): the model, the time, whether it is the end.
+fn object(model: &str, done: bool) -> Value {
+    json!({"model": model, "created_at": now_rfc3339(), "done": done})
 }
 
-async fn answer(
-    started: Started,
-    chat: bool,
-    model: String,
-    load: std::time::Duration,
-) -> Result<Response, OllamaError> {
-    let began = started.account.started;
-    let Collected {
-        started,
-        mut choices,
-        ..
-    } = collect(started).await?;
-    let choice = choices
-        .pop()
+/// Text as a chat message or a generated response.
+fn with_text(mut v: Value, chat: bool, text: &str) -> Value {
+    if chat {
+        v["message"] = json!({"role": "assistant", "content": text});
+    } else {
+        v["response"] = json!(text);
+    }
+    v
+}
+
+/// The whole answer as one object.
+async fn answer(mut run: Run, chat: bool, model: &str) -> Result<Response, OllamaError> {
+    let answer = run.collect().await?;
+    let choice = answer
+        .choices
+        .into_iter()
+        .next()
         .ok_or_else(|| ApiError::internal("no choice"))?;
-    let mut body = answer_fields(chat, choice.text, &started, choice.usage.finish_reason);
-    body["model"] = json!(model);
-    body["created_at"] = json!(now_rfc3339());
-    body["done"] = json!(true);
-    stats(&mut body, &choice.usage, began.elapsed(), load);
+    let mut body = with_text(object(model, true), chat, &choice.text);
+    if chat && !choice.calls.is_empty() {
+        body["message"]["tool_calls"] = ollama_calls(&choice.calls);
+    }
+    body["done_reason"] = json!(done_reason(&choice.finish));
+    stats(&mut body, &choice.usage, run.began.elapsed(), run.load);
     Ok(Json(body).into_response())
 }
 
-/// NDJSON: one object per piece of text, then a last one with `done: true` and the figures.
-fn stream_ndjson(
-    started: Started,
-    chat: bool,
-    model: String,
-    load: std::time::Duration,
-) -> Response {
+/// NDJSON: one object per piece of text, calls in one piece, then a last one with `done: true`
+/// and the figures. Returning drops the run: a client that went away cancels the generation.
+fn stream_ndjson(mut run: Run, chat: bool, model: String) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
     let line = |v: Value| Ok(Bytes::from(format!("{v}\n")));
     tokio::spawn(async move {
-        let mut started = started;
-        let account = started.account.clone();
-        let limit = started.limit;
-        let mut events = match started.streams.pop() {
-            Some(e) => e,
-            None => return,
-        };
-        let produce = async {
-            let mut totals = Totals {
-                from_cache: started.from_cache,
-                ..Totals::default()
-            };
-            let mut hold = super::tools::CallHold::new(chat && started.plan.tools.is_some());
-            let mut streamed = 0;
-            while let Some(event) = events.recv().await {
-                let piece = match event {
-                    GenEvent::Token { .. } => {
-                        streamed += 1;
+        let mut last = None;
+        while let Some(event) = run.events.recv().await {
+            let piece = match event {
+                Event::Text { text, .. } => with_text(object(&model, false), chat, &text),
+                Event::Done {
+                    calls,
+                    finish,
+                    usage,
+                    ..
+                } => {
+                    last = Some((finish, usage));
+                    if calls.is_empty() || !chat {
                         continue;
                     }
-                    GenEvent::Text(text) => {
-                        let Some(text) = hold.push(text) else {
-                            continue;
-                        };
-                        let mut v = if chat {
-                            json!({"message": {"role": "assistant", "content": text}})
-                        } else {
-                            json!({"response": text})
-                        };
-                        v["model"] = json!(model);
-                        v["created_at"] = json!(now_rfc3339());
-                        v["done"] = json!(false);
-                        v
-                    }
-                    GenEvent::Done(usage) => {
-                        totals.add(0, 1, &usage);
-                        let mut last = if let Some(held) = hold.finish() {
-                            let whole = answer_fields(chat, held, &started, usage.finish_reason);
-                            // The calls (or held text) go out in one piece before the end.
-                            let mut piece =
-                                json!({"model": model, "created_at": now_rfc3339(), "done": false});
-                            piece["message"] = whole["message"].clone();
-                            if tx.send(line(piece)).await.is_err() {
-                                totals.completion = streamed;
-                                return finish(&account, &totals, Some(&usage), Outcome::Cancelled);
-                            }
-                            json!({"done_reason": whole["done_reason"]})
-                        } else {
-                            json!({"done_reason": done_reason(usage.finish_reason)})
-                        };
-                        if chat {
-                            last["message"] = json!({"role": "assistant", "content": ""});
-                        } else {
-                            last["response"] = json!("");
-                        }
-                        last["model"] = json!(model);
-                        last["created_at"] = json!(now_rfc3339());
-                        last["done"] = json!(true);
-                        stats(&mut last, &usage, account.started.elapsed(), load);
-                        let _ = tx.send(line(last)).await;
-                        return finish(&account, &totals, Some(&usage), Outcome::Ok);
-                    }
-                    GenEvent::Failed(message) => {
-                        let _ = tx.send(line(json!({"error": message}))).await;
-                        return finish(&account, &totals, None, Outcome::Error(message));
-                    }
-                };
-                if tx.send(line(piece)).await.is_err() {
-                    totals.completion = streamed;
-                    return finish(&account, &totals, None, Outcome::Cancelled);
+                    let mut v = with_text(object(&model, false), chat, "");
+                    v["message"]["tool_calls"] = ollama_calls(&calls);
+                    v
                 }
+                Event::End { .. } => {
+                    let Some((finish, usage)) = last.take() else {
+                        return;
+                    };
+                    let mut v = with_text(object(&model, true), chat, "");
+                    v["done_reason"] = json!(done_reason(&finish));
+                    stats(&mut v, &usage, run.began.elapsed(), run.load);
+                    v
+                }
+                Event::Error(e) => json!({"error": e.to_string()}),
+            };
+            if tx.send(line(piece)).await.is_err() {
+                return;
             }
-        };
-        if tokio::time::timeout(limit, produce).await.is_err() {
-            finish(&account, &Totals::default(), None, Outcome::Timeout);
-            let _ = tx
-                .send(line(
-                    json!({"error": ApiError::Timeout(limit.as_secs()).to_string()}),
-                ))
-                .await;
         }
     });
     Response::builder()
@@ -294,43 +229,17 @@ fn stream_ndjson(
         .expect("a valid response")
 }
 
-fn loaded(state: &AppState, model: &str) -> bool {
-    state.engines.loaded().iter().any(|m| m.id == model)
-}
-
-/// Plan, start and answer an OpenAI-shaped chat request built from an Ollama one.
-async fn run_chat(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Map<String, Value>,
-    stream: bool,
-    chat: bool,
-) -> Result<Response, OllamaError> {
-    let model = body["model"].as_str().unwrap_or_default().to_string();
-    let was_loaded = loaded(state, &model);
-    let began = std::time::Instant::now();
-    let req: ChatRequest = serde_json::from_value(Value::Object(body))
-        .map_err(|e| invalid(e.to_string(), "messages"))?;
-    let planned = plan_chat(state, headers, req).await?;
-    let load = if was_loaded {
-        std::time::Duration::ZERO
-    } else {
-        began.elapsed()
-    };
-    let admitted = planned.admitted;
-    let api = if chat { Api::Chat } else { Api::Completions };
-    let started = start(
-        state,
-        planned.engine,
-        planned.plan,
-        api,
-        planned.session,
-        headers,
-    )?;
+/// Plan and run on the one path; answer whole or as NDJSON.
+async fn serve(state: &AppState, req: Request, stream: bool) -> Result<Response, OllamaError> {
+    let chat = req.api == Api::OllamaChat;
+    let model = req.model.clone();
+    let plan = state.infer.plan(req).await?;
+    let run = state.infer.run(plan)?;
+    let admitted = super::budget::Admitted::from(&run.admission);
     let response = if stream {
-        stream_ndjson(started, chat, model, load)
+        stream_ndjson(run, chat, model)
     } else {
-        answer(started, chat, model, load).await?
+        answer(run, chat, &model).await?
     };
     Ok(admitted.onto(response))
 }
@@ -347,20 +256,22 @@ pub async fn chat(
     if req.messages.is_empty() {
         return load_or_unload(&state, &model, req.keep_alive.as_ref(), true).await;
     }
-    let mut body = Map::new();
-    body.insert("model".into(), json!(model));
-    body.insert(
-        "messages".into(),
-        Value::Array(openai_messages(req.messages)?),
+    let caller = super::caller::caller(&state, &headers, None);
+    let mut request = Request::new(
+        Api::OllamaChat,
+        model,
+        Input::Chat(messages(req.messages)?),
+        caller,
     );
     if let Some(tools) = req.tools.filter(|t| !t.is_null()) {
-        body.insert("tools".into(), tools);
+        let tools: Vec<super::tools::WireTool> =
+            serde_json::from_value(tools).map_err(|e| invalid(format!("`tools`: {e}"), "tools"))?;
+        request.tools = super::tools::specs(Some(tools))?;
     }
-    if let Some(k) = req.keep_alive {
-        body.insert("keep_alive".into(), k);
-    }
-    apply_options(&mut body, req.options, req.format)?;
-    run_chat(&state, &headers, body, req.stream.unwrap_or(true), true).await
+    request.output = apply_options(&mut request.sampling, req.options, req.format)?;
+    request.output_param = "format";
+    request.sampling.keep_alive = req.keep_alive;
+    serve(&state, request, req.stream.unwrap_or(true)).await
 }
 
 /// `POST /api/generate`: the prompt through the chat template (with `system`), or as written
@@ -398,74 +309,22 @@ pub async fn generate(
     if req.prompt.is_empty() {
         return load_or_unload(&state, &model, req.keep_alive.as_ref(), false).await;
     }
-    let mut body = Map::new();
-    body.insert("model".into(), json!(model));
-    if let Some(k) = req.keep_alive {
-        body.insert("keep_alive".into(), k);
-    }
-    apply_options(&mut body, req.options, req.format)?;
-    let stream = req.stream.unwrap_or(true);
-    if req.raw {
-        return run_completion(&state, &headers, body, req.prompt, stream).await;
-    }
-    let mut messages = Vec::new();
-    if let Some(system) = req.system.filter(|s| !s.is_empty()) {
-        messages.push(json!({"role": "system", "content": system}));
-    }
-    messages.push(json!({"role": "user", "content": req.prompt}));
-    body.insert("messages".into(), Value::Array(messages));
-    run_chat(&state, &headers, body, stream, false).await
-}
-
-/// `raw` generation: the prompt as written, through the completions path.
-async fn run_completion(
-    state: &AppState,
-    headers: &HeaderMap,
-    mut body: Map<String, Value>,
-    prompt: String,
-    stream: bool,
-) -> Result<Response, OllamaError> {
-    let model = body["model"].as_str().unwrap_or_default().to_string();
-    body.insert("prompt".into(), json!(prompt));
-    if !body.contains_key("max_tokens") {
-        // Ollama generates until the end of the turn; the completions API's default is 16.
-        body.insert(
-            "max_tokens".into(),
-            json!(
-                state
-                    .engines
-                    .get(&model)
-                    .await
-                    .map_err(super::openai::registry_error)?
-                    .info
-                    .context_length
-            ),
-        );
-    }
-    let was_loaded = loaded(state, &model);
-    let began = std::time::Instant::now();
-    let req: super::validate::CompletionRequest = serde_json::from_value(Value::Object(body))
-        .map_err(|e| invalid(e.to_string(), "prompt"))?;
-    let session = super::openai::session_of(headers, None);
-    let admitted = super::budget::admit(state, &session)?;
-    let engine = state
-        .engines
-        .get(&req.model)
-        .await
-        .map_err(super::openai::registry_error)?;
-    let plan = super::validate::validate_completion(&engine, req, None)?;
-    let load = if was_loaded {
-        std::time::Duration::ZERO
+    let input = if req.raw {
+        Input::Prompts(vec![req.prompt])
     } else {
-        began.elapsed()
+        let mut messages = Vec::new();
+        if let Some(system) = req.system.filter(|s| !s.is_empty()) {
+            messages.push(ChatMessage::new("system", system));
+        }
+        messages.push(ChatMessage::new("user", req.prompt));
+        Input::Chat(messages)
     };
-    let started = start(state, engine, plan, Api::Completions, session, headers)?;
-    let response = if stream {
-        stream_ndjson(started, false, model, load)
-    } else {
-        answer(started, false, model, load).await?
-    };
-    Ok(admitted.onto(response))
+    let caller = super::caller::caller(&state, &headers, None);
+    let mut request = Request::new(Api::OllamaGenerate, model, input, caller);
+    request.output = apply_options(&mut request.sampling, req.options, req.format)?;
+    request.output_param = "format";
+    request.sampling.keep_alive = req.keep_alive;
+    serve(&state, request, req.stream.unwrap_or(true)).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -535,38 +394,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn options_become_openai_fields() {
-        let mut body = Map::new();
-        apply_options(
-            &mut body,
+    fn options_become_sampling_settings() {
+        let mut sampling = crate::infer::Sampling::default();
+        let output = apply_options(
+            &mut sampling,
             Some(json!({"temperature": 0, "seed": 7, "num_predict": 12, "num_ctx": 512, "stop": ["\n"]})),
             Some(json!("json")),
         )
         .unwrap();
-        assert_eq!(body["temperature"], json!(0.0));
-        assert_eq!(body["seed"], json!(7));
-        assert_eq!(body["max_tokens"], json!(12));
-        assert_eq!(body["context_limit"], json!(512));
-        assert_eq!(body["top_k"], json!(40));
-        assert_eq!(body["response_format"], json!({"type": "json_object"}));
-        let mut body = Map::new();
-        apply_options(&mut body, None, None).unwrap();
-        assert!(!body.contains_key("max_tokens"));
+        assert_eq!(sampling.temperature, Some(0.0));
+        assert_eq!(sampling.seed, Some(7));
+        assert_eq!(sampling.max_tokens, Some(12));
+        assert_eq!(sampling.context_limit, Some(512));
+        assert_eq!(sampling.top_k, Some(40));
+        assert_eq!(output, Some(crate::engine::constrain::Grammar::JsonObject));
+        let mut sampling = crate::infer::Sampling::default();
+        assert_eq!(apply_options(&mut sampling, None, None).unwrap(), None);
+        assert_eq!(sampling.max_tokens, None);
         for (options, format) in [
             (Some(json!({"num_predict": -3})), None),
             (Some(json!({"num_ctx": 0})), None),
             (Some(json!({"temperature": "hot"})), None),
+            (Some(json!({"stop": 3})), None),
             (None, Some(json!(3))),
         ] {
-            assert!(apply_options(&mut Map::new(), options, format).is_err());
+            let mut sampling = crate::infer::Sampling::default();
+            assert!(apply_options(&mut sampling, options, format).is_err());
         }
     }
 
     #[test]
     fn calls_carry_object_arguments() {
-        let openai = json!([{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]);
+        let calls = [crate::engine::tools::ToolCall {
+            name: "f".into(),
+            arguments: "{\"x\": 1}".into(),
+        }];
         assert_eq!(
-            ollama_calls(&openai),
+            ollama_calls(&calls),
             json!([{"function": {"name": "f", "arguments": {"x": 1}}}])
         );
     }

@@ -1,10 +1,13 @@
-//! Ollama's request fields as the OpenAI ones the shared validation reads: `options` (with
-//! Ollama's defaults), `format`, messages with `tool_calls` and `tool_name`, and `think`.
+//! Ollama's request fields as the typed request's: `options` (with Ollama's defaults), `format`,
+//! messages with `tool_calls` and `tool_name`, and `think`.
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{invalid, OllamaError};
+use crate::engine::constrain::Grammar;
+use crate::engine::template::ChatMessage;
+use crate::infer::{OneOrMany, Sampling};
 
 /// `options`: Ollama's sampling settings, by Ollama's names.
 #[derive(Debug, Default, Deserialize)]
@@ -22,41 +25,31 @@ struct Options {
     frequency_penalty: Option<f32>,
 }
 
-/// Ollama's options and format as the OpenAI fields they mean, onto `body`. Ollama's defaults
-/// (temperature 0.8, top_k 40, top_p 0.9, repeat_penalty 1.1) hold where the request sets none.
+/// Ollama's options onto the sampling settings, and `format` as the output's grammar. Ollama's
+/// defaults (temperature 0.8, top_k 40, top_p 0.9, repeat_penalty 1.1) hold where the request
+/// sets none.
 pub(super) fn apply_options(
-    body: &mut Map<String, Value>,
+    sampling: &mut Sampling,
     options: Option<Value>,
     format: Option<Value>,
-) -> Result<(), OllamaError> {
+) -> Result<Option<Grammar>, OllamaError> {
     let o: Options = match options.filter(|v| !v.is_null()) {
         None => Options::default(),
         Some(v) => {
             serde_json::from_value(v).map_err(|e| invalid(format!("`options`: {e}"), "options"))?
         }
     };
-    let mut set = |k: &str, v: Value| {
-        body.insert(k.into(), v);
-    };
-    set("temperature", json!(o.temperature.unwrap_or(0.8)));
-    set("top_p", json!(o.top_p.unwrap_or(0.9)));
-    set("top_k", json!(o.top_k.unwrap_or(40)));
-    set("repetition_penalty", json!(o.repeat_penalty.unwrap_or(1.1)));
-    if let Some(v) = o.min_p {
-        set("min_p", json!(v));
-    }
-    if let Some(v) = o.seed {
-        set("seed", json!(v));
-    }
-    if let Some(v) = o.presence_penalty {
-        set("presence_penalty", json!(v));
-    }
-    if let Some(v) = o.frequency_penalty {
-        set("frequency_penalty", json!(v));
-    }
+    sampling.temperature = Some(o.temperature.unwrap_or(0.8));
+    sampling.top_p = Some(o.top_p.unwrap_or(0.9));
+    sampling.top_k = Some(o.top_k.unwrap_or(40));
+    sampling.repetition_penalty = Some(o.repeat_penalty.unwrap_or(1.1));
+    sampling.min_p = o.min_p;
+    sampling.seed = o.seed;
+    sampling.presence_penalty = o.presence_penalty;
+    sampling.frequency_penalty = o.frequency_penalty;
     // -1: until the turn ends; -2: fill the context. Both are the default here.
     match o.num_predict {
-        Some(n) if n > 0 => set("max_tokens", json!(n)),
+        Some(n) if n > 0 => sampling.max_tokens = Some(n),
         Some(-1 | -2) | None => {}
         Some(n) => {
             return Err(invalid(
@@ -72,22 +65,23 @@ pub(super) fn apply_options(
                 "options",
             ));
         }
-        set("context_limit", json!(n));
+        sampling.context_limit = Some(n as usize);
     }
-    if let Some(stop) = o.stop {
-        set("stop", stop);
-    }
-    match format.filter(|v| !v.is_null()) {
-        None => {}
-        Some(Value::String(s)) if s == "json" => {
-            set("response_format", json!({"type": "json_object"}));
-        }
-        Some(Value::String(s)) if s.is_empty() => {}
+    sampling.stop = match o.stop {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(serde_json::from_value::<OneOrMany>(v).map_err(|_| {
+            invalid(
+                "`options.stop` must be a string or a list of strings",
+                "options",
+            )
+        })?),
+    };
+    let as_openai = match format.filter(|v| !v.is_null()) {
+        None => return Ok(None),
+        Some(Value::String(s)) if s == "json" => json!({"type": "json_object"}),
+        Some(Value::String(s)) if s.is_empty() => return Ok(None),
         Some(schema @ Value::Object(_)) => {
-            set(
-                "response_format",
-                json!({"type": "json_schema", "json_schema": {"name": "format", "schema": schema}}),
-            );
+            json!({"type": "json_schema", "json_schema": {"name": "format", "schema": schema}})
         }
         Some(other) => {
             return Err(invalid(
@@ -95,8 +89,11 @@ pub(super) fn apply_options(
                 "format",
             ))
         }
-    }
-    Ok(())
+    };
+    Ok(crate::server::structured::response_format(
+        Some(&as_openai),
+        "format",
+    )?)
 }
 
 /// A model without thinking says so, as Ollama does, rather than ignoring `think`.
@@ -110,31 +107,45 @@ pub(super) fn refuse_think(think: &Option<Value>, model: &str) -> Result<(), Oll
     }
 }
 
-/// Ollama's messages as OpenAI's: `tool_calls` with object arguments, `tool_name` on results.
-pub(super) fn openai_messages(
-    messages: Vec<Map<String, Value>>,
-) -> Result<Vec<Value>, OllamaError> {
+/// Ollama's messages as the template's: `tool_calls` with object arguments, `tool_name` on
+/// results; images refused (text only).
+pub(super) fn messages(messages: Vec<Map<String, Value>>) -> Result<Vec<ChatMessage>, OllamaError> {
     messages
         .into_iter()
         .enumerate()
-        .map(|(i, mut m)| {
+        .map(|(i, m)| {
             if m.get("images").is_some_and(|v| !v.is_null()) {
                 return Err(invalid(
                     format!("messages[{i}]: images are not supported by this model (text only)"),
                     "messages",
                 ));
             }
-            m.remove("images");
-            m.remove("thinking");
-            if let Some(name) = m.remove("tool_name") {
-                m.insert("name".into(), name);
+            let text = |key: &str| m.get(key).and_then(Value::as_str).map(str::to_string);
+            let role = text("role").unwrap_or_default();
+            let mut message = ChatMessage::new(role.clone(), text("content").unwrap_or_default());
+            if m.get("content").is_some_and(|c| !c.is_string() && !c.is_null()) {
+                return Err(invalid(format!("messages[{i}].content must be a string"), "messages"));
             }
-            if m.get("role").and_then(Value::as_str) == Some("assistant")
-                && m.get("content").is_none()
-            {
-                m.insert("content".into(), json!(""));
+            if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+                message.tool_calls = Some(
+                    calls
+                        .iter()
+                        .map(|c| {
+                            let f = &c["function"];
+                            let arguments = match &f["arguments"] {
+                                Value::String(s) => serde_json::from_str(s).unwrap_or_else(|_| json!(s)),
+                                Value::Null => json!({}),
+                                other => other.clone(),
+                            };
+                            json!({"type": "function", "function": {"name": f["name"], "arguments": arguments}})
+                        })
+                        .collect(),
+                );
             }
-            Ok(Value::Object(m))
+            if role == "tool" {
+                message.name = text("tool_name").or_else(|| text("name"));
+            }
+            Ok(message)
         })
         .collect()
 }

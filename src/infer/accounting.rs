@@ -1,68 +1,52 @@
-//! Every finished chat or completion request is accounted for once, here: charged to its
-//! rate-limit key, logged, and recorded by the monitor with the totals its client was told.
+//! Every finished request is accounted for once, here: charged to its rate-limit key, logged,
+//! and recorded by the monitor with the totals its client was told.
 
-use serde_json::{json, Value};
+use std::sync::Arc;
 
+use super::request::Api;
 use crate::scheduler::Usage;
 
-/// Which API a request came through.
-#[derive(Clone, Copy, PartialEq)]
-pub(super) enum Api {
-    Chat,
-    Completions,
-}
-
 /// Token counts of a response; prompts shared by `n` choices count once, as OpenAI does.
-#[derive(Default)]
-pub(super) struct Totals {
-    pub(super) prompt: usize,
-    pub(super) cached: usize,
-    pub(super) completion: usize,
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    pub prompt: usize,
+    pub cached: usize,
+    pub completion: usize,
     /// Served whole from the response cache: still counted, and said so.
-    pub(super) from_cache: bool,
+    pub from_cache: bool,
 }
 
 impl Totals {
-    pub(super) fn add(&mut self, index: usize, n: usize, usage: &Usage) {
+    pub fn add(&mut self, index: usize, n: usize, usage: &Usage) {
         if index.is_multiple_of(n) {
             self.prompt += usage.prompt_tokens;
             self.cached += usage.cached_tokens;
         }
         self.completion += usage.completion_tokens;
     }
-
-    pub(super) fn json(&self) -> Value {
-        let mut usage = json!({
-            "prompt_tokens": self.prompt,
-            "completion_tokens": self.completion,
-            "total_tokens": self.prompt + self.completion,
-            "prompt_tokens_details": {"cached_tokens": self.cached},
-        });
-        if self.from_cache {
-            usage["response_cached"] = json!(true);
-        }
-        usage
-    }
 }
+
+/// Charges a finished request's tokens to its rate-limit key (the server's limiter).
+pub type Charge = Arc<dyn Fn(&str, u64) + Send + Sync>;
 
 /// Who a finished request is recorded and charged to, and what it was.
 #[derive(Clone)]
-pub(super) struct Account {
-    pub(super) session: String,
-    pub(super) rate_key: String,
-    pub(super) limiter: super::rate::RateLimiter,
-    pub(super) monitor: crate::monitor::Monitor,
-    pub(super) model: String,
-    pub(super) api: Api,
-    pub(super) started: std::time::Instant,
+pub struct Account {
+    pub session: String,
+    pub rate_key: String,
+    pub charge: Charge,
+    pub monitor: crate::monitor::Monitor,
+    pub model: String,
+    pub api: Api,
+    pub started: std::time::Instant,
     /// The model's weight type (or an experiment's variant name).
-    pub(super) variant: Option<String>,
+    pub variant: Option<String>,
     /// The compression applied to the prompt, as `prune@0.5`.
-    pub(super) compression: Option<String>,
+    pub compression: Option<String>,
 }
 
 /// How a request ended.
-pub(super) enum Outcome {
+pub enum Outcome {
     Ok,
     Error(String),
     /// The client went away.
@@ -72,8 +56,8 @@ pub(super) enum Outcome {
 
 /// Every finished request is recorded once, here, with the totals its client was told: charged
 /// to its rate-limit key, logged, and handed to the monitor.
-pub(super) fn finish(account: &Account, totals: &Totals, last: Option<&Usage>, outcome: Outcome) {
-    account.limiter.add_tokens(
+pub fn finish(account: &Account, totals: &Totals, last: Option<&Usage>, outcome: Outcome) {
+    (account.charge)(
         &account.rate_key,
         (totals.prompt + totals.completion) as u64,
     );
@@ -84,11 +68,7 @@ pub(super) fn finish(account: &Account, totals: &Totals, last: Option<&Usage>, o
         Outcome::Cancelled => (499, "cancelled", None),
         Outcome::Timeout => (504, "timeout", None),
     };
-    let api = if account.api == Api::Chat {
-        "chat"
-    } else {
-        "completions"
-    };
+    let api = account.api.name();
     let total_ms = ms(account.started.elapsed());
     tracing::info!(
         session = account.session.as_str(),

@@ -1,43 +1,17 @@
-//! The response cache as the chat and completion routes use it: which requests it may serve
-//! (`Cache-Control`, determinism), their keys, and event streams replayed from it or recorded
-//! into it.
+//! The response cache on the one path: the key of a deterministic request, and event streams
+//! replayed from it or recorded into it. Every API reads and fills the same entries: the same
+//! tokens under the same settings give the same answer, whatever wire format asked.
 
-use axum::http::HeaderMap;
 use tokio::sync::mpsc;
 
-use super::accounting::Api;
-use super::validate::Plan;
+use super::validate::Validated;
 use crate::cache::responses::{KeyBuilder, Recorded, ResponseKey};
 use crate::cache::ResponseCache;
 use crate::scheduler::{EngineHandle, GenEvent, Usage};
 
-/// What a request's `Cache-Control` allows the response cache: `no-cache` skips reading it
-/// (the fresh answer is still kept), `no-store` skips both.
-pub(super) struct CacheUse {
-    pub(super) read: bool,
-    pub(super) write: bool,
-}
-
-impl CacheUse {
-    pub(super) fn of(headers: &HeaderMap) -> Self {
-        let directives: Vec<String> = headers
-            .get_all(axum::http::header::CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|d| d.trim().to_ascii_lowercase())
-            .collect();
-        let has = |d: &str| directives.iter().any(|x| x == d);
-        Self {
-            read: !has("no-cache") && !has("no-store"),
-            write: !has("no-store"),
-        }
-    }
-}
-
 /// The response-cache key of a deterministic request (greedy, or every choice seeded): the
 /// weights and everything that changes the output. None for anything else.
-pub(super) fn response_key(engine: &EngineHandle, api: Api, plan: &Plan) -> Option<ResponseKey> {
+pub(super) fn response_key(engine: &EngineHandle, plan: &Validated) -> Option<ResponseKey> {
     let weights = engine.weights_sha256.as_deref()?;
     let deterministic = plan
         .requests
@@ -49,11 +23,7 @@ pub(super) fn response_key(engine: &EngineHandle, api: Api, plan: &Plan) -> Opti
     let optional = |x: Option<u64>| x.map_or(0, |v| v.wrapping_add(1));
     let mut k = KeyBuilder::default()
         .text(weights)
-        .text(if api == Api::Chat {
-            "chat"
-        } else {
-            "completions"
-        })
+        .text(if plan.chat { "chat" } else { "completions" })
         .number(plan.n as u64)
         .number(optional(plan.logprobs.map(|l| l as u64)))
         .text(plan.grammar_key.as_deref().unwrap_or(""))

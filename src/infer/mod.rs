@@ -1,0 +1,29 @@
+//! The one request path, free of wire formats (TGI's `Infer`, our shape). Every API's adapter in
+//! `server/` parses its body into a [`Request`], calls [`Infer::plan`] and [`Infer::run`], and
+//! renders the [`Event`]s; nothing here knows HTTP or JSON bodies.
+//!
+//! - `request`: the typed request, its sampling settings and its caller
+//! - `plan`: budget, experiment routing, the model, default compression, validation: once
+//! - `validate`: a request checked for one model into the scheduler's requests
+//! - `tools`: tools checked once for every API, the forced-call grammar, the call hold
+//! - `stream`: the one loop: timeout, disconnect, held call text, calls read, accounting
+//! - `backend`: `trait Backend`, the seam to whatever runs the model (the local scheduler now)
+//! - `cache`: the response cache's keys, replays and recordings
+//! - `accounting`: the one record of every finished request
+//! - `error`: what the path fails with; each adapter maps it to its own error shape
+
+pub mod accounting;
+pub mod backend;
+mod cache;
+pub mod error;
+pub mod plan;
+pub mod request;
+pub mod stream;
+pub mod tools;
+pub mod validate;
+
+pub use backend::Backend;
+pub use error::InferError;
+pub use plan::{registry_error, Admission, Infer, Plan};
+pub use request::{Api, CacheUse, Caller, Input, OneOrMany, Request, Sampling};
+pub use stream::{Answer, ChoiceAnswer, Event, Finish, Run, TokenLogprob};

@@ -1,0 +1,179 @@
+//! `Infer::plan`: everything before a request runs, once for every API: the session's budget,
+//! an experiment's routing, the model (loaded if need be), the session's default compression,
+//! validation against the chosen model.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::accounting::Charge;
+use super::error::InferError;
+use super::request::{Caller, Request};
+use super::validate::{validate, Validated};
+use crate::scheduler::{EngineHandle, Registry, RegistryError};
+
+/// The one inference path: what planning and running a request reach.
+#[derive(Clone)]
+pub struct Infer {
+    pub engines: Registry,
+    pub responses: Arc<crate::cache::ResponseCache>,
+    pub monitor: crate::monitor::Monitor,
+    /// Sessions' default prompt compression.
+    pub compression: Arc<crate::compress::SessionDefaults>,
+    /// Charges finished requests' tokens to their rate-limit key.
+    pub charge: Charge,
+}
+
+/// What a session under a daily budget is told with its answer.
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    /// Tokens left today.
+    pub remaining: Option<u64>,
+    /// Past the warning threshold: what to say.
+    pub warning: Option<String>,
+}
+
+/// A request checked and ready to run.
+pub struct Plan {
+    pub engine: EngineHandle,
+    pub validated: Validated,
+    pub caller: Caller,
+    /// The experiment variant that serves it (`EXPERIMENT/VARIANT`).
+    pub variant: Option<String>,
+    pub admission: Admission,
+    /// Time this request spent waiting for its model to load (zero when it was loaded).
+    pub load: Duration,
+    /// When planning began: the request's clock.
+    pub began: Instant,
+}
+
+/// A registry failure as the client sees it.
+pub fn registry_error(e: RegistryError) -> InferError {
+    match e {
+        RegistryError::NotInstalled(model) => InferError::ModelNotFound(model),
+        RegistryError::InsufficientMemory { .. } => InferError::Unavailable {
+            message: e.to_string(),
+            code: "insufficient_memory",
+        },
+        RegistryError::Busy(_) => InferError::Overloaded {
+            message: format!("Server busy: {e}"),
+            retry_after: 5,
+        },
+        RegistryError::Load { .. } => InferError::internal(e),
+    }
+}
+
+impl Infer {
+    /// Let `session` in unless its daily budget is spent.
+    pub fn admit(&self, session: &str) -> Result<Admission, InferError> {
+        let now = crate::clock::unix_seconds();
+        let status = match self.monitor.budgets().check(session, now) {
+            Ok(Some(status)) => status,
+            Ok(None) => return Ok(Admission::default()),
+            Err(spent) => {
+                return Err(InferError::BudgetExhausted {
+                    message: spent.exhausted_message(),
+                    retry_after: (spent.resets_at - now).ceil().max(1.0) as u64,
+                })
+            }
+        };
+        let warn = status.fraction() >= self.monitor.settings().alerts.budget_warning;
+        Ok(Admission {
+            remaining: Some(status.daily_tokens.saturating_sub(status.used_today)),
+            warning: warn.then(|| status.warning()),
+        })
+    }
+
+    /// For `model: "experiment:NAME"`: the variant this session is routed to.
+    async fn route(
+        &self,
+        model: &str,
+        session: &str,
+    ) -> Result<Option<(String, crate::lab::experiments::Variant)>, InferError> {
+        let Some(name) = model.strip_prefix("experiment:") else {
+            return Ok(None);
+        };
+        let store = self
+            .monitor
+            .store()
+            .ok_or_else(|| InferError::Unavailable {
+                message: "Experiments need the database, which could not be opened".into(),
+                code: "no_database",
+            })?;
+        let e = store
+            .experiment_get(name)
+            .await
+            .map_err(InferError::internal)?
+            .ok_or_else(|| InferError::ModelNotFound(model.to_string()))?;
+        let v = e.spec.route(session).clone();
+        Ok(Some((format!("{}/{}", e.name, v.name), v)))
+    }
+
+    /// The engine of a model, loaded if need be, and how long the load took.
+    pub async fn engine(&self, model: &str) -> Result<(EngineHandle, Duration), InferError> {
+        let was_loaded = self.engines.loaded().iter().any(|m| m.id == model);
+        let began = Instant::now();
+        let engine = self.engines.get(model).await.map_err(registry_error)?;
+        Ok((
+            engine,
+            (!was_loaded).then(|| began.elapsed()).unwrap_or_default(),
+        ))
+    }
+
+    /// The engine of the model a compression scores with, when it names one.
+    async fn scorer(
+        &self,
+        spec: Option<&crate::compress::Spec>,
+    ) -> Result<Option<EngineHandle>, InferError> {
+        let Some(name) = spec.and_then(|s| s.scorer.as_deref()) else {
+            return Ok(None);
+        };
+        match self.engines.get(name).await.map_err(registry_error) {
+            Ok(engine) => Ok(Some(engine)),
+            Err(InferError::ModelNotFound(m)) => Err(InferError::invalid(
+                format!("compression scorer `{m}` is not an installed model"),
+                "compression",
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The prompt's tokens as the model named would see them (template and tools applied),
+    /// without running it or charging the session.
+    pub async fn count_tokens(&self, req: Request) -> Result<usize, InferError> {
+        let (engine, _) = self.engine(&req.model).await?;
+        let validated = validate(&engine, req, None)?;
+        Ok(validated.requests.first().map_or(0, |r| r.prompt.len()))
+    }
+
+    /// Everything before running `req`, whichever API it came through.
+    pub async fn plan(&self, mut req: Request) -> Result<Plan, InferError> {
+        let began = Instant::now();
+        let session = req.caller.session.clone();
+        let admission = self.admit(&session)?;
+        // `experiment:NAME` runs this session's variant: its model, and its compression and
+        // temperature where the request names none.
+        let routed = self.route(&req.model, &session).await?;
+        if let Some((_, v)) = &routed {
+            req.model = v.model.clone();
+            req.sampling.compression = req.sampling.compression.or_else(|| v.compression.clone());
+            req.sampling.temperature = req.sampling.temperature.or(v.temperature);
+        }
+        let (engine, load) = self.engine(&req.model).await?;
+        req.sampling.compression = req
+            .sampling
+            .compression
+            .or_else(|| self.compression.get(&session));
+        let scorer = self.scorer(req.sampling.compression.as_ref()).await?;
+        let caller = req.caller.clone();
+        let validated = validate(&engine, req, scorer.as_ref().map(|s| &*s.model))?;
+        Ok(Plan {
+            engine,
+            validated,
+            caller,
+            variant: routed.map(|(label, _)| label),
+            admission,
+            load,
+            began,
+        })
+    }
+}

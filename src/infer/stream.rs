@@ -1,0 +1,415 @@
+//! `Infer::run`: the one event stream every API renders. Its loop owns what every format needs
+//! the same: the request's time limit, the client going away (the engine cancels), text held
+//! while it may be a tool call, calls read out of the answer, and the one accounting record.
+//! Non-streaming answers are the same events, collected.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::accounting::{finish, Account, Outcome, Totals};
+use super::backend::{Backend, Generation};
+use super::cache::{recording, replay, response_key};
+use super::error::InferError;
+use super::plan::{Admission, Infer, Plan};
+use super::tools::CallHold;
+use super::validate::Applied;
+use crate::engine::generate::FinishReason;
+use crate::engine::tools::ToolCall;
+use crate::scheduler::{GenEvent, Usage};
+
+/// A generated token's text and log-probability, with the best alternatives.
+#[derive(Debug, Clone)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: Option<f32>,
+    pub top: Vec<(String, f32)>,
+}
+
+/// Why a choice ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    /// The end of the turn (an end-of-turn token, or a grammar complete).
+    Stop,
+    /// One of the request's stop strings.
+    StopSequence(String),
+    /// `max_tokens` or the context window.
+    Length,
+    /// The answer is tool calls.
+    ToolCalls,
+}
+
+/// What the one loop sends, in order: each choice's text and then its end, then the end of the
+/// whole request; or an error that ends it.
+#[derive(Debug)]
+pub enum Event {
+    /// Text of choice `choice` (never held-back call markup), with its tokens when
+    /// log-probabilities were asked for.
+    Text {
+        choice: usize,
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
+    /// Choice `choice` ended: its calls (when the request gave tools), why, and its figures.
+    Done {
+        choice: usize,
+        calls: Vec<ToolCall>,
+        finish: Finish,
+        usage: Usage,
+    },
+    /// Every choice ended; the request is recorded. `usage`: the last choice's figures.
+    End {
+        totals: Totals,
+        usage: Option<Usage>,
+    },
+    /// The request failed or ran out of time; nothing follows.
+    Error(InferError),
+}
+
+/// A running request: its events and what rendering them needs.
+pub struct Run {
+    pub events: mpsc::Receiver<Event>,
+    /// The model that serves it.
+    pub model: String,
+    pub n: usize,
+    pub logprobs: bool,
+    /// The first choice's prompt tokens, known before any is generated.
+    pub prompt_tokens: usize,
+    pub compression: Option<Applied>,
+    pub admission: Admission,
+    /// Time the request waited for its model to load.
+    pub load: Duration,
+    pub began: Instant,
+}
+
+/// One choice, whole.
+#[derive(Debug)]
+pub struct ChoiceAnswer {
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+    pub calls: Vec<ToolCall>,
+    pub finish: Finish,
+    pub usage: Usage,
+}
+
+/// A request's answer, whole: every choice, the totals, the last choice's figures.
+#[derive(Debug)]
+pub struct Answer {
+    pub choices: Vec<ChoiceAnswer>,
+    pub totals: Totals,
+    pub usage: Option<Usage>,
+}
+
+impl Run {
+    /// Wait for the whole answer (within the request's time limit, which the loop owns).
+    pub async fn collect(&mut self) -> Result<Answer, InferError> {
+        let mut texts: Vec<(String, Vec<TokenLogprob>)> = Vec::new();
+        let mut choices = Vec::new();
+        while let Some(event) = self.events.recv().await {
+            match event {
+                Event::Text {
+                    choice,
+                    text,
+                    logprobs,
+                } => {
+                    if texts.len() <= choice {
+                        texts.resize_with(choice + 1, Default::default);
+                    }
+                    texts[choice].0.push_str(&text);
+                    texts[choice].1.extend(logprobs);
+                }
+                Event::Done {
+                    choice,
+                    calls,
+                    finish,
+                    usage,
+                } => {
+                    let (text, logprobs) = texts
+                        .get_mut(choice)
+                        .map(std::mem::take)
+                        .unwrap_or_default();
+                    choices.push(ChoiceAnswer {
+                        text,
+                        logprobs,
+                        calls,
+                        finish,
+                        usage,
+                    });
+                }
+                Event::End { totals, usage } => {
+                    return Ok(Answer {
+                        choices,
+                        totals,
+                        usage,
+                    })
+                }
+                Event::Error(e) => return Err(e),
+            }
+        }
+        Err(InferError::internal("the request ended without an answer"))
+    }
+}
+
+/// Where the loop sends, and what it knows of the request.
+struct Loop {
+    tx: mpsc::Sender<Event>,
+    backend: Arc<dyn Backend>,
+    account: Account,
+    n: usize,
+    logprobs: bool,
+    tools: Option<super::tools::ToolsRequest>,
+    stops: bool,
+    from_cache: bool,
+}
+
+impl Infer {
+    /// Run a planned request: every choice is scheduled at once (they generate side by side) or
+    /// replayed from the response cache. Scheduled before anything is sent: a full queue is an
+    /// error here (a 429), not an event.
+    pub fn run(&self, plan: Plan) -> Result<Run, InferError> {
+        let Plan {
+            engine,
+            mut validated,
+            caller,
+            variant,
+            admission,
+            load,
+            began,
+        } = plan;
+        let account = Account {
+            session: caller.session.clone(),
+            rate_key: caller.rate_key.clone(),
+            charge: self.charge.clone(),
+            monitor: self.monitor.clone(),
+            model: engine.model_id.to_string(),
+            api: validated.api,
+            started: began,
+            variant: variant.or_else(|| engine.model.quantization.clone()),
+            compression: validated.compression.as_ref().map(|c| c.label()),
+        };
+        let cache = &self.responses;
+        let key = response_key(&engine, &validated).filter(|_| cache.enabled());
+        if key.is_some() && !caller.cache.read {
+            cache.note_bypass();
+        }
+        let hit = key
+            .filter(|_| caller.cache.read)
+            .and_then(|k| cache.get(&k));
+        let from_cache = hit.is_some();
+        let requests = std::mem::take(&mut validated.requests);
+        let prompt_tokens = requests.first().map_or(0, |r| r.prompt.len());
+        let stops = requests.iter().any(|r| !r.stop.is_empty());
+        let backend: Arc<dyn Backend> = Arc::new(engine.clone());
+        let schedule = |requests: Vec<crate::scheduler::ValidatedRequest>| {
+            requests
+                .into_iter()
+                .map(|r| backend.schedule(r))
+                .collect::<Result<Vec<Generation>, InferError>>()
+        };
+        let streams = match (hit, key) {
+            (Some(recorded), _) => {
+                backend.served_without_running(requests.first().and_then(|r| r.keep_alive));
+                replay(&recorded)
+            }
+            (None, Some(k)) if caller.cache.write => {
+                recording(schedule(requests)?, k, cache.clone())
+            }
+            _ => schedule(requests)?,
+        };
+        let (tx, events) = mpsc::channel(64);
+        let run = Loop {
+            tx,
+            backend,
+            account,
+            n: validated.n,
+            logprobs: validated.logprobs.is_some(),
+            tools: validated.tools.clone(),
+            stops,
+            from_cache,
+        };
+        tokio::spawn(run.drive(streams, caller.timeout));
+        Ok(Run {
+            events,
+            model: engine.model_id.to_string(),
+            n: validated.n,
+            logprobs: validated.logprobs.is_some(),
+            prompt_tokens,
+            compression: validated.compression,
+            admission,
+            load,
+            began,
+        })
+    }
+}
+
+/// The end of a choice's text: what the hold kept, read for calls.
+fn read_calls(
+    held: Option<String>,
+    tools: Option<&super::tools::ToolsRequest>,
+) -> (String, Vec<ToolCall>) {
+    match (held, tools) {
+        (Some(text), Some(t)) => {
+            let parsed = crate::engine::tools::parse(&text, &t.specs);
+            (parsed.content, parsed.calls)
+        }
+        (Some(text), None) => (text, Vec::new()),
+        (None, _) => (String::new(), Vec::new()),
+    }
+}
+
+impl Loop {
+    /// The loop under the request's time limit: on a timeout the request is recorded as one and
+    /// the client is told; dropping the unfinished loop drops its generations (the engine
+    /// cancels).
+    async fn drive(self, streams: Vec<Generation>, limit: Duration) {
+        let (tx, account) = (self.tx.clone(), self.account.clone());
+        if tokio::time::timeout(limit, self.produce(streams))
+            .await
+            .is_err()
+        {
+            finish(&account, &Totals::default(), None, Outcome::Timeout);
+            let _ = tx
+                .send(Event::Error(InferError::Timeout(limit.as_secs())))
+                .await;
+        }
+    }
+
+    async fn produce(self, streams: Vec<Generation>) {
+        let mut totals = Totals {
+            from_cache: self.from_cache,
+            ..Totals::default()
+        };
+        let mut last_usage: Option<Usage> = None;
+        for (choice, mut generation) in streams.into_iter().enumerate() {
+            let mut streamed = 0;
+            let mut pending = Vec::new();
+            let mut hold = CallHold::new(self.tools.is_some());
+            loop {
+                // The client going away is noticed at once, also while text is held.
+                let event = tokio::select! {
+                    e = generation.recv() => e,
+                    _ = self.tx.closed() => None,
+                };
+                let Some(event) = event else {
+                    // The client went away (or the engine did): record what it was sent;
+                    // dropping the generations cancels the rest.
+                    totals.completion += streamed;
+                    return finish(
+                        &self.account,
+                        &totals,
+                        last_usage.as_ref(),
+                        Outcome::Cancelled,
+                    );
+                };
+                let sent = match event {
+                    GenEvent::Token { id, logprob, top } => {
+                        streamed += 1;
+                        if self.logprobs {
+                            pending.push(self.token(id, logprob, top));
+                        }
+                        continue;
+                    }
+                    GenEvent::Text(text) => match hold.push(text) {
+                        Some(text) => self.text(choice, text, &mut pending).await,
+                        None => continue,
+                    },
+                    GenEvent::Done(usage) => {
+                        let (content, calls) = read_calls(hold.finish(), self.tools.as_ref());
+                        if !content.is_empty() && !self.text(choice, content, &mut pending).await {
+                            totals.completion += streamed;
+                            return finish(
+                                &self.account,
+                                &totals,
+                                Some(&usage),
+                                Outcome::Cancelled,
+                            );
+                        }
+                        totals.add(choice, self.n, &usage);
+                        let reason = self.finish_of(&usage, &calls);
+                        last_usage = Some(usage.clone());
+                        let done = Event::Done {
+                            choice,
+                            calls,
+                            finish: reason,
+                            usage,
+                        };
+                        if self.tx.send(done).await.is_err() {
+                            return finish(
+                                &self.account,
+                                &totals,
+                                last_usage.as_ref(),
+                                Outcome::Cancelled,
+                            );
+                        }
+                        break;
+                    }
+                    GenEvent::Failed(message) => {
+                        finish(
+                            &self.account,
+                            &totals,
+                            None,
+                            Outcome::Error(message.clone()),
+                        );
+                        let error = InferError::internal(message);
+                        let _ = self.tx.send(Event::Error(error)).await;
+                        return;
+                    }
+                };
+                if !sent {
+                    totals.completion += streamed;
+                    return finish(
+                        &self.account,
+                        &totals,
+                        last_usage.as_ref(),
+                        Outcome::Cancelled,
+                    );
+                }
+            }
+        }
+        // Recorded before the client hears the end, so what it reads next already counts it.
+        finish(&self.account, &totals, last_usage.as_ref(), Outcome::Ok);
+        let _ = self
+            .tx
+            .send(Event::End {
+                totals,
+                usage: last_usage,
+            })
+            .await;
+    }
+
+    fn token(&self, id: u32, logprob: Option<f32>, top: Vec<(u32, f32)>) -> TokenLogprob {
+        TokenLogprob {
+            token: self.backend.token_text(id),
+            logprob,
+            top: top
+                .into_iter()
+                .map(|(t, l)| (self.backend.token_text(t), l))
+                .collect(),
+        }
+    }
+
+    /// Send text with the tokens it came from; false when the client is gone.
+    async fn text(&self, choice: usize, text: String, pending: &mut Vec<TokenLogprob>) -> bool {
+        let logprobs = std::mem::take(pending);
+        self.tx
+            .send(Event::Text {
+                choice,
+                text,
+                logprobs,
+            })
+            .await
+            .is_ok()
+    }
+
+    fn finish_of(&self, usage: &Usage, calls: &[ToolCall]) -> Finish {
+        if !calls.is_empty() {
+            return Finish::ToolCalls;
+        }
+        match (&usage.finish_reason, &usage.stop_sequence) {
+            (FinishReason::Stop, Some(s)) if self.stops => Finish::StopSequence(s.clone()),
+            (FinishReason::Stop, _) => Finish::Stop,
+            (FinishReason::Length | FinishReason::Cancelled, _) => Finish::Length,
+        }
+    }
+}
