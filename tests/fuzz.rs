@@ -268,16 +268,16 @@ fn request_bodies_never_panic_the_validators() {
                 let body = || Ok(axum::body::Bytes::from(bytes.clone()));
                 let parsed = lantern::server::body::parse_body::<ChatRequest>(body(), 1 << 20);
                 if let Ok(req) = parsed.map(|r| r.into_request(caller())) {
-                    let _ = req.map(|r| validate(engine, r, None));
+                    let _ = req.map(|r| validate(engine, r));
                 }
                 let parsed =
                     lantern::server::body::parse_body::<CompletionRequest>(body(), 1 << 20);
                 if let Ok(req) = parsed.map(|r| r.into_request(caller())) {
-                    let _ = req.map(|r| validate(engine, r, None));
+                    let _ = req.map(|r| validate(engine, r));
                 }
                 let parsed = lantern::server::body::parse_body::<MessagesBody>(body(), 1 << 20);
                 if let Ok(req) = parsed.map(|r| r.into_request(caller(), false)) {
-                    let _ = req.map(|r| validate(engine, r, None));
+                    let _ = req.map(|r| validate(engine, r));
                 }
             })
         },

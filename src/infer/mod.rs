@@ -8,6 +8,7 @@
 //! - `tools`: tools checked once for every API, the forced-call grammar, the call hold
 //! - `stream`: the one loop: timeout, disconnect, held call text, calls read, accounting
 //! - `backend`: `trait Backend`, the seam to whatever runs the model (the local scheduler now)
+//! - `compression`: prompt compression, scored as a job on the scoring model's engine thread
 //! - `cache`: the response cache's keys, replays and recordings
 //! - `accounting`: the one record of every finished request
 //! - `error`: what the path fails with; each adapter maps it to its own error shape
@@ -15,6 +16,7 @@
 pub mod accounting;
 pub mod backend;
 mod cache;
+mod compression;
 pub mod error;
 pub mod plan;
 pub mod request;

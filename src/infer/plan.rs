@@ -119,29 +119,11 @@ impl Infer {
         ))
     }
 
-    /// The engine of the model a compression scores with, when it names one.
-    async fn scorer(
-        &self,
-        spec: Option<&crate::compress::Spec>,
-    ) -> Result<Option<EngineHandle>, InferError> {
-        let Some(name) = spec.and_then(|s| s.scorer.as_deref()) else {
-            return Ok(None);
-        };
-        match self.engines.get(name).await.map_err(registry_error) {
-            Ok(engine) => Ok(Some(engine)),
-            Err(InferError::ModelNotFound(m)) => Err(InferError::invalid(
-                format!("compression scorer `{m}` is not an installed model"),
-                "compression",
-            )),
-            Err(e) => Err(e),
-        }
-    }
-
     /// The prompt's tokens as the model named would see them (template and tools applied),
     /// without running it or charging the session.
     pub async fn count_tokens(&self, req: Request) -> Result<usize, InferError> {
         let (engine, _) = self.engine(&req.model).await?;
-        let validated = validate(&engine, req, None)?;
+        let validated = validate(&engine, req)?;
         Ok(validated.requests.first().map_or(0, |r| r.prompt.len()))
     }
 
@@ -163,9 +145,10 @@ impl Infer {
             .sampling
             .compression
             .or_else(|| self.compression.get(&session));
-        let scorer = self.scorer(req.sampling.compression.as_ref()).await?;
+        let compression = self.compress(&engine, &mut req).await?;
         let caller = req.caller.clone();
-        let validated = validate(&engine, req, scorer.as_ref().map(|s| &*s.model))?;
+        let mut validated = validate(&engine, req)?;
+        validated.compression = compression;
         Ok(Plan {
             engine,
             validated,

@@ -102,6 +102,17 @@ pub struct Answer {
 }
 
 impl Run {
+    /// The one answer of a one-choice request (Responses, Ollama, Anthropic), with the totals.
+    pub async fn collect_one(&mut self) -> Result<(ChoiceAnswer, Totals), InferError> {
+        let answer = self.collect().await?;
+        let choice = answer
+            .choices
+            .into_iter()
+            .next()
+            .ok_or_else(|| InferError::internal("the request ended without an answer"))?;
+        Ok((choice, answer.totals))
+    }
+
     /// Wait for the whole answer (within the request's time limit, which the loop owns).
     pub async fn collect(&mut self) -> Result<Answer, InferError> {
         let mut texts: Vec<(String, Vec<TokenLogprob>)> = Vec::new();
@@ -164,6 +175,12 @@ struct Loop {
 }
 
 impl Infer {
+    /// Plan and run: what every adapter does with its typed request.
+    pub async fn start(&self, req: super::Request) -> Result<Run, InferError> {
+        let plan = self.plan(req).await?;
+        self.run(plan)
+    }
+
     /// Run a planned request: every choice is scheduled at once (they generate side by side) or
     /// replayed from the response cache. Scheduled before anything is sent: a full queue is an
     /// error here (a 429), not an event.

@@ -215,17 +215,6 @@ impl Sampling {
             }),
         }
     }
-
-    fn compression(&self) -> Result<Option<crate::compress::Spec>, InferError> {
-        match &self.compression {
-            Some(s) => {
-                s.validate()
-                    .map_err(|e| InferError::invalid(e, "compression"))?;
-                Ok(Some(s.clone()))
-            }
-            None => Ok(None),
-        }
-    }
 }
 
 /// One scheduled request per choice; with a seed, choice `i` uses `seed + i` so the choices
@@ -268,13 +257,9 @@ fn check_roles(messages: &[ChatMessage]) -> Result<(), InferError> {
     Ok(())
 }
 
-/// Validate `req` for `engine`, the model it names. `scorer`: the model a `prune` compression
-/// scores tokens with, when it names one.
-pub fn validate(
-    engine: &EngineHandle,
-    req: Request,
-    scorer: Option<&crate::engine::ChatModel>,
-) -> Result<Validated, InferError> {
+/// Validate `req` for `engine`, the model it names (its prompt already compressed, when it asked
+/// for that: `Infer::compress`).
+pub fn validate(engine: &EngineHandle, req: Request) -> Result<Validated, InferError> {
     let api = req.api;
     let tools = check_tools(req.tools, req.tool_choice, req.parallel_tool_calls)?;
     let forced = tools.as_ref().and_then(|t| t.forced_grammar(engine));
@@ -305,27 +290,16 @@ pub fn validate(
     let n = req.sampling.n()?;
     let keep_alive = req.sampling.keep_alive()?;
     let cache_prompt = req.sampling.cache_prompt.unwrap_or(true);
-    let spec = req.sampling.compression()?;
     let chat = matches!(req.input, Input::Chat(_));
-    let (prompts, compression) = match req.input {
+    let prompts = match req.input {
         Input::Chat(messages) => {
             check_roles(&messages)?;
-            let (messages, compression) = match spec {
-                Some(spec) => {
-                    let (compressed, report) = blocking(|| {
-                        crate::compress::compress_chat(&engine.model, scorer, messages, &spec)
-                    })
-                    .map_err(|e| InferError::invalid(e, "compression"))?;
-                    (compressed, Some(Applied { spec, report }))
-                }
-                None => (messages, None),
-            };
             let specs = tools.as_ref().map(|t| &t.specs[..]).unwrap_or_default();
             let prompt = blocking(|| engine.model.chat_prompt_with_tools(messages, specs))
                 .map_err(|e| InferError::invalid(e.to_string(), "messages"))?;
-            (vec![prompt], compression)
+            vec![prompt]
         }
-        Input::Prompts(texts) => prompt_ids(engine, texts, spec, scorer)?,
+        Input::Prompts(texts) => prompt_ids(engine, texts)?,
     };
     let mut requests = Vec::with_capacity(prompts.len() * n);
     for prompt in prompts {
@@ -345,7 +319,7 @@ pub fn validate(
     }
     Ok(Validated {
         api,
-        compression,
+        compression: None,
         requests,
         n,
         logprobs: top_logprobs,
@@ -355,49 +329,22 @@ pub fn validate(
     })
 }
 
-/// Prompts as written, each compressed on its own (the report adds them up), as token ids.
-fn prompt_ids(
-    engine: &EngineHandle,
-    texts: Vec<String>,
-    spec: Option<crate::compress::Spec>,
-    scorer: Option<&crate::engine::ChatModel>,
-) -> Result<(Vec<Vec<u32>>, Option<Applied>), InferError> {
+/// Prompts as written, as token ids.
+fn prompt_ids(engine: &EngineHandle, texts: Vec<String>) -> Result<Vec<Vec<u32>>, InferError> {
     if texts.is_empty() {
         return Err(InferError::invalid("`prompt` must not be empty", "prompt"));
     }
-    let mut compression: Option<Applied> = None;
-    let mut prompts = Vec::with_capacity(texts.len());
-    for text in texts {
-        let text = match &spec {
-            Some(spec) => {
-                let (text, report) =
-                    blocking(|| crate::compress::compress_text(&engine.model, scorer, &text, spec))
-                        .map_err(|e| InferError::invalid(e, "compression"))?;
-                compression = Some(match compression.take() {
-                    None => Applied {
-                        spec: spec.clone(),
-                        report,
-                    },
-                    Some(mut a) => {
-                        a.report.original_tokens += report.original_tokens;
-                        a.report.compressed_tokens += report.compressed_tokens;
-                        a.report.ratio = a.report.compressed_tokens as f64
-                            / a.report.original_tokens.max(1) as f64;
-                        a
-                    }
-                });
-                text
+    texts
+        .iter()
+        .map(|text| {
+            let ids = engine
+                .model
+                .prompt_ids(text)
+                .map_err(|e| InferError::invalid(e.to_string(), "prompt"))?;
+            if ids.is_empty() {
+                return Err(InferError::invalid("`prompt` must not be empty", "prompt"));
             }
-            None => text,
-        };
-        let ids = engine
-            .model
-            .prompt_ids(&text)
-            .map_err(|e| InferError::invalid(e.to_string(), "prompt"))?;
-        if ids.is_empty() {
-            return Err(InferError::invalid("`prompt` must not be empty", "prompt"));
-        }
-        prompts.push(ids);
-    }
-    Ok((prompts, compression))
+            Ok(ids)
+        })
+        .collect()
 }

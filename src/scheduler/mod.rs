@@ -8,12 +8,14 @@
 //!
 //! - `batch`: which sequences run in the next step (plain data, unit-tested without threads)
 //! - `prefix`: KV caches of finished sequences, reused by prompts that start the same way
+//! - `job`: what the engine thread is handed (a request, or work needing the model to itself)
 //! - `queue`: admission (bounded, 429 when full) and the handle handlers hold
 //! - `worker`: the engine thread: warmup, step loop, sampling, events, status
 //! - `registry`: which models are loaded: on demand, warm set, keep-alive, LRU, memory check
 
 pub mod batch;
 pub mod embedder;
+mod job;
 pub mod prefix;
 pub mod queue;
 pub mod registry;

@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::worker::{self, EngineConfig, EngineStatus, Job, Shared};
+use super::job::{Generate, Job};
+use super::worker::{self, EngineConfig, EngineStatus, Shared};
 use super::{GenEvent, ValidatedRequest};
 use crate::engine::models::ModelInfo;
 use crate::engine::tokenizer::GgufTokenizer;
@@ -88,16 +89,33 @@ impl EngineHandle {
         // Unbounded: the engine never waits on a slow reader; a request's events are bounded
         // by its max_tokens.
         let (events, rx) = mpsc::unbounded_channel();
-        let job = Job {
+        let job = Job::Generate(Generate {
             request,
             events,
             queued_at: Instant::now(),
-        };
+        });
         self.jobs.send(job).map_err(|_| {
             self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
             ScheduleError::EngineStopped
         })?;
         Ok(rx)
+    }
+
+    /// Run `work` on the engine thread with the model, between two steps, and wait for its
+    /// result: the way anything besides generation (prompt-compression scoring) uses a loaded
+    /// model, queued with the requests rather than beside them.
+    pub async fn exclusive<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&ChatModel) -> R + Send + 'static,
+    ) -> Result<R, ScheduleError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job::Exclusive(Box::new(move |model: &ChatModel| {
+            let _ = tx.send(work(model));
+        }));
+        self.jobs
+            .send(job)
+            .map_err(|_| ScheduleError::EngineStopped)?;
+        rx.await.map_err(|_| ScheduleError::EngineStopped)
     }
 
     /// A request answered without the engine (from the response cache) still uses the model:

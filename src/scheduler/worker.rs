@@ -17,8 +17,9 @@ use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::batch::{Budgets, Planner, SeqId, StepPlan};
+use super::job::Job;
 use super::prefix::{PrefixCache, PrefixStats};
-use super::{GenEvent, KeepAlive, Usage, ValidatedRequest};
+use super::{GenEvent, KeepAlive, Usage};
 use crate::engine::constrain::{Constraint, Mask};
 use crate::engine::generate::{generate, FinishReason, GenerateRequest};
 use crate::engine::kv::KvCache;
@@ -132,13 +133,6 @@ impl EngineStatus {
 
 fn kv_budget(config: &EngineConfig, model: &ChatModel) -> usize {
     (config.kv_memory / kv_bytes_per_token(&model.transformer.info).max(1)).max(1)
-}
-
-/// A request on its way to the engine thread.
-pub(crate) struct Job {
-    pub request: ValidatedRequest,
-    pub events: UnboundedSender<GenEvent>,
-    pub queued_at: Instant,
 }
 
 /// One request inside the engine.
@@ -282,8 +276,13 @@ impl Worker {
         }
     }
 
-    /// Take a request in: look up its prompt's prefix, then queue it with the planner.
+    /// Take a request in: look up its prompt's prefix, then queue it with the planner. Work
+    /// that needs the model to itself runs now, between two steps.
     fn admit(&mut self, job: Job) {
+        let job = match job {
+            Job::Generate(job) => job,
+            Job::Exclusive(work) => return work(&self.model),
+        };
         let request = job.request;
         let info = &self.model.transformer.info;
         let reserve = (request.prompt.len() + request.max_tokens).min(info.context_length);

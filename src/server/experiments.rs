@@ -174,16 +174,12 @@ async fn generate(
     req.sampling.temperature = Some(variant.temperature.unwrap_or(0.0));
     req.sampling.seed = Some(1);
     req.sampling.compression = variant.compression.clone();
-    let scorer = match variant
-        .compression
-        .as_ref()
-        .and_then(|c| c.scorer.as_deref())
-    {
-        Some(name) => Some(state.engines.get(name).await.map_err(|e| e.to_string())?),
-        None => None,
-    };
-    let plan = crate::infer::validate::validate(&engine, req, scorer.as_ref().map(|s| &*s.model))
+    state
+        .infer
+        .compress(&engine, &mut req)
+        .await
         .map_err(|e| e.to_string())?;
+    let plan = crate::infer::validate::validate(&engine, req).map_err(|e| e.to_string())?;
     let request = plan.requests.into_iter().next().ok_or("nothing to run")?;
     let mut events = engine.schedule(request).map_err(|e| e.to_string())?;
     let mut text = String::new();

@@ -357,19 +357,13 @@ pub async fn responses(
         parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
         metadata: req.metadata.unwrap_or(json!({})),
     };
-    let plan = state.infer.plan(request).await?;
-    let mut run = state.infer.run(plan)?;
+    let mut run = state.infer.start(request).await?;
     let admitted = super::budget::Admitted::from(&run.admission);
     let id = new_id("resp");
     let response = if req.stream {
         stream(run, echo, id)
     } else {
-        let answer = run.collect().await?;
-        let choice = answer
-            .choices
-            .into_iter()
-            .next()
-            .ok_or_else(|| ApiError::internal("no choice"))?;
+        let (choice, totals) = run.collect_one().await?;
         let output = output_items(&choice.text, &choice.calls);
         let status = status_of(&choice.finish);
         Json(echo.response(
@@ -377,7 +371,7 @@ pub async fn responses(
             now(),
             status,
             json!(output),
-            usage_json(&answer.totals),
+            usage_json(&totals),
         ))
         .into_response()
     };

@@ -63,18 +63,12 @@ pub async fn messages(
     let stream = body.stream;
     let model = body.model.clone();
     let req = body.into_request(caller, false)?;
-    let plan = state.infer.plan(req).await?;
-    let mut run = state.infer.run(plan)?;
+    let mut run = state.infer.start(req).await?;
     let admitted = super::budget::Admitted::from(&run.admission);
     let response = if stream {
         stream::events(run, model)
     } else {
-        let answer = run.collect().await?;
-        let choice = answer
-            .choices
-            .into_iter()
-            .next()
-            .ok_or_else(|| crate::infer::InferError::internal("no choice"))?;
+        let (choice, totals) = run.collect_one().await?;
         let mut content = Vec::new();
         if !choice.text.is_empty() {
             content.push(json!({"type": "text", "text": choice.text}));
@@ -90,8 +84,8 @@ pub async fn messages(
             "stop_reason": reason,
             "stop_sequence": sequence,
             "usage": {
-                "input_tokens": answer.totals.prompt,
-                "output_tokens": answer.totals.completion,
+                "input_tokens": totals.prompt,
+                "output_tokens": totals.completion,
             },
         }))
         .into_response()

@@ -165,12 +165,7 @@ fn with_text(mut v: Value, chat: bool, text: &str) -> Value {
 
 /// The whole answer as one object.
 async fn answer(mut run: Run, chat: bool, model: &str) -> Result<Response, OllamaError> {
-    let answer = run.collect().await?;
-    let choice = answer
-        .choices
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::internal("no choice"))?;
+    let (choice, _) = run.collect_one().await?;
     let mut body = with_text(object(model, true), chat, &choice.text);
     if chat && !choice.calls.is_empty() {
         body["message"]["tool_calls"] = ollama_calls(&choice.calls);
@@ -233,8 +228,7 @@ fn stream_ndjson(mut run: Run, chat: bool, model: String) -> Response {
 async fn serve(state: &AppState, req: Request, stream: bool) -> Result<Response, OllamaError> {
     let chat = req.api == Api::OllamaChat;
     let model = req.model.clone();
-    let plan = state.infer.plan(req).await?;
-    let run = state.infer.run(plan)?;
+    let run = state.infer.start(req).await?;
     let admitted = super::budget::Admitted::from(&run.admission);
     let response = if stream {
         stream_ndjson(run, chat, model)

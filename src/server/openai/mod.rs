@@ -60,8 +60,7 @@ pub async fn completions(
 /// Plan and run on the one path; answer whole or as chunks.
 async fn serve(state: &AppState, req: Request, delivery: Delivery) -> Result<Response, ApiError> {
     let api = req.api;
-    let plan = state.infer.plan(req).await?;
-    let mut run = state.infer.run(plan)?;
+    let mut run = state.infer.start(req).await?;
     let admitted = Admitted::from(&run.admission);
     let compression = run.compression.clone();
     let response = if delivery.stream {
