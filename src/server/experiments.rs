@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use super::errors::ApiError;
 use super::AppState;
 use crate::lab::experiments::{self, ExperimentSpec, Row, Vote};
+use crate::lab::runner::{Experiment as Run, Generator, Lab, Pending};
 use crate::scheduler::GenEvent;
 use crate::store::experiments::Experiment;
 use crate::store::Store;
@@ -145,74 +146,76 @@ fn csv(e: &Experiment, rows: &[Row]) -> Response {
     super::csv::response(out)
 }
 
-/// One generation through the scheduler, as an API request would run: the answer's text and
-/// its figures.
-async fn generate(
-    state: &AppState,
-    model: &str,
-    variant: &experiments::Variant,
-    prompt: &str,
-    max_tokens: usize,
-    partial: &mut dyn FnMut(&str),
-) -> Result<(String, crate::scheduler::Usage), String> {
-    let engine = state.engines.get(model).await.map_err(|e| e.to_string())?;
-    // The lab's own request on the one path's validation, recorded by the lab, not the monitor.
-    let caller = crate::infer::Caller {
-        session: "lab".into(),
-        rate_key: "lab".into(),
-        cache: crate::infer::CacheUse::default(),
-        timeout: state.settings.request_timeout(),
-    };
-    let messages = vec![crate::engine::template::ChatMessage::new("user", prompt)];
-    let mut req = crate::infer::Request::new(
-        crate::infer::Api::Lab,
-        model,
-        crate::infer::Input::Chat(messages),
-        caller,
-    );
-    req.sampling.max_tokens = Some(max_tokens as i64);
-    req.sampling.temperature = Some(variant.temperature.unwrap_or(0.0));
-    req.sampling.seed = Some(1);
-    req.sampling.compression = variant.compression.clone();
-    state
-        .infer
-        .compress(&engine, &mut req)
-        .await
-        .map_err(|e| e.to_string())?;
-    let plan = crate::infer::validate::validate(&engine, req).map_err(|e| e.to_string())?;
-    let request = plan.requests.into_iter().next().ok_or("nothing to run")?;
-    let mut events = engine.schedule(request).map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    while let Some(event) = events.recv().await {
-        match event {
-            GenEvent::Text(t) => {
-                text.push_str(&t);
-                partial(&text);
+/// The lab's answers from the inference path's validation and the scheduler, as an API request
+/// would run (recorded by the lab, not the request log).
+struct LabGenerator(AppState);
+
+impl LabGenerator {
+    async fn answer(
+        &self,
+        variant: &experiments::Variant,
+        prompt: &str,
+        max_tokens: usize,
+        partial: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<(String, crate::scheduler::Usage), String> {
+        let state = &self.0;
+        let engine = state
+            .engines
+            .get(&variant.model)
+            .await
+            .map_err(|e| e.to_string())?;
+        let caller = crate::infer::Caller {
+            session: "lab".into(),
+            rate_key: "lab".into(),
+            cache: crate::infer::CacheUse::default(),
+            timeout: state.settings.request_timeout(),
+        };
+        let messages = vec![crate::engine::template::ChatMessage::new("user", prompt)];
+        let input = crate::infer::Input::Chat(messages);
+        let mut req =
+            crate::infer::Request::new(crate::infer::Api::Lab, &*variant.model, input, caller);
+        req.sampling.max_tokens = Some(max_tokens as i64);
+        req.sampling.temperature = Some(variant.temperature.unwrap_or(0.0));
+        req.sampling.seed = Some(1);
+        req.sampling.compression = variant.compression.clone();
+        let infer = &state.infer;
+        infer
+            .compress(&engine, &mut req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let plan = crate::infer::validate::validate(&engine, req).map_err(|e| e.to_string())?;
+        let request = plan.requests.into_iter().next().ok_or("nothing to run")?;
+        let mut events = engine.schedule(request).map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        while let Some(event) = events.recv().await {
+            match event {
+                GenEvent::Text(t) => {
+                    text.push_str(&t);
+                    partial(&text);
+                }
+                GenEvent::Done(usage) => return Ok((text, usage)),
+                GenEvent::Failed(m) => return Err(m),
+                GenEvent::Token { .. } => {}
             }
-            GenEvent::Done(usage) => return Ok((text, usage)),
-            GenEvent::Failed(m) => return Err(m),
-            GenEvent::Token { .. } => {}
         }
+        Err("the engine stopped".into())
     }
-    Err("the engine stopped".into())
 }
 
-async fn embed(state: &AppState, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
-    let embedder = state
-        .embedders
-        .get("all-minilm")
-        .await
-        .map_err(|e| e.to_string())?;
-    let ids = texts
-        .iter()
-        .map(|t| embedder.model.tokenize(t, true).map(|t| t.ids))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    embedder.embed(ids).await.map_err(|e| e.to_string())
+impl Generator for LabGenerator {
+    fn generate<'a>(
+        &'a self,
+        variant: &'a experiments::Variant,
+        prompt: &'a str,
+        max_tokens: usize,
+        partial: &'a mut (dyn FnMut(&str) + Send),
+    ) -> Pending<'a, Result<(String, crate::scheduler::Usage), String>> {
+        Box::pin(self.answer(variant, prompt, max_tokens, partial))
+    }
 }
 
 /// `POST /api/lab/experiments/{id}/run`: a job running every prompt on every variant not yet
-/// done (the reference first, so each output can be compared with it).
+/// done (`lab::runner`).
 pub async fn run(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -221,73 +224,20 @@ pub async fn run(
     let db = store(&state)?.clone();
     let runtime = tokio::runtime::Handle::current();
     let title = format!("experiment {}", e.name);
+    let embedders = state.embedders.clone();
+    let generator = LabGenerator(state.clone());
     let job = state.jobs.clone().spawn("experiment", &title, move |job| {
-        runtime.block_on(async {
-            let spec = &e.spec;
-            let prompts = spec.prompt_list();
-            let done: Vec<Row> = db.experiment_rows(e.id).await.map_err(|x| x.to_string())?;
-            let mut variants: Vec<&experiments::Variant> = spec.variants.iter().collect();
-            variants.sort_by_key(|v| v.name != spec.reference());
-            let total = prompts.len() * variants.len();
-            let mut finished = done.len();
-            for (i, prompt) in prompts.iter().enumerate() {
-                // The reference output's embedding, computed when first needed.
-                let mut reference: Option<Vec<f32>> = None;
-                for v in &variants {
-                    if done.iter().any(|r| r.prompt_index == i && r.variant == v.name) {
-                        continue;
-                    }
-                    if job.cancelled() {
-                        return Err("cancelled".to_string());
-                    }
-                    job.progress(finished as f64 / total as f64, &format!("prompt {} · {}", i + 1, v.name));
-                    let (output, usage) =
-                        generate(&state, &v.model, v, prompt, spec.max_tokens, &mut |text| {
-                            job.live(Some(json!({"prompt_index": i, "variant": v.name, "text": text})))
-                        })
-                        .await?;
-                    // Similarity to the reference's output for this prompt (1 for the reference).
-                    if reference.is_none() {
-                        let stored = db
-                            .experiment_rows(e.id)
-                            .await
-                            .map_err(|x| x.to_string())?
-                            .into_iter()
-                            .find(|r| r.prompt_index == i && r.variant == spec.reference());
-                        let text = if v.name == spec.reference() {
-                            Some(output.clone())
-                        } else {
-                            stored.map(|r| r.output)
-                        };
-                        if let Some(text) = text {
-                            reference = embed(&state, &[&text]).await?.pop();
-                        }
-                    }
-                    let similarity = match &reference {
-                        Some(r) => Some(experiments::cosine(r, &embed(&state, &[&output]).await?[0])),
-                        None => None,
-                    };
-                    let decode = usage.decode.as_secs_f64();
-                    let row = Row {
-                        prompt_index: i,
-                        variant: v.name.clone(),
-                        output,
-                        ttft_ms: usage.time_to_first_token.as_secs_f64() * 1e3,
-                        tokens_per_second: (usage.completion_tokens > 1 && decode > 0.0)
-                            .then(|| (usage.completion_tokens - 1) as f64 / decode),
-                        prompt_tokens: usage.prompt_tokens as u64,
-                        completion_tokens: usage.completion_tokens as u64,
-                        similarity,
-                    };
-                    db.experiment_row_put(e.id, &row).await.map_err(|x| x.to_string())?;
-                    finished += 1;
-                }
-            }
-            let rows = db.experiment_rows(e.id).await.map_err(|x| x.to_string())?;
-            let votes = db.votes(e.id).await.map_err(|x| x.to_string())?;
-            job.live(None);
-            Ok(json!({"experiment": e.name, "rows": rows.len(), "summary": experiments::summarize(spec, &rows, &votes)}))
-        })
+        let lab = Lab {
+            generator: &generator,
+            embedders: &embedders,
+            db: &db,
+        };
+        let experiment = Run {
+            id: e.id,
+            name: &e.name,
+            spec: &e.spec,
+        };
+        runtime.block_on(lab.run(&experiment, &job))
     });
     Ok(super::jobs::accepted(job))
 }

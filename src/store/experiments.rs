@@ -4,6 +4,7 @@ use sqlx::Row as _;
 
 use super::{Store, StoreError};
 use crate::lab::experiments::{ExperimentSpec, Row, Vote};
+use crate::lab::runner::{Pending, Rows};
 
 /// A stored experiment.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -112,6 +113,29 @@ impl Store {
             .iter()
             .filter_map(|r| serde_json::from_str(&r.get::<String, _>(0)).ok())
             .collect())
+    }
+}
+
+/// An experiment run's rows and votes, in this database.
+impl Rows for Store {
+    fn rows(&self, experiment: i64) -> Pending<'_, Result<Vec<Row>, String>> {
+        Box::pin(async move {
+            self.experiment_rows(experiment)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn put<'a>(&'a self, experiment: i64, row: &'a Row) -> Pending<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.experiment_row_put(experiment, row)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn votes(&self, experiment: i64) -> Pending<'_, Result<Vec<Vote>, String>> {
+        Box::pin(async move { self.votes(experiment).await.map_err(|e| e.to_string()) })
     }
 }
 
