@@ -72,7 +72,7 @@ desktop-test: desktop
 	  $(APT_INSTALL) xvfb xauth dbus xdotool imagemagick fonts-dejavu-core; }
 	tests/desktop/run.sh $(DESKTOP)
 
-# The official OpenAI SDK, LangChain and the ollama client (from PyPI, in a virtual environment)
+# The official OpenAI and Anthropic SDKs, LangChain and the ollama client (from PyPI, in a virtual environment)
 # against the real server. The same environment has the `gguf` writer tests/architectures.rs uses.
 clients: build .venv/.installed
 	LANTERN_BIN=$(LANTERN) .venv/bin/python -m pytest -q tests/clients

@@ -366,14 +366,7 @@ pub async fn responses(
         let (choice, totals) = run.collect_one().await?;
         let output = output_items(&choice.text, &choice.calls);
         let status = status_of(&choice.finish);
-        Json(echo.response(
-            &id,
-            now(),
-            status,
-            json!(output),
-            usage_json(&totals),
-        ))
-        .into_response()
+        Json(echo.response(&id, now(), status, json!(output), usage_json(&totals))).into_response()
     };
     Ok(admitted.onto(response))
 }
