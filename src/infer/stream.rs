@@ -309,15 +309,7 @@ impl Loop {
                     _ = self.tx.closed() => None,
                 };
                 let Some(event) = event else {
-                    // The client went away (or the engine did): record what it was sent;
-                    // dropping the generations cancels the rest.
-                    totals.completion += streamed;
-                    return finish(
-                        &self.account,
-                        &totals,
-                        last_usage.as_ref(),
-                        Outcome::Cancelled,
-                    );
+                    return self.gone(totals, streamed, last_usage.as_ref());
                 };
                 let sent = match event {
                     GenEvent::Token { id, logprob, top } => {
@@ -334,13 +326,7 @@ impl Loop {
                     GenEvent::Done(usage) => {
                         let (content, calls) = read_calls(hold.finish(), self.tools.as_ref());
                         if !content.is_empty() && !self.text(choice, content, &mut pending).await {
-                            totals.completion += streamed;
-                            return finish(
-                                &self.account,
-                                &totals,
-                                Some(&usage),
-                                Outcome::Cancelled,
-                            );
+                            return self.gone(totals, streamed, Some(&usage));
                         }
                         totals.add(choice, self.n, &usage);
                         let reason = self.finish_of(&usage, &calls);
@@ -374,13 +360,7 @@ impl Loop {
                     }
                 };
                 if !sent {
-                    totals.completion += streamed;
-                    return finish(
-                        &self.account,
-                        &totals,
-                        last_usage.as_ref(),
-                        Outcome::Cancelled,
-                    );
+                    return self.gone(totals, streamed, last_usage.as_ref());
                 }
             }
         }
@@ -393,6 +373,13 @@ impl Loop {
                 usage: last_usage,
             })
             .await;
+    }
+
+    /// The client went away (or the engine did): record what it was sent; dropping the
+    /// generations cancels the rest.
+    fn gone(&self, mut totals: Totals, streamed: usize, last: Option<&Usage>) {
+        totals.completion += streamed;
+        finish(&self.account, &totals, last, Outcome::Cancelled);
     }
 
     fn token(&self, id: u32, logprob: Option<f32>, top: Vec<(u32, f32)>) -> TokenLogprob {
