@@ -115,7 +115,11 @@ impl Infer {
         let engine = self.engines.get(model).await.map_err(registry_error)?;
         Ok((
             engine,
-            (!was_loaded).then(|| began.elapsed()).unwrap_or_default(),
+            if was_loaded {
+                Duration::ZERO
+            } else {
+                began.elapsed()
+            },
         ))
     }
 

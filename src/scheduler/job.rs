@@ -21,6 +21,7 @@ pub(crate) struct Generate {
 pub(crate) type Exclusive = Box<dyn FnOnce(&ChatModel) + Send>;
 
 pub(crate) enum Job {
-    Generate(Generate),
+    /// Boxed: a request is large, and the channel holds every job at the size of the largest.
+    Generate(Box<Generate>),
     Exclusive(Exclusive),
 }

@@ -89,11 +89,11 @@ impl EngineHandle {
         // Unbounded: the engine never waits on a slow reader; a request's events are bounded
         // by its max_tokens.
         let (events, rx) = mpsc::unbounded_channel();
-        let job = Job::Generate(Generate {
+        let job = Job::Generate(Box::new(Generate {
             request,
             events,
             queued_at: Instant::now(),
-        });
+        }));
         self.jobs.send(job).map_err(|_| {
             self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
             ScheduleError::EngineStopped

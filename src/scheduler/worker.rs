@@ -280,7 +280,7 @@ impl Worker {
     /// that needs the model to itself runs now, between two steps.
     fn admit(&mut self, job: Job) {
         let job = match job {
-            Job::Generate(job) => job,
+            Job::Generate(job) => *job,
             Job::Exclusive(work) => return work(&self.model),
         };
         let request = job.request;

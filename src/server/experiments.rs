@@ -237,7 +237,7 @@ pub async fn run(
             name: &e.name,
             spec: &e.spec,
         };
-        runtime.block_on(lab.run(&experiment, &job))
+        runtime.block_on(lab.run(&experiment, job))
     });
     Ok(super::jobs::accepted(job))
 }
