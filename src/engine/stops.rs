@@ -156,7 +156,9 @@ mod tests {
     #[test]
     fn earliest_stop_wins() {
         let mut s = StopStrings::new(vec!["b".into(), "cd".into()]);
+        assert_eq!(s.matched(), None);
         let c = s.push("a cd b");
+        assert_eq!(s.matched(), Some("cd"), "the one that ended the text is named");
         assert!(c.stopped);
         assert_eq!(c.emit, "a ");
     }
