@@ -73,6 +73,172 @@ pub fn with_layout(mut schema: Value, lenient: bool) -> Value {
     schema
 }
 
+/// The longest string, in characters, a [`bounded`] schema allows where it set no `maxLength`.
+/// Short, because a string that runs on is a model lost, not a long argument: in about one
+/// forced call in 45, SmolLM2 at temperature 1 writes `}}` or `}}</tool_call>` inside its string
+/// as if the call were over and then rambles on to the limit, at 0.25 to 0.7 tokens a character
+/// (760 tokens at 1024 characters). At 200 such a call stays under 200 tokens; a schema that
+/// expects longer text says so with `maxLength`.
+pub const MAX_STRING_CHARS: u64 = 200;
+
+/// The most items an array of a [`bounded`] schema holds where it set no `maxItems`.
+pub const MAX_ARRAY_ITEMS: u64 = 64;
+
+/// Keywords that hold a map of subschemas (by property name or definition name).
+const SCHEMA_MAPS: [&str; 4] = ["properties", "patternProperties", "$defs", "definitions"];
+
+/// Keywords that hold a subschema or a list of them, each checked against (part of) the value.
+/// `not` and `if` are not here: a bound inside them would widen what the schema accepts.
+const SUBSCHEMAS: [&str; 9] = [
+    "items",
+    "prefixItems",
+    "additionalItems",
+    "additionalProperties",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "then",
+    "else",
+];
+
+/// Keywords under which one object's properties are judged by several subschemas together:
+/// closing any of them could leave no value valid, so a schema with one keeps its objects open.
+const COMBINING: [&str; 5] = [
+    "allOf",
+    "if",
+    "dependentSchemas",
+    "dependencies",
+    "unevaluatedProperties",
+];
+
+/// `schema` with an end to every value: a `maxLength` on each string and a `maxItems` on each
+/// array that had none ([`MAX_STRING_CHARS`], [`MAX_ARRAY_ITEMS`]; a larger `minLength` or
+/// `minItems` raises it), and `additionalProperties: false` on each object that declares its
+/// properties and says nothing of others. Each change only narrows what the schema accepts, so
+/// what matches the result matches the schema too; a small model that never closes a string or
+/// keeps inventing keys meets an end instead of filling its context. Limits the schema sets are
+/// kept as written, and strings fixed by `enum` or `const` are left alone.
+pub fn bounded(mut schema: Value) -> Value {
+    let close = !combines(&schema);
+    bound(&mut schema, close);
+    schema
+}
+
+/// Does the schema's `type` (a name or a list of names) admit `name`?
+fn admits(schema: &serde_json::Map<String, Value>, name: &str) -> bool {
+    match schema.get("type") {
+        Some(Value::String(t)) => t == name,
+        Some(Value::Array(ts)) => ts.iter().any(|t| t == name),
+        _ => false,
+    }
+}
+
+/// Does any subschema use a [`COMBINING`] keyword?
+fn combines(schema: &Value) -> bool {
+    let Value::Object(o) = schema else {
+        return false;
+    };
+    COMBINING.iter().any(|k| o.contains_key(*k))
+        || o.iter().any(|(key, value)| match (key.as_str(), value) {
+            (k, Value::Object(map)) if SCHEMA_MAPS.contains(&k) => map.values().any(combines),
+            (k, Value::Array(list)) if SUBSCHEMAS.contains(&k) => list.iter().any(combines),
+            (k, v) if SUBSCHEMAS.contains(&k) => combines(v),
+            _ => false,
+        })
+}
+
+/// An object schema whose declared properties may be all it accepts: nothing else speaks of
+/// other properties, and every required one is declared.
+fn closable(o: &serde_json::Map<String, Value>) -> bool {
+    let Some(Value::Object(properties)) = o.get("properties") else {
+        return false;
+    };
+    let required = o.get("required").and_then(Value::as_array);
+    (admits(o, "object") || !o.contains_key("type"))
+        && [
+            "additionalProperties",
+            "patternProperties",
+            "anyOf",
+            "oneOf",
+            "$ref",
+        ]
+        .iter()
+        .all(|k| !o.contains_key(*k))
+        && required
+            .into_iter()
+            .flatten()
+            .all(|r| r.as_str().is_some_and(|name| properties.contains_key(name)))
+}
+
+/// [`bounded`]'s walk; `close`: objects here may be closed.
+fn bound(schema: &mut Value, close: bool) {
+    let Value::Object(o) = schema else {
+        return;
+    };
+    let fixed = o.contains_key("enum") || o.contains_key("const");
+    for (kind, max_key, min_key, default) in [
+        ("string", "maxLength", "minLength", MAX_STRING_CHARS),
+        ("array", "maxItems", "minItems", MAX_ARRAY_ITEMS),
+    ] {
+        if admits(o, kind) && !fixed && !o.contains_key(max_key) {
+            let min = o.get(min_key).and_then(Value::as_u64).unwrap_or(0);
+            o.insert(max_key.into(), serde_json::json!(default.max(min)));
+        }
+    }
+    if close && closable(o) {
+        o.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    // A member of anyOf/oneOf is read together with the keywords beside it: where those speak of
+    // properties, closing the member could refuse them.
+    let members_close = close && !o.contains_key("properties") && !o.contains_key("required");
+    for (key, value) in o.iter_mut() {
+        let key = key.as_str();
+        let close = match key {
+            "anyOf" | "oneOf" => members_close,
+            _ => close,
+        };
+        match value {
+            Value::Object(map) if SCHEMA_MAPS.contains(&key) => {
+                map.values_mut().for_each(|s| bound(s, close))
+            }
+            Value::Array(list) if SUBSCHEMAS.contains(&key) => {
+                list.iter_mut().for_each(|s| bound(s, close))
+            }
+            s if SUBSCHEMAS.contains(&key) => bound(s, close),
+            _ => {}
+        }
+    }
+}
+
+/// `schema` placed at `base` (a JSON pointer such as `/properties/arguments`) inside a larger
+/// document: each local `$ref` (`#` or `#/...`) points where its target now is.
+pub fn rebased(mut schema: Value, base: &str) -> Value {
+    rebase(&mut schema, base);
+    schema
+}
+
+fn rebase(value: &mut Value, base: &str) {
+    match value {
+        Value::Object(o) => {
+            for (key, v) in o.iter_mut() {
+                match (key.as_str(), v) {
+                    ("$ref", Value::String(r)) if r == "#" || r.starts_with("#/") => {
+                        *r = format!("#{base}{}", &r[1..]);
+                    }
+                    // Values, not schemas: a `$ref` in them is data.
+                    ("const" | "enum" | "default" | "examples", _) => {}
+                    (k, Value::Object(map)) if SCHEMA_MAPS.contains(&k) => {
+                        map.values_mut().for_each(|s| rebase(s, base))
+                    }
+                    (_, v) => rebase(v, base),
+                }
+            }
+        }
+        Value::Array(list) => list.iter_mut().for_each(|v| rebase(v, base)),
+        _ => {}
+    }
+}
+
 /// Why a grammar cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConstraintError {
@@ -290,6 +456,7 @@ impl Constraint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn byte_level_map_inverts_gpt2s() {
@@ -307,6 +474,117 @@ mod tests {
         assert_eq!(byte_fallback("<0xFF>"), Some(0xFF));
         assert_eq!(byte_fallback("<0x0>"), None);
         assert_eq!(byte_fallback("hello"), None);
+    }
+
+    #[test]
+    fn unbounded_strings_and_arrays_get_limits() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "short": {"type": "string", "maxLength": 30},
+                "long": {"type": "string", "maxLength": 5000},
+                "at_least": {"type": "string", "minLength": 2000},
+                "unit": {"type": "string", "enum": ["c", "f"]},
+                "fixed": {"type": "string", "const": "x"},
+                "maybe": {"type": ["string", "null"]},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "few": {"type": "array", "maxItems": 3, "items": {"$ref": "#/$defs/place"}},
+                "either": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                "one": {"oneOf": [{"type": "string"}]},
+                "map": {"type": "object", "additionalProperties": {"type": "string"}},
+                "tuple": {"type": "array", "prefixItems": [{"type": "string"}]},
+                "other": {"not": {"type": "string"}},
+            },
+            "$defs": {"place": {"type": "object", "properties": {"name": {"type": "string"}}}},
+            "definitions": {"old": {"type": "array"}},
+        });
+        let b = bounded(schema);
+        let p = &b["properties"];
+        let max = json!(MAX_STRING_CHARS);
+        assert_eq!(p["city"]["maxLength"], max);
+        assert_eq!(p["short"]["maxLength"], 30);
+        assert_eq!(p["long"]["maxLength"], 5000);
+        assert_eq!(p["at_least"]["maxLength"], 2000);
+        assert_eq!(p["unit"].get("maxLength"), None);
+        assert_eq!(p["fixed"].get("maxLength"), None);
+        assert_eq!(p["maybe"]["maxLength"], max);
+        assert_eq!(p["tags"]["maxItems"], json!(MAX_ARRAY_ITEMS));
+        assert_eq!(p["tags"]["items"]["maxLength"], max);
+        assert_eq!(p["few"]["maxItems"], 3);
+        assert_eq!(p["either"]["anyOf"][0]["maxLength"], max);
+        assert_eq!(p["either"]["anyOf"][1].get("maxLength"), None);
+        assert_eq!(p["one"]["oneOf"][0]["maxLength"], max);
+        assert_eq!(p["map"]["additionalProperties"]["maxLength"], max);
+        assert_eq!(p["tuple"]["prefixItems"][0]["maxLength"], max);
+        assert_eq!(p["tuple"]["maxItems"], json!(MAX_ARRAY_ITEMS));
+        assert_eq!(p["other"]["not"].get("maxLength"), None);
+        assert_eq!(b["$defs"]["place"]["properties"]["name"]["maxLength"], max);
+        assert_eq!(b["definitions"]["old"]["maxItems"], json!(MAX_ARRAY_ITEMS));
+        assert_eq!(b.get("maxLength"), None);
+        // Objects that declare their properties take no others; one that declares none, or
+        // speaks of others itself, stays as written.
+        assert_eq!(b["additionalProperties"], false);
+        assert_eq!(b["$defs"]["place"]["additionalProperties"], false);
+        assert_eq!(p["map"]["additionalProperties"]["type"], "string");
+        let free = bounded(json!({"type": "object"}));
+        assert_eq!(free, json!({"type": "object"}));
+    }
+
+    #[test]
+    fn objects_stay_open_where_closing_could_refuse_every_value() {
+        let open = |schema: Value| {
+            let b = bounded(schema);
+            assert_eq!(b.get("additionalProperties"), None, "{b}");
+            b
+        };
+        // A required property it does not declare.
+        open(json!({"properties": {"a": {}}, "required": ["a", "b"]}));
+        // Properties declared beside it, by patterns, by a reference or by alternatives.
+        open(json!({"properties": {"a": {}}, "patternProperties": {"^x": {}}}));
+        open(json!({"properties": {"a": {}}, "$ref": "#/$defs/b", "$defs": {"b": {}}}));
+        let b = open(json!({"properties": {"a": {}}, "anyOf": [{"properties": {"b": {}}}]}));
+        assert_eq!(b["anyOf"][0].get("additionalProperties"), None);
+        // allOf and its kin anywhere: the schema keeps every object open.
+        let b = open(json!({
+            "properties": {"a": {"type": "object", "properties": {"x": {}}}},
+            "allOf": [{"properties": {"b": {"type": "string"}}}],
+        }));
+        assert_eq!(b["properties"]["a"].get("additionalProperties"), None);
+        // Its strings are bounded all the same.
+        let max = json!(MAX_STRING_CHARS);
+        assert_eq!(b["allOf"][0]["properties"]["b"]["maxLength"], max);
+        // Alternatives alone are closed each on its own.
+        let b = bounded(json!({"anyOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}]}));
+        assert_eq!(b["anyOf"][0]["additionalProperties"], false);
+        assert_eq!(b["anyOf"][1]["additionalProperties"], false);
+    }
+
+    #[test]
+    fn references_follow_a_schema_into_a_larger_document() {
+        let schema = json!({
+            "properties": {
+                "a": {"$ref": "#/$defs/a"},
+                "self": {"$ref": "#"},
+                "const": {"$ref": "#/$defs/a"},
+                "far": {"$ref": "https://example.com/s.json#/x"},
+                "named": {"$ref": "#anchor"},
+                "data": {"const": {"$ref": "#/keep"}},
+            },
+            "$defs": {"a": {"items": {"$ref": "#/$defs/a"}}},
+        });
+        let r = rebased(schema, "/properties/arguments");
+        let p = &r["properties"];
+        assert_eq!(p["a"]["$ref"], "#/properties/arguments/$defs/a");
+        assert_eq!(p["self"]["$ref"], "#/properties/arguments");
+        assert_eq!(p["const"]["$ref"], "#/properties/arguments/$defs/a");
+        assert_eq!(p["far"]["$ref"], "https://example.com/s.json#/x");
+        assert_eq!(p["named"]["$ref"], "#anchor");
+        assert_eq!(p["data"]["const"]["$ref"], "#/keep");
+        assert_eq!(
+            r["$defs"]["a"]["items"]["$ref"],
+            "#/properties/arguments/$defs/a"
+        );
     }
 
     #[test]

@@ -9,11 +9,24 @@
 //! Mistral `[TOOL_CALLS] [...]`, Llama 3.1 `<|python_tag|>` or plain JSON with `parameters`, and a
 //! bare JSON object or array. With `tool_choice` `required` or a named function the output is
 //! constrained by a grammar, so the call is always well-formed JSON for the function's parameters.
+//!
+//! A forced answer is bounded as well as well-formed: a named function is called once,
+//! `required` at most [`MAX_PARALLEL_CALLS`] times, and the arguments have an end where their
+//! schema gives none (`constrain::bounded`: limits on strings and arrays, no undeclared
+//! properties). Without them a small model could keep calling, never close a string, or keep
+//! inventing keys until its context was full. An answer cut short (`max_tokens`) keeps the calls
+//! it completed; the unfinished one is dropped, never returned as text.
 
 use serde_json::{json, Value};
 
-use super::constrain::{with_layout, Grammar};
+use super::constrain::{bounded, rebased, with_layout, Grammar};
 use super::template::ChatMessage;
+
+/// The most calls one forced answer (`tool_choice: "required"` with parallel calls) may hold.
+pub const MAX_PARALLEL_CALLS: usize = 8;
+
+const OPEN: &str = "<tool_call>";
+const CLOSE: &str = "</tool_call>";
 
 /// A function the model may call.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,7 +67,7 @@ pub struct ToolCall {
 }
 
 /// The model's answer split into text and calls.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Parsed {
     pub content: String,
     pub calls: Vec<ToolCall>,
@@ -156,10 +169,15 @@ pub fn inline_tools(messages: Vec<ChatMessage>, tools: &[ToolSpec]) -> Vec<ChatM
     out
 }
 
-/// The schema of one call to `tool`: `{"name": <its name>, "arguments": <its parameters>}`.
-fn call_schema(tool: &ToolSpec, arguments_key: &str) -> Value {
+/// The schema of one call to `tool`: `{"name": <its name>, "arguments": <its parameters>}`,
+/// the parameters bounded; `base`: where the call schema sits in the grammar's document (its
+/// parameters' `$ref`s are rewritten to point there).
+fn call_schema(tool: &ToolSpec, arguments_key: &str, base: &str) -> Value {
     let parameters = match &tool.parameters {
-        Value::Object(o) if !o.is_empty() => tool.parameters.clone(),
+        Value::Object(o) if !o.is_empty() => rebased(
+            bounded(tool.parameters.clone()),
+            &format!("{base}/properties/{arguments_key}"),
+        ),
         _ => json!({"type": "object"}),
     };
     json!({
@@ -170,8 +188,9 @@ fn call_schema(tool: &ToolSpec, arguments_key: &str) -> Value {
     })
 }
 
-/// The grammar that makes the output a call (`required`) or a call of one function (named);
-/// None for `auto` and `none`, where the model answers freely.
+/// The grammar that makes the output calls (`required`: one, or with `parallel` up to
+/// [`MAX_PARALLEL_CALLS`]) or one call of one function (named, whatever `parallel` says), and
+/// then the end; None for `auto` and `none`, where the model answers freely.
 pub fn forced_grammar(
     tools: &[ToolSpec],
     choice: &ToolChoice,
@@ -184,7 +203,14 @@ pub fn forced_grammar(
         ToolChoice::Function(name) => tools.iter().filter(|t| &t.name == name).collect(),
     };
     let strict = chosen.iter().all(|t| t.strict);
-    let alternatives: Vec<Value> = chosen.iter().map(|t| call_schema(t, "arguments")).collect();
+    let alternatives: Vec<Value> = match &chosen[..] {
+        [one] => vec![call_schema(one, "arguments", "")],
+        many => many
+            .iter()
+            .enumerate()
+            .map(|(i, t)| call_schema(t, "arguments", &format!("/anyOf/{i}")))
+            .collect(),
+    };
     let schema = if alternatives.len() == 1 {
         alternatives.into_iter().next().expect("one")
     } else {
@@ -195,10 +221,13 @@ pub fn forced_grammar(
         ToolFormat::Hermes => format!("\"<tool_call>\\n\" %json {schema} \"\\n</tool_call>\""),
         ToolFormat::Json => format!("%json {schema}"),
     };
-    let start = if parallel {
-        "start: call (\"\\n\" call)*"
-    } else {
-        "start: call"
+    // A named function is one call even with parallel calls allowed: OpenAI's named choice
+    // answers with that call alone.
+    let start = match choice {
+        ToolChoice::Required if parallel => {
+            format!("start: call (\"\\n\" call){{0,{}}}", MAX_PARALLEL_CALLS - 1)
+        }
+        _ => "start: call".to_string(),
     };
     Some(Grammar::Lark(format!("{start}\ncall: {call}\n")))
 }
@@ -248,8 +277,126 @@ fn unfenced(text: &str) -> &str {
     }
 }
 
+/// The calls in one piece of text (a block's body, a line): one JSON object or an array of them,
+/// possibly in a code fence.
+fn calls_in(text: &str, tools: &[ToolSpec]) -> Option<Vec<ToolCall>> {
+    serde_json::from_str::<Value>(unfenced(text))
+        .ok()
+        .and_then(|v| calls_of(&v, tools))
+}
+
+/// A block's body without the start of a closing tag that `max_tokens` cut off.
+fn without_partial_close(body: &str) -> &str {
+    let t = body.trim_end();
+    (1..CLOSE.len())
+        .rev()
+        .find_map(|n| t.strip_suffix(&CLOSE[..n]))
+        .unwrap_or(t)
+}
+
+/// Is `text` the start of a `<tool_call>` tag and nothing more (`max_tokens` cut the tag)?
+fn cut_open_tag(text: &str) -> bool {
+    let t = text.trim();
+    !t.is_empty() && t.len() < OPEN.len() && OPEN.starts_with(t)
+}
+
+/// One `<tool_call>` block, read from just after its opening tag.
+enum Block<'a> {
+    /// Its calls, and the text after it.
+    Calls(Vec<ToolCall>, &'a str),
+    /// A block without a call, and the text after it.
+    NotACall(&'a str),
+    /// The answer ends inside it: it was cut short.
+    Unfinished,
+}
+
+/// Read one block. Its JSON is read first, so a `</tool_call>` inside one of its strings (small
+/// models write one there) does not end it; a body that is not JSON to begin with (a code fence)
+/// ends at the first closing tag. A whole JSON value whose closing tag is missing or was cut
+/// ends the answer.
+fn block<'a>(after: &'a str, tools: &[ToolSpec]) -> Block<'a> {
+    let body = after.trim_start();
+    let mut values = serde_json::Deserializer::from_str(body).into_iter::<Value>();
+    match values.next() {
+        Some(Ok(v)) => {
+            let tail = body[values.byte_offset()..].trim_start();
+            let next = match tail.strip_prefix(CLOSE) {
+                Some(next) => Some(next),
+                None => CLOSE.starts_with(tail.trim_end()).then_some(""),
+            };
+            if let Some(next) = next {
+                return match calls_of(&v, tools) {
+                    Some(c) => Block::Calls(c, next),
+                    None => Block::NotACall(next),
+                };
+            }
+        }
+        Some(Err(e)) if e.is_eof() => return Block::Unfinished,
+        _ => {}
+    }
+    match after.find(CLOSE) {
+        Some(end) => {
+            let next = &after[end + CLOSE.len()..];
+            match calls_in(&after[..end], tools) {
+                Some(c) => Block::Calls(c, next),
+                None => Block::NotACall(next),
+            }
+        }
+        None => match calls_in(without_partial_close(after), tools) {
+            Some(c) => Block::Calls(c, ""),
+            None => Block::Unfinished,
+        },
+    }
+}
+
+/// Hermes / Qwen: any number of `<tool_call>` blocks, text around them. An unfinished block (the
+/// answer was cut short) is dropped, and so is a last block without a call after complete ones;
+/// any other block without a call makes the answer text (None).
+fn hermes_calls(text: &str, tools: &[ToolSpec]) -> Option<Parsed> {
+    let (mut content, mut calls, mut rest) = (String::new(), Vec::new(), text);
+    while let Some(start) = rest.find(OPEN) {
+        content.push_str(&rest[..start]);
+        rest = match block(&rest[start + OPEN.len()..], tools) {
+            Block::Calls(c, next) => {
+                calls.extend(c);
+                next
+            }
+            Block::Unfinished => "",
+            Block::NotACall(next) if !calls.is_empty() && !next.contains(OPEN) => next,
+            Block::NotACall(_) => return None,
+        };
+    }
+    if !cut_open_tag(rest) {
+        content.push_str(rest);
+    }
+    Some(Parsed {
+        content: content.trim().to_string(),
+        calls,
+    })
+}
+
+/// Several objects, one per line, are several calls. The last line may be unfinished (the answer
+/// was cut short) and is dropped when complete calls came before it.
+fn line_calls(body: &str, tools: &[ToolSpec]) -> Option<Vec<ToolCall>> {
+    let lines: Vec<&str> = body
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut calls = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        match calls_in(line.trim_end_matches(';'), tools) {
+            Some(c) => calls.extend(c),
+            None if i + 1 == lines.len() && !calls.is_empty() => {}
+            None => return None,
+        }
+    }
+    Some(calls)
+}
+
 /// Read calls out of a model's answer. Text outside the calls stays as content; an answer that
-/// holds no well-formed call of a declared tool is all content.
+/// holds no well-formed call of a declared tool is all content, except that an unfinished
+/// `<tool_call>` block is never content. An answer cut short keeps the calls it completed.
 pub fn parse(text: &str, tools: &[ToolSpec]) -> Parsed {
     let plain = || Parsed {
         content: text.to_string(),
@@ -258,30 +405,11 @@ pub fn parse(text: &str, tools: &[ToolSpec]) -> Parsed {
     if tools.is_empty() {
         return plain();
     }
-    // Hermes / Qwen: any number of <tool_call> blocks.
-    if text.contains("<tool_call>") {
-        let (mut content, mut calls, mut rest) = (String::new(), Vec::new(), text);
-        while let Some(start) = rest.find("<tool_call>") {
-            content.push_str(&rest[..start]);
-            let after = &rest[start + "<tool_call>".len()..];
-            let (body, next) = match after.find("</tool_call>") {
-                Some(end) => (&after[..end], &after[end + "</tool_call>".len()..]),
-                None => (after, ""),
-            };
-            match serde_json::from_str::<Value>(unfenced(body))
-                .ok()
-                .and_then(|v| calls_of(&v, tools))
-            {
-                Some(c) => calls.extend(c),
-                None => return plain(),
-            }
-            rest = next;
-        }
-        content.push_str(rest);
-        return Parsed {
-            content: content.trim().to_string(),
-            calls,
-        };
+    if text.contains(OPEN) {
+        return hermes_calls(text, tools).unwrap_or_else(plain);
+    }
+    if cut_open_tag(text) {
+        return Parsed::default();
     }
     // Mistral's marker, Llama 3.1's python tag, or a bare JSON answer.
     let (content, body) = match text
@@ -295,22 +423,10 @@ pub fn parse(text: &str, tools: &[ToolSpec]) -> Parsed {
         None => ("", text),
     };
     let body = unfenced(body);
-    // Several objects, one per line, are several calls.
-    let values: Option<Vec<Value>> = serde_json::from_str::<Value>(body)
-        .map(|v| vec![v])
-        .or_else(|_| {
-            body.lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| serde_json::from_str::<Value>(l.trim().trim_end_matches(';')))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .ok();
-    let calls: Option<Vec<ToolCall>> = values.and_then(|vs| {
-        vs.iter()
-            .map(|v| calls_of(v, tools))
-            .collect::<Option<Vec<_>>>()
-            .map(|c| c.concat())
-    });
+    let calls = match serde_json::from_str::<Value>(body) {
+        Ok(v) => calls_of(&v, tools),
+        Err(_) => line_calls(body, tools),
+    };
     match calls {
         Some(calls) if !calls.is_empty() => Parsed {
             content: content.to_string(),
@@ -404,6 +520,117 @@ mod tests {
         assert!(parse("{\"name\": \"get_weather\"}", &[]).calls.is_empty());
     }
 
+    const PARIS: &str =
+        "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+
+    #[test]
+    fn an_answer_cut_short_keeps_its_complete_calls() {
+        let tools = weather();
+        let paris = vec![call("{\"city\":\"Paris\"}")];
+        for (cut, content) in [
+            // Inside the second call's arguments, its name, its opening tag.
+            (
+                "\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Os",
+                "",
+            ),
+            ("\n<tool_call>\n{\"na", ""),
+            ("\n<tool_call>", ""),
+            ("\n<tool_", ""),
+            ("\n<", ""),
+            ("\n<tool_call>\n", ""),
+            // A second block that closed without a call after a complete one.
+            ("\n<tool_call>\n{\"name\": \"get_wea\n</tool_call>", ""),
+            ("\n<tool_call>\nnot json\n</tool_call>\nSorry.", "Sorry."),
+        ] {
+            let p = parse(&format!("{PARIS}{cut}"), &tools);
+            assert_eq!(p.calls, paris, "{cut:?}");
+            assert_eq!(p.content, content, "{cut:?}");
+            let p = parse(&format!("Let me check.\n{PARIS}{cut}"), &tools);
+            assert_eq!(p.calls, paris, "{cut:?}");
+            assert!(p.content.starts_with("Let me check."), "{cut:?}");
+            assert!(!p.content.contains("tool_call"), "{cut:?}");
+        }
+        // A call whose JSON is whole keeps it though its closing tag was cut.
+        for cut in ["", "\n", "\n<", "\n</tool_", "\n</tool_call"] {
+            let whole = &PARIS[..PARIS.len() - CLOSE.len()];
+            let p = parse(&format!("{whole}{cut}"), &tools);
+            assert_eq!(p.calls, paris, "{cut:?}");
+            assert_eq!(p.content, "");
+        }
+    }
+
+    #[test]
+    fn an_unfinished_block_alone_is_neither_call_nor_content() {
+        let tools = weather();
+        for text in [
+            "<",
+            "<tool_",
+            "<tool_call>",
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Par",
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}",
+        ] {
+            assert_eq!(parse(text, &tools), Parsed::default(), "{text:?}");
+        }
+        let p = parse("Let me check.\n<tool_call>\n{\"na", &tools);
+        assert_eq!(p.content, "Let me check.");
+        assert!(p.calls.is_empty());
+        // A block without a call before another one is not a cut: the answer is text.
+        let text = format!("<tool_call>\nnot json\n</tool_call>\n{PARIS}");
+        assert_eq!(parse(&text, &tools).content, text);
+    }
+
+    #[test]
+    fn a_closing_tag_inside_a_string_does_not_end_the_call() {
+        let tools = weather();
+        // SmolLM2's answer for one seed, under the forced grammar.
+        let text = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"<x()}}</tool_call>  # Output: {'city': \"}}\n</tool_call>";
+        let p = parse(text, &tools);
+        assert_eq!(
+            p.calls,
+            vec![call(
+                "{\"city\":\"<x()}}</tool_call>  # Output: {'city': \"}"
+            )]
+        );
+        assert_eq!(p.content, "");
+        // Cut inside such a string: unfinished, so dropped with all it holds.
+        let cut = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"<x()}}</tool_call> more";
+        for (text, calls) in [(cut.to_string(), 0), (format!("{PARIS}\n{cut}"), 1)] {
+            let p = parse(&text, &tools);
+            assert_eq!(p.calls.len(), calls, "{text}");
+            assert_eq!(p.content, "", "{text}");
+        }
+    }
+
+    #[test]
+    fn json_lines_cut_short_keep_their_complete_calls() {
+        let tools = weather();
+        let line = |city: &str| {
+            format!("{{\"name\": \"get_weather\", \"parameters\": {{\"city\": \"{city}\"}}}}")
+        };
+        let text = format!(
+            "{}\n{}\n{{\"name\": \"get_weather\", \"param",
+            line("Paris"),
+            line("Oslo")
+        );
+        let p = parse(&text, &tools);
+        assert_eq!(
+            p.calls,
+            vec![call("{\"city\":\"Paris\"}"), call("{\"city\":\"Oslo\"}")]
+        );
+        assert_eq!(p.content, "");
+        let p = parse(&format!("<|python_tag|>{}\n{{\"na", line("Paris")), &tools);
+        assert_eq!(p.calls, vec![call("{\"city\":\"Paris\"}")]);
+        // Without a complete call the answer stays text, as does one whose first line is no call.
+        for text in [
+            "{\"name\": \"get_weather\", \"param".to_string(),
+            format!("Here you go:\n{}\n{{\"na", line("Paris")),
+        ] {
+            let p = parse(&text, &tools);
+            assert!(p.calls.is_empty(), "{text}");
+            assert_eq!(p.content, text);
+        }
+    }
+
     #[test]
     fn holds_back_only_what_may_become_a_call() {
         for t in [
@@ -476,6 +703,32 @@ mod tests {
         assert!(
             g.contains("<tool_call>") && g.contains("\"const\":\"get_weather\""),
             "{g}"
+        );
+        let bound = format!(
+            "\"maxLength\":{}",
+            crate::engine::constrain::MAX_STRING_CHARS
+        );
+        assert!(g.contains(&bound), "{g}");
+    }
+
+    #[test]
+    fn forced_grammars_bound_the_number_of_calls() {
+        let tools = weather();
+        let start = |choice: ToolChoice, parallel: bool| {
+            let Some(Grammar::Lark(g)) =
+                forced_grammar(&tools, &choice, parallel, ToolFormat::Hermes)
+            else {
+                panic!("a Lark grammar")
+            };
+            g.lines().next().unwrap().to_string()
+        };
+        let named = || ToolChoice::Function("get_weather".into());
+        assert_eq!(start(named(), true), "start: call");
+        assert_eq!(start(named(), false), "start: call");
+        assert_eq!(start(ToolChoice::Required, false), "start: call");
+        assert_eq!(
+            start(ToolChoice::Required, true),
+            format!("start: call (\"\\n\" call){{0,{}}}", MAX_PARALLEL_CALLS - 1)
         );
     }
 }
