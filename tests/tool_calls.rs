@@ -139,6 +139,26 @@ async fn a_named_function_is_one_call_then_the_end_for_every_seed() {
     );
 }
 
+#[tokio::test]
+async fn a_calls_tokens_come_with_their_log_probabilities() {
+    let s = start(&[]);
+    let body = chat(
+        "What is the weather like in Paris today?",
+        json!({"tools": weather_tools(), "tool_choice": named(), "temperature": 0,
+               "logprobs": true, "top_logprobs": 2}),
+    );
+    let r = complete(&s, &body).await;
+    let tokens = one_weather_call(&r, "with logprobs") as usize;
+    let content = r["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), tokens, "one entry per generated token: {r}");
+    assert!(content
+        .iter()
+        .all(|t| t["logprob"].as_f64().unwrap() <= 0.0));
+    assert!(content
+        .iter()
+        .all(|t| t["top_logprobs"].as_array().unwrap().len() == 2));
+}
+
 /// The calls of an answer as `(name, arguments)`, the arguments parsed.
 fn calls_of(r: &Value) -> Vec<(Value, Value)> {
     r["choices"][0]["message"]["tool_calls"]

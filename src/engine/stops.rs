@@ -158,7 +158,11 @@ mod tests {
         let mut s = StopStrings::new(vec!["b".into(), "cd".into()]);
         assert_eq!(s.matched(), None);
         let c = s.push("a cd b");
-        assert_eq!(s.matched(), Some("cd"), "the one that ended the text is named");
+        assert_eq!(
+            s.matched(),
+            Some("cd"),
+            "the one that ended the text is named"
+        );
         assert!(c.stopped);
         assert_eq!(c.emit, "a ");
     }

@@ -51,10 +51,12 @@ pub enum Event {
         text: String,
         logprobs: Vec<TokenLogprob>,
     },
-    /// Choice `choice` ended: its calls (when the request gave tools), why, and its figures.
+    /// Choice `choice` ended: its calls (when the request gave tools), the tokens not yet sent
+    /// with text (those of the calls), why, and its figures.
     Done {
         choice: usize,
         calls: Vec<ToolCall>,
+        logprobs: Vec<TokenLogprob>,
         finish: Finish,
         usage: Usage,
     },
@@ -133,13 +135,15 @@ impl Run {
                 Event::Done {
                     choice,
                     calls,
+                    logprobs: rest,
                     finish,
                     usage,
                 } => {
-                    let (text, logprobs) = texts
+                    let (text, mut logprobs) = texts
                         .get_mut(choice)
                         .map(std::mem::take)
                         .unwrap_or_default();
+                    logprobs.extend(rest);
                     choices.push(ChoiceAnswer {
                         text,
                         logprobs,
@@ -334,6 +338,7 @@ impl Loop {
                         let done = Event::Done {
                             choice,
                             calls,
+                            logprobs: std::mem::take(&mut pending),
                             finish: reason,
                             usage,
                         };

@@ -213,6 +213,7 @@ pub fn stream(mut run: Run, api: Api, include_usage: bool) -> Response {
                 Event::Done {
                     choice,
                     calls,
+                    logprobs: tokens,
                     finish,
                     ..
                 } => {
@@ -220,10 +221,16 @@ pub fn stream(mut run: Run, api: Api, include_usage: bool) -> Response {
                     for delta in call_deltas(&calls) {
                         out.push(chunk(piece(choice, delta, Value::Null, Value::Null)));
                     }
+                    // The calls' tokens (text that was held, then read as calls).
+                    let lp = if tokens.is_empty() {
+                        Value::Null
+                    } else {
+                        logprobs(logprobs_on, api, &tokens)
+                    };
                     out.push(chunk(piece(
                         choice,
                         json!({}),
-                        Value::Null,
+                        lp,
                         json!(finish_reason(&finish)),
                     )));
                 }
