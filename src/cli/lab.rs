@@ -97,10 +97,17 @@ pub fn quality(config: &Config, args: QualityArgs) -> Result<()> {
     if let Some(n) = args.limit {
         list.truncate(n.max(1));
     }
-    let report = quality::compare(
+    // Each model on an engine thread of its own, as the server runs them.
+    let engine = lantern::scheduler::EngineConfig::default;
+    let reference = lantern::scheduler::EngineHandle::start(&args.reference, reference, engine());
+    let variant = lantern::scheduler::EngineHandle::start(&args.variant, variant, engine());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(quality::compare(
         (&args.reference, &args.variant),
         &reference,
-        &variant.transformer,
+        &variant,
         &set,
         &list,
         args.max_tokens,
@@ -108,7 +115,7 @@ pub fn quality(config: &Config, args: QualityArgs) -> Result<()> {
             eprintln!("{m}");
             true
         },
-    )?;
+    ))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

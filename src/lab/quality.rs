@@ -2,6 +2,9 @@
 //! greedily, then both models are teacher-forced over that answer, and at every position we
 //! compare their next-token distributions — KL divergence (mean and p99), top-1 agreement, and
 //! each model's perplexity of the reference's answer — and time each one's greedy generation.
+//! Each model's part of each prompt runs as a job on that model's engine thread (between its
+//! steps), so a comparison of served models shares their one copy and never races their
+//! requests for the weights.
 
 use std::time::Instant;
 
@@ -10,7 +13,7 @@ use serde::Serialize;
 
 use crate::engine::models::{SeqInput, Transformer};
 use crate::engine::template::ChatMessage;
-use crate::engine::ChatModel;
+use crate::scheduler::EngineHandle;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct QualityReport {
@@ -119,25 +122,37 @@ fn rank(sorted: &[f64], p: f64) -> f64 {
     sorted[k.min(sorted.len()) - 1]
 }
 
+/// One model's part of one prompt: its greedy answer and that answer's time, and its logits
+/// at every position of `forced` (the prompt and the reference's answer), when given.
+type Part = (Vec<u32>, f64, Vec<Vec<f32>>);
+
+/// Run `work` on `engine`'s thread with its model.
+async fn on_engine<R: Send + 'static>(
+    engine: &EngineHandle,
+    work: impl FnOnce(&crate::engine::ChatModel) -> Result<R, QualityError> + Send + 'static,
+) -> Result<R, QualityError> {
+    engine
+        .exclusive(work)
+        .await
+        .map_err(|e| QualityError::Run(e.to_string()))?
+}
+
 /// Compare `variant` with `reference` on `prompts`. `progress(fraction, message)` returns false
 /// to cancel.
-pub fn compare(
+pub async fn compare(
     names: (&str, &str),
-    reference: &ChatModel,
-    variant: &Transformer,
+    reference: &EngineHandle,
+    variant: &EngineHandle,
     prompt_set: &str,
     prompts: &[String],
     max_tokens: usize,
-    progress: &mut dyn FnMut(f64, &str) -> bool,
+    progress: &mut (dyn FnMut(f64, &str) -> bool + Send),
 ) -> Result<QualityReport, QualityError> {
-    let (rv, vv) = (
-        reference.transformer.info.vocab_size,
-        variant.info.vocab_size,
-    );
+    let (rv, vv) = (reference.info.vocab_size, variant.info.vocab_size);
     if rv != vv {
         return Err(QualityError::Vocabulary(rv, vv));
     }
-    let stop_ids = &reference.tokenizer.special.stop_ids;
+    let stop_ids = reference.tokenizer.special.stop_ids.clone();
     let mut kls = Vec::new();
     let (mut agree, mut nll_ref, mut nll_var) = (0usize, 0f64, 0f64);
     let (mut ref_tokens, mut ref_secs, mut var_tokens, mut var_secs) = (0usize, 0f64, 0usize, 0f64);
@@ -148,24 +163,41 @@ pub fn compare(
         ) {
             return Err(QualityError::Cancelled);
         }
-        let ids = reference
-            .chat_prompt(&[ChatMessage::new("user", prompt.as_str())])
-            .map_err(|e| QualityError::Run(e.to_string()))?;
-        let (answer, secs) = greedy(&reference.transformer, &ids, max_tokens, stop_ids)?;
+        let (message, stops) = (ChatMessage::new("user", prompt.as_str()), stop_ids.clone());
+        let (ids, (answer, secs, r)): (Vec<u32>, Part) = on_engine(reference, move |m| {
+            let ids = m
+                .chat_prompt(&[message])
+                .map_err(|e| QualityError::Run(e.to_string()))?;
+            let (answer, secs) = greedy(&m.transformer, &ids, max_tokens, &stops)?;
+            let forced = [&ids[..], &answer[..]].concat();
+            let r = if answer.is_empty() {
+                Vec::new()
+            } else {
+                all_logits(&m.transformer, &forced)?
+            };
+            Ok((ids, (answer, secs, r)))
+        })
+        .await?;
         ref_tokens += answer.len().saturating_sub(1);
         ref_secs += secs;
-        let (own, secs) = greedy(variant, &ids, max_tokens, stop_ids)?;
+        let (prompt_ids, stops) = (ids.clone(), stop_ids.clone());
+        let forced = [&ids[..], &answer[..]].concat();
+        let compare_answer = !answer.is_empty();
+        let (own, secs, v): Part = on_engine(variant, move |m| {
+            let (own, secs) = greedy(&m.transformer, &prompt_ids, max_tokens, &stops)?;
+            let v = if compare_answer {
+                all_logits(&m.transformer, &forced)?
+            } else {
+                Vec::new()
+            };
+            Ok((own, secs, v))
+        })
+        .await?;
         var_tokens += own.len().saturating_sub(1);
         var_secs += secs;
         if answer.is_empty() {
             continue;
         }
-        let mut seq = ids.clone();
-        seq.extend(&answer);
-        let (r, v) = (
-            all_logits(&reference.transformer, &seq)?,
-            all_logits(variant, &seq)?,
-        );
         for (j, &next) in answer.iter().enumerate() {
             let row = ids.len() - 1 + j;
             let (p, q) = (log_softmax(&r[row]), log_softmax(&v[row]));

@@ -121,33 +121,38 @@ pub async fn start_quality(
             "max_tokens",
         ));
     }
-    let (ref_path, var_path) = (
-        path_of(&state, &req.reference)?,
-        path_of(&state, &req.variant)?,
-    );
-    let device = state.engines.config().device.clone();
+    // Both must be installed; they are loaded (or found loaded) as served models, and each
+    // one's part runs as a job on its engine thread.
+    path_of(&state, &req.reference)?;
+    path_of(&state, &req.variant)?;
+    let engines = state.engines.clone();
     let store = state.monitor.store().cloned();
     let runtime = tokio::runtime::Handle::current();
     let title = format!("quality {} vs {}", req.variant, req.reference);
     let job = state.jobs.spawn("quality", &title, move |job| {
         job.progress(0.0, "loading the models");
-        let load = |p: &std::path::Path| {
-            crate::engine::ChatModel::load(p, &device).map_err(|e| format!("{}: {e}", p.display()))
-        };
-        let (reference, variant) = (load(&ref_path)?, load(&var_path)?);
-        let report = quality::compare(
-            (&req.reference, &req.variant),
-            &reference,
-            &variant.transformer,
-            &set,
-            &list,
-            max_tokens,
-            &mut |f, m| {
-                job.progress(f, m);
-                !job.cancelled()
-            },
-        )
-        .map_err(|e| e.to_string())?;
+        let report = runtime.block_on(async {
+            let load = |name: String| {
+                let engines = engines.clone();
+                async move { engines.get(&name).await.map_err(|e| format!("{name}: {e}")) }
+            };
+            let reference = load(req.reference.clone()).await?;
+            let variant = load(req.variant.clone()).await?;
+            quality::compare(
+                (&req.reference, &req.variant),
+                &reference,
+                &variant,
+                &set,
+                &list,
+                max_tokens,
+                &mut |f, m| {
+                    job.progress(f, m);
+                    !job.cancelled()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
+        })?;
         let mut value = json!(report);
         if let Some(store) = store {
             let row = crate::store::lab::QualityRow {
