@@ -233,6 +233,7 @@ pub fn may_be_call(text_so_far: &str) -> bool {
 mod tests {
     use super::*;
     use crate::engine::tools::tests::weather;
+    use serde_json::json;
 
     fn call(args: &str) -> ToolCall {
         ToolCall {
