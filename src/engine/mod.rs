@@ -5,6 +5,7 @@ pub mod constrain;
 pub mod device;
 pub mod generate;
 pub mod gguf;
+pub mod host_ops;
 pub mod kv;
 pub mod models;
 pub mod qmatmul;

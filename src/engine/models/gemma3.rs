@@ -13,6 +13,7 @@ use super::{
     ModelInfo, Transformer,
 };
 use crate::engine::gguf::GgufFile;
+use crate::engine::host_ops::add;
 use crate::engine::kv::KvCache;
 
 /// Every sixth layer attends globally; the others within the sliding window.
@@ -38,9 +39,9 @@ impl Block for GemmaBlock {
         let a = self
             .attn
             .forward(&self.attn_norm.forward(x)?, spans, caches, layer)?;
-        let h = (x + self.post_attn_norm.forward(&a)?)?;
+        let h = add(x, &self.post_attn_norm.forward(&a)?)?;
         let m = self.mlp.forward(&self.ffn_norm.forward(&h)?)?;
-        &h + self.post_ffn_norm.forward(&m)?
+        add(&h, &self.post_ffn_norm.forward(&m)?)
     }
 }
 

@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::host_attention;
 pub use super::span::SeqSpan;
+use crate::engine::host_ops;
 use crate::engine::kv::KvCache;
 use crate::engine::qmatmul::{LinearGroup, QLinear};
 
@@ -76,20 +77,29 @@ pub struct HostRope {
 }
 
 impl HostRope {
-    /// Rotate one token's heads (CPU rows) for position `pos`.
-    fn rotate(&self, x: &mut [f32], head_dim: usize, pos: usize) -> Result<()> {
+    /// Rotate the heads of every token row of `x` (`row` values each) for its position,
+    /// on every thread for a long prompt.
+    fn rotate_rows(
+        &self,
+        x: &mut [f32],
+        row: usize,
+        head_dim: usize,
+        positions: &[usize],
+    ) -> Result<()> {
         let half = head_dim / 2;
-        let at = pos * half;
-        if at + half > self.cos.len() {
+        if let Some(&pos) = positions.iter().find(|&&p| (p + 1) * half > self.cos.len()) {
             candle_core::bail!("position {pos} is past the rotary table");
         }
-        host_attention::rotate(
-            x,
-            head_dim,
-            &self.cos[at..at + half],
-            &self.sin[at..at + half],
-            self.interleaved,
-        );
+        host_ops::for_rows(x, row, |r, x| {
+            let at = positions[r] * half;
+            host_attention::rotate(
+                x,
+                head_dim,
+                &self.cos[at..at + half],
+                &self.sin[at..at + half],
+                self.interleaved,
+            );
+        });
         Ok(())
     }
 }
@@ -328,21 +338,21 @@ impl Attention {
             ),
             _ => (q, k),
         };
-        let rows = |t: Tensor| -> Result<Vec<f32>> { t.contiguous()?.flatten_all()?.to_vec1() };
+        let rows = |t: Tensor| host_ops::to_f32_vec(&t.contiguous()?);
         let (mut q, mut k, v) = (rows(q)?, rows(k)?, rows(v)?);
         let (q_row, kv_row) = (self.n_heads * hd, self.n_kv_heads * hd);
         if let Some(rope) = &self.rope {
-            let furthest = spans.iter().map(|s| s.pos + s.len).max().unwrap_or(0);
+            // Spans lie one after another in the batch: row r is token r - start of its span.
+            let positions: Vec<usize> = spans
+                .iter()
+                .flat_map(|s| (0..s.len).map(move |i| s.pos + i))
+                .collect();
+            let furthest = positions.iter().max().map_or(0, |p| p + 1);
             let rope = rope.host_rows(furthest)?;
-            for span in spans {
-                for i in 0..span.len {
-                    let r = span.start + i;
-                    rope.rotate(&mut q[r * q_row..(r + 1) * q_row], hd, span.pos + i)?;
-                    rope.rotate(&mut k[r * kv_row..(r + 1) * kv_row], hd, span.pos + i)?;
-                }
-            }
+            rope.rotate_rows(&mut q, q_row, hd, &positions)?;
+            rope.rotate_rows(&mut k, kv_row, hd, &positions)?;
         }
-        host_attention::round_to_f16(&mut q);
+        host_ops::for_rows(&mut q, q_row, |_, r| host_attention::round_to_f16(r));
         for (span, cache) in spans.iter().zip(caches.iter_mut()) {
             let at = span.start * kv_row..(span.start + span.len) * kv_row;
             cache.append_host(layer, &k[at.clone()], &v[at], kv_row)?;

@@ -16,6 +16,7 @@ use super::{
     ModelInfo, Transformer,
 };
 use crate::engine::gguf::GgufFile;
+use crate::engine::host_ops::add;
 use crate::engine::kv::KvCache;
 
 /// Rotary tables are built for at most this many positions; longer contexts are refused.
@@ -45,12 +46,11 @@ impl Block for LlamaBlock {
             Some(s) => t * s,
             None => Ok(t),
         };
-        let h =
-            (x + scaled(
-                self.attn
-                    .forward(&self.attn_norm.forward(x)?, spans, caches, layer)?,
-            )?)?;
-        &h + scaled(self.mlp.forward(&self.ffn_norm.forward(&h)?)?)?
+        let a = self
+            .attn
+            .forward(&self.attn_norm.forward(x)?, spans, caches, layer)?;
+        let h = add(x, &scaled(a)?)?;
+        add(&h, &scaled(self.mlp.forward(&self.ffn_norm.forward(&h)?)?)?)
     }
 }
 

@@ -13,6 +13,7 @@ use super::{
     ModelInfo, Transformer,
 };
 use crate::engine::gguf::GgufFile;
+use crate::engine::host_ops::add;
 use crate::engine::kv::KvCache;
 
 struct Olmo2Block {
@@ -30,10 +31,9 @@ impl Block for Olmo2Block {
         caches: &mut [&mut KvCache],
         layer: usize,
     ) -> candle_core::Result<Tensor> {
-        let h = (x + self
-            .post_attn_norm
-            .forward(&self.attn.forward(x, spans, caches, layer)?)?)?;
-        &h + self.post_ffn_norm.forward(&self.mlp.forward(&h)?)?
+        let a = self.attn.forward(x, spans, caches, layer)?;
+        let h = add(x, &self.post_attn_norm.forward(&a)?)?;
+        add(&h, &self.post_ffn_norm.forward(&self.mlp.forward(&h)?)?)
     }
 }
 

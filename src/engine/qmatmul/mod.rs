@@ -182,17 +182,15 @@ impl QLinear {
             return Ok(None);
         };
         let rows = x.dim(0)?;
-        let input = x.to_dtype(DType::F32)?.contiguous()?;
-        let input = input.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; rows * self.out_features];
-        matmul_cpu(
-            w,
-            &input,
-            rows,
-            self.in_features,
-            self.out_features,
-            &mut out,
-        );
+        let (k, n) = (self.in_features, self.out_features);
+        // Read in place when the input is plain CPU f32 rows: a copy is a serial pass.
+        if crate::engine::host_ops::with_f32(x, |input| matmul_cpu(w, input, rows, k, n, &mut out))
+            .is_none()
+        {
+            let input = x.to_dtype(DType::F32)?.contiguous()?.flatten_all()?;
+            matmul_cpu(w, &input.to_vec1::<f32>()?, rows, k, n, &mut out);
+        }
         Ok(Some(out))
     }
 }
@@ -277,23 +275,31 @@ pub fn supported(dtype: GgmlDType) -> bool {
 }
 
 /// ggml's x86 `quantize_row_q8_1`: `d = max / 127` kept as f16, `s = d · Σq` kept as f16.
+/// Blocks are independent: a long input is quantized on every thread, in the same order.
 fn quantize_activations(kernel: kernels::Kernel, x: &[f32]) -> Vec<ActBlock> {
-    x.chunks_exact(QK)
-        .map(|v| {
-            let (d, qs) = kernel.quantize_block(v.try_into().expect("chunks of QK"));
-            let half = |h: usize| qs[16 * h..16 * h + 16].iter().map(|&q| q as i32).sum();
-            let half = [half(0), half(1)];
-            let isum = half[0] + half[1];
-            let d16 = f16::from_f32(d).to_f32();
-            ActBlock {
-                qs,
-                d: d16,
-                s: f16::from_f32(d * isum as f32).to_f32(),
-                sum: d16 * isum as f32,
-                half,
-            }
-        })
-        .collect()
+    let block = |v: &[f32]| {
+        let (d, qs) = kernel.quantize_block(v.try_into().expect("chunks of QK"));
+        let half = |h: usize| qs[16 * h..16 * h + 16].iter().map(|&q| q as i32).sum();
+        let half = [half(0), half(1)];
+        let isum = half[0] + half[1];
+        let d16 = f16::from_f32(d).to_f32();
+        ActBlock {
+            qs,
+            d: d16,
+            s: f16::from_f32(d * isum as f32).to_f32(),
+            sum: d16 * isum as f32,
+            half,
+        }
+    };
+    if x.len() < 2 * crate::engine::host_ops::CHUNK {
+        return x.chunks_exact(QK).map(block).collect();
+    }
+    let mut out = Vec::with_capacity(x.len() / QK);
+    x.par_chunks_exact(QK)
+        .with_min_len(256)
+        .map(block)
+        .collect_into_vec(&mut out);
+    out
 }
 
 /// A raw output pointer shared by tasks that write disjoint columns.
