@@ -13,6 +13,8 @@ use rayon::prelude::*;
 
 use super::span::SeqSpan;
 
+mod kernels;
+
 /// Rows of one query chunk: enough to keep both threads busy in a prefill, few enough to
 /// split a long prompt.
 const QUERY_CHUNK: usize = 16;
@@ -57,207 +59,6 @@ pub fn rotate(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], interlea
                 head[i] = a * cos[i] - b * sin[i];
                 head[i + half] = a * sin[i] + b * cos[i];
             }
-        }
-    }
-}
-
-/// `Σ a·b` over an f16 row, with eight running sums (same order for every call of a length).
-#[inline]
-fn dot(a: &[f32], b: &[f16]) -> f32 {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "f16c",
-        target_feature = "fma"
-    ))]
-    if a.len().is_multiple_of(8) {
-        // SAFETY: the crate is compiled for these features; lengths are checked multiples of
-        // eight and equal.
-        return unsafe { simd::dot(a, b) };
-    }
-    let mut acc = [0f32; 8];
-    for (x, y) in a.chunks(8).zip(b.chunks(8)) {
-        for i in 0..x.len() {
-            acc[i] = x[i].mul_add(y[i].to_f32(), acc[i]);
-        }
-    }
-    acc.iter().sum()
-}
-
-/// `out += w · x` over an f16 row.
-#[inline]
-fn axpy(out: &mut [f32], w: f32, x: &[f16]) {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "f16c",
-        target_feature = "fma"
-    ))]
-    if out.len().is_multiple_of(8) {
-        // SAFETY: as in `dot`.
-        return unsafe { simd::axpy(out, w, x) };
-    }
-    for (o, v) in out.iter_mut().zip(x) {
-        *o = w.mul_add(v.to_f32(), *o);
-    }
-}
-
-/// `out[c] = (q · key(first + c)) · scale` for each of `out.len()` keys; the key of position
-/// j is `keys[j * stride + at..][..q.len()]`. Each score is the same sum, in the same order, as
-/// `dot` gives: eight keys at a time only shares the loads and the horizontal sums.
-fn key_scores(
-    q: &[f32],
-    keys: &[f16],
-    (stride, at): (usize, usize),
-    first: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
-    let hd = q.len();
-    let key = |c: usize| &keys[(first + c) * stride + at..][..hd];
-    #[allow(unused_mut)]
-    let mut done = 0;
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "f16c",
-        target_feature = "fma"
-    ))]
-    if hd.is_multiple_of(8) {
-        while done + 8 <= out.len() {
-            let block: [&[f16]; 8] = std::array::from_fn(|k| key(done + k));
-            // SAFETY: as in `dot`; every key row has q's length.
-            unsafe { simd::dot8(q, block, scale, &mut out[done..done + 8]) };
-            done += 8;
-        }
-    }
-    for (c, o) in out.iter_mut().enumerate().skip(done) {
-        *o = dot(q, key(c)) * scale;
-    }
-}
-
-/// `out = Σ_c w[c] · value(first + c)`, summed in key order from zero (the same sums as
-/// `axpy` over the keys into a zeroed `out`). Values are laid out as keys in `key_scores`.
-fn weighted_values(
-    w: &[f32],
-    values: &[f16],
-    (stride, at): (usize, usize),
-    first: usize,
-    out: &mut [f32],
-) {
-    let hd = out.len();
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "f16c",
-        target_feature = "fma"
-    ))]
-    if hd.is_multiple_of(32) && !w.is_empty() {
-        let start = first * stride + at;
-        assert!(start + (w.len() - 1) * stride + hd <= values.len());
-        for (i, o) in out.chunks_exact_mut(32).enumerate() {
-            // SAFETY: as in `dot`; the bound on the last value row is checked above.
-            unsafe { simd::weighted32(w, values, stride, start + 32 * i, o) };
-        }
-        return;
-    }
-    out.fill(0.0);
-    for (c, &wc) in w.iter().enumerate() {
-        axpy(out, wc, &values[(first + c) * stride + at..][..hd]);
-    }
-}
-
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "f16c",
-    target_feature = "fma"
-))]
-mod simd {
-    use half::f16;
-    use std::arch::x86_64::*;
-
-    #[inline(always)]
-    unsafe fn load(x: &[f16], i: usize) -> __m256 {
-        _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(i) as *const __m128i))
-    }
-
-    /// Same order as the scalar path: lane i sums elements i, i + 8, ...; then lanes 0..8.
-    #[inline(always)]
-    pub unsafe fn dot(a: &[f32], b: &[f16]) -> f32 {
-        debug_assert_eq!(a.len(), b.len());
-        let mut acc = _mm256_setzero_ps();
-        for i in (0..a.len()).step_by(8) {
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), load(b, i), acc);
-        }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-        lanes.iter().sum()
-    }
-
-    /// `dot(a, b[k]) · scale` for eight rows at once: eight running sums as in `dot`, then an
-    /// 8×8 transpose so that lane k of the result adds row k's lanes in the order 0..8.
-    #[inline(always)]
-    pub unsafe fn dot8(a: &[f32], b: [&[f16]; 8], scale: f32, out: &mut [f32]) {
-        debug_assert!(b.iter().all(|r| r.len() == a.len()) && out.len() == 8);
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for i in (0..a.len()).step_by(8) {
-            let av = _mm256_loadu_ps(a.as_ptr().add(i));
-            for k in 0..8 {
-                acc[k] = _mm256_fmadd_ps(av, load(b[k], i), acc[k]);
-            }
-        }
-        let [v0, v1, v2, v3, v4, v5, v6, v7] = acc;
-        let (t0, t1) = (_mm256_unpacklo_ps(v0, v1), _mm256_unpackhi_ps(v0, v1));
-        let (t2, t3) = (_mm256_unpacklo_ps(v2, v3), _mm256_unpackhi_ps(v2, v3));
-        let (t4, t5) = (_mm256_unpacklo_ps(v4, v5), _mm256_unpackhi_ps(v4, v5));
-        let (t6, t7) = (_mm256_unpacklo_ps(v6, v7), _mm256_unpackhi_ps(v6, v7));
-        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-        // Row j holds lane j of every accumulator.
-        let rows = [
-            _mm256_permute2f128_ps::<0x20>(s0, s4),
-            _mm256_permute2f128_ps::<0x20>(s1, s5),
-            _mm256_permute2f128_ps::<0x20>(s2, s6),
-            _mm256_permute2f128_ps::<0x20>(s3, s7),
-            _mm256_permute2f128_ps::<0x31>(s0, s4),
-            _mm256_permute2f128_ps::<0x31>(s1, s5),
-            _mm256_permute2f128_ps::<0x31>(s2, s6),
-            _mm256_permute2f128_ps::<0x31>(s3, s7),
-        ];
-        let mut sum = rows[0];
-        for r in &rows[1..] {
-            sum = _mm256_add_ps(sum, *r);
-        }
-        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(sum, _mm256_set1_ps(scale)));
-    }
-
-    /// 32 columns of `Σ_c w[c] · x[start + c · stride ..][..32]`, four independent chains
-    /// held in registers over all the keys.
-    #[inline(always)]
-    pub unsafe fn weighted32(w: &[f32], x: &[f16], stride: usize, start: usize, out: &mut [f32]) {
-        debug_assert_eq!(out.len(), 32);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for (c, &wc) in w.iter().enumerate() {
-            let wv = _mm256_set1_ps(wc);
-            let base = start + c * stride;
-            for (k, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(wv, load(x, base + 8 * k), *a);
-            }
-        }
-        for (k, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.as_mut_ptr().add(8 * k), *a);
-        }
-    }
-
-    #[inline(always)]
-    pub unsafe fn axpy(out: &mut [f32], w: f32, x: &[f16]) {
-        debug_assert_eq!(out.len(), x.len());
-        let wv = _mm256_set1_ps(w);
-        for i in (0..out.len()).step_by(8) {
-            let o = out.as_mut_ptr().add(i);
-            _mm256_storeu_ps(o, _mm256_fmadd_ps(wv, load(x, i), _mm256_loadu_ps(o)));
         }
     }
 }
@@ -321,10 +122,8 @@ pub fn attend(
                 let count = p + 1 - first;
                 let q_at = (span.start + i) * q_row + task.kv_head * group * hd;
                 let qs = &q[q_at..q_at + group * hd];
-                for (g, qv) in qs.chunks_exact(hd).enumerate() {
-                    let sc = &mut scores[g * visible..g * visible + count];
-                    key_scores(qv, keys, layout, first, scale, sc);
-                }
+                let keys_seen = (first, count);
+                kernels::group_scores(qs, hd, keys, layout, keys_seen, scale, &mut scores, visible);
                 let o = &mut out[n * group * hd..(n + 1) * group * hd];
                 for g in 0..group {
                     let sc = &mut scores[g * visible..g * visible + count];
@@ -337,10 +136,7 @@ pub fn attend(
                     let inv = 1.0 / sum;
                     sc.iter_mut().for_each(|s| *s = f16_rounded(*s * inv));
                 }
-                for (g, og) in o.chunks_exact_mut(hd).enumerate() {
-                    let w = &scores[g * visible..g * visible + count];
-                    weighted_values(w, values, layout, first, og);
-                }
+                kernels::group_values(&scores, visible, values, layout, keys_seen, o);
             }
             out
         })
@@ -443,30 +239,6 @@ mod tests {
                 );
                 assert_eq!(&alone[hd..], got, "pos {pos}");
             }
-        }
-    }
-
-    #[test]
-    fn blocked_scores_and_values_give_the_plain_sums_bit_for_bit() {
-        let (hd, stride, at, n) = (64, 3 * 64, 64, 29);
-        let val = |i: usize| ((i * 7919 % 113) as f32 - 56.0) / 37.0;
-        let q: Vec<f32> = (0..hd).map(|i| val(i + 5)).collect();
-        let kv: Vec<f16> = (0..n * stride).map(|i| f16::from_f32(val(i))).collect();
-        for first in [0, 3] {
-            let count = n - first;
-            let row = |c: usize| &kv[(first + c) * stride + at..][..hd];
-            let mut scores = vec![0f32; count];
-            key_scores(&q, &kv, (stride, at), first, 0.125, &mut scores);
-            for (c, s) in scores.iter().enumerate() {
-                assert_eq!(s.to_bits(), (dot(&q, row(c)) * 0.125).to_bits(), "key {c}");
-            }
-            let mut plain = vec![0f32; hd];
-            for (c, &w) in scores.iter().enumerate() {
-                axpy(&mut plain, w, row(c));
-            }
-            let mut blocked = vec![1f32; hd];
-            weighted_values(&scores, &kv, (stride, at), first, &mut blocked);
-            assert_eq!(blocked, plain);
         }
     }
 
