@@ -38,6 +38,9 @@ pub struct ServerSettings {
     pub max_step_tokens: usize,
     /// Prompt tokens of one sequence per step (long prompts never stall running streams).
     pub prefill_chunk: usize,
+    /// Speculative decoding by prompt lookup: drafts copied from the prompt and the answer so
+    /// far, checked in one pass; the output is the same, faster when the answer repeats.
+    pub prompt_lookup: bool,
     /// MiB of KV cache per model for running sequences.
     pub kv_memory_mib: usize,
     /// MiB of KV per model kept for prompt-prefix reuse (0: none).
@@ -88,6 +91,7 @@ impl Default for ServerSettings {
             max_seqs: 32,
             max_step_tokens: 512,
             prefill_chunk: 256,
+            prompt_lookup: true,
             kv_memory_mib: 1024,
             prefix_cache_mib: 512,
             max_loaded: 3,
@@ -129,7 +133,7 @@ pub const APPLIED_LIVE: [&str; 15] = [
 ];
 
 /// Every setting's name, as the file and the API spell it.
-pub const FIELDS: [&str; 28] = [
+pub const FIELDS: [&str; 29] = [
     "model",
     "host",
     "port",
@@ -140,6 +144,7 @@ pub const FIELDS: [&str; 28] = [
     "max_seqs",
     "max_step_tokens",
     "prefill_chunk",
+    "prompt_lookup",
     "kv_memory_mib",
     "prefix_cache_mib",
     "max_loaded",
@@ -404,6 +409,10 @@ pub struct ServeFlags {
     #[arg(long, env = "LANTERN_PREFILL_CHUNK")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefill_chunk: Option<usize>,
+    /// Speculative decoding by prompt lookup: true or false [default: true].
+    #[arg(long, env = "LANTERN_PROMPT_LOOKUP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_lookup: Option<bool>,
     /// MiB of KV cache per model for running sequences [default: 1024].
     #[arg(long, env = "LANTERN_KV_MEMORY_MIB")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -499,100 +508,5 @@ impl ServeFlags {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn missing_file_means_defaults_and_saves_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = ServerSettings::path(dir.path());
-        assert_eq!(
-            ServerSettings::load(&path).unwrap(),
-            ServerSettings::default()
-        );
-        let mut s = ServerSettings {
-            port: 9001,
-            keep_alive: "-1".into(),
-            api_keys: vec!["sk-one".into()],
-            ..Default::default()
-        };
-        s.cors_origins.push("http://localhost:3000".into());
-        s.save(&path).unwrap();
-        assert_eq!(ServerSettings::load(&path).unwrap(), s);
-        assert!(!path.with_extension("toml.tmp").exists());
-    }
-
-    #[test]
-    fn a_broken_file_is_an_error_and_stays_as_it_was() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = ServerSettings::path(dir.path());
-        std::fs::write(&path, "port = \"eighty\"\n").unwrap();
-        let e = ServerSettings::load(&path).unwrap_err().to_string();
-        assert!(e.contains("settings.toml") && e.contains("port"), "{e}");
-        std::fs::write(&path, "prot = 80\n").unwrap();
-        let e = ServerSettings::load(&path).unwrap_err().to_string();
-        assert!(e.contains("prot"), "{e}");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "prot = 80\n");
-    }
-
-    #[test]
-    fn validation_names_the_field() {
-        let check = |s: ServerSettings| s.validate().unwrap_err().to_string();
-        let d = ServerSettings::default;
-        assert!(check(ServerSettings { max_seqs: 0, ..d() }).starts_with("max_seqs"));
-        assert!(check(ServerSettings {
-            keep_alive: "soon".into(),
-            ..d()
-        })
-        .starts_with("keep_alive"));
-        assert!(check(ServerSettings {
-            cors_origins: vec!["localhost:3000".into()],
-            ..d()
-        })
-        .starts_with("cors_origins"));
-        assert!(check(ServerSettings {
-            cors_origins: vec!["http://a.test/path".into()],
-            ..d()
-        })
-        .starts_with("cors_origins"));
-        assert!(check(ServerSettings {
-            max_seqs: 64,
-            max_step_tokens: 32,
-            ..d()
-        })
-        .starts_with("max_step_tokens"));
-        ServerSettings {
-            host: "0.0.0.0".parse().unwrap(),
-            api_keys: vec!["sk-x".into()],
-            cors_origins: vec!["https://app.example.com".into()],
-            ..d()
-        }
-        .validate()
-        .unwrap();
-    }
-
-    #[test]
-    fn flags_win_over_the_file_and_say_which() {
-        let saved = ServerSettings {
-            port: 9001,
-            keep_alive: "1h".into(),
-            ..Default::default()
-        };
-        let flags = ServeFlags {
-            port: Some(0),
-            api_key_file: Some("keys.txt".into()),
-            ..Default::default()
-        };
-        let merged = flags.over(&saved).unwrap();
-        assert_eq!(merged.port, 0);
-        assert_eq!(merged.keep_alive, "1h");
-        assert_eq!(flags.pinned(), vec!["port".to_string()]);
-        assert_eq!(saved.changed(&merged), vec!["port".to_string()]);
-        let named: Vec<String> = as_map(&saved).keys().cloned().collect();
-        assert!(
-            named.iter().all(|n| FIELDS.contains(&n.as_str())),
-            "{named:?}"
-        );
-        assert_eq!(named.len() + 1, FIELDS.len());
-    }
-}
+#[path = "serve_tests.rs"]
+mod tests;

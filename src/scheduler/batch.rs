@@ -228,6 +228,14 @@ impl Planner {
         plan
     }
 
+    /// `n` drafted tokens of a sequence stood: they are computed and known (prompt lookup).
+    pub fn advance(&mut self, id: SeqId, n: usize) {
+        if let Some(e) = self.running.iter_mut().find(|e| e.id == id) {
+            e.computed += n;
+            e.known += n;
+        }
+    }
+
     /// Record that `plan` ran: each sequence computed its tokens, and every sampling sequence
     /// has one more known token (remove the ones that finished instead).
     pub fn commit(&mut self, plan: &StepPlan) {

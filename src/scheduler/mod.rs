@@ -19,6 +19,8 @@ mod job;
 pub mod prefix;
 pub mod queue;
 pub mod registry;
+mod speculate;
+mod status;
 pub mod worker;
 
 use std::time::Duration;

@@ -13,17 +13,19 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::batch::{Budgets, Planner, SeqId, StepPlan};
+use super::batch::{Planner, SeqId, StepPlan, Work};
 use super::job::Job;
-use super::prefix::{PrefixCache, PrefixStats};
+use super::prefix::PrefixCache;
+use super::speculate::{self, Speculation};
+use super::status::kv_budget;
+pub use super::status::{EngineConfig, EngineStatus};
 use super::{GenEvent, KeepAlive, Usage};
 use crate::engine::constrain::{Constraint, Mask};
 use crate::engine::generate::{generate, FinishReason, GenerateRequest};
 use crate::engine::kv::KvCache;
-use crate::engine::models::{ModelInfo, SeqInput};
+use crate::engine::models::SeqInput;
 use crate::engine::sampler::{Sampler, SamplingParams};
 use crate::engine::stops::{StopStrings, StreamDecoder};
 use crate::engine::ChatModel;
@@ -33,106 +35,6 @@ pub(crate) struct Shared {
     /// Scheduled and not yet finished: running plus waiting.
     pub in_flight: AtomicUsize,
     pub status: Mutex<EngineStatus>,
-}
-
-/// How one engine batches and how much memory it may hold.
-#[derive(Debug, Clone, Copy)]
-pub struct EngineConfig {
-    /// Sequence, step and prefill limits; `kv_tokens` is derived from `kv_memory` per model.
-    pub budgets: Budgets,
-    /// Bytes of KV cache for running sequences.
-    pub kv_memory: usize,
-    /// Bytes of KV kept for prefix reuse.
-    pub prefix_cache_memory: usize,
-    /// Requests that may wait beyond the running set before new ones get 429.
-    pub max_waiting: usize,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            budgets: Budgets::default(),
-            kv_memory: 1 << 30,
-            prefix_cache_memory: 512 << 20,
-            max_waiting: 64,
-        }
-    }
-}
-
-/// Bytes of KV cache per token position (keys and values of every layer, f32).
-pub fn kv_bytes_per_token(info: &ModelInfo) -> usize {
-    info.n_layers * 2 * info.n_kv_heads * info.head_dim * 4
-}
-
-/// The engine's live figures, for `/api/engine`.
-#[derive(Debug, Clone, Serialize)]
-pub struct EngineStatus {
-    pub running: usize,
-    pub waiting: usize,
-    /// KV positions held by sequences, and the most they may hold.
-    pub kv_tokens: usize,
-    pub kv_tokens_budget: usize,
-    /// Bytes the sequences' KV caches hold (capacity grows by doubling).
-    pub kv_bytes: usize,
-    pub prefix_cache: PrefixStats,
-    pub steps: u64,
-    pub preemptions: u64,
-    pub completed: u64,
-    pub cancelled: u64,
-    pub failed: u64,
-    pub generated_tokens: u64,
-    pub budgets: BudgetsView,
-    /// When the engine last became idle (None: busy).
-    #[serde(skip)]
-    pub idle_since: Option<Instant>,
-    /// The keep-alive the last finished request asked for.
-    #[serde(skip)]
-    pub requested_keep_alive: Option<KeepAlive>,
-    /// The thread ended.
-    pub stopped: bool,
-}
-
-/// `Budgets` as `/api/engine` shows them.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct BudgetsView {
-    pub max_seqs: usize,
-    pub max_step_tokens: usize,
-    pub prefill_chunk: usize,
-}
-
-impl EngineStatus {
-    pub(crate) fn new(config: &EngineConfig, model: &ChatModel) -> Self {
-        let b = config.budgets;
-        Self {
-            running: 0,
-            waiting: 0,
-            kv_tokens: 0,
-            kv_tokens_budget: kv_budget(config, model),
-            kv_bytes: 0,
-            prefix_cache: PrefixStats {
-                max_bytes: config.prefix_cache_memory,
-                ..Default::default()
-            },
-            steps: 0,
-            preemptions: 0,
-            completed: 0,
-            cancelled: 0,
-            failed: 0,
-            generated_tokens: 0,
-            budgets: BudgetsView {
-                max_seqs: b.max_seqs,
-                max_step_tokens: b.max_step_tokens,
-                prefill_chunk: b.prefill_chunk,
-            },
-            idle_since: Some(Instant::now()),
-            requested_keep_alive: None,
-            stopped: false,
-        }
-    }
-}
-
-fn kv_budget(config: &EngineConfig, model: &ChatModel) -> usize {
-    (config.kv_memory / kv_bytes_per_token(&model.transformer.info).max(1)).max(1)
 }
 
 /// One request inside the engine.
@@ -149,6 +51,8 @@ struct Sequence {
     events: UnboundedSender<GenEvent>,
     /// The grammar its output follows, if it asked for one.
     constraint: Option<Constraint>,
+    /// Prompt lookup's record for it; None when it does not draft (a grammar, or turned off).
+    speculation: Option<Speculation>,
     keep_alive: Option<KeepAlive>,
     queued_at: Instant,
     admitted_at: Option<Instant>,
@@ -212,6 +116,7 @@ struct Worker {
     seqs: HashMap<SeqId, Sequence>,
     next_id: SeqId,
     shared: Arc<Shared>,
+    prompt_lookup: bool,
 }
 
 /// The thread's body: serve until every handle is dropped and nothing is left to run.
@@ -229,6 +134,7 @@ pub(crate) fn run(
         seqs: HashMap::new(),
         next_id: 0,
         shared: shared.clone(),
+        prompt_lookup: config.prompt_lookup,
         model,
     };
     // A panic in a step must not leave handles believing the engine runs.
@@ -315,6 +221,8 @@ impl Worker {
                 stops: StopStrings::new(request.stop),
                 cache,
                 events: job.events,
+                speculation: (self.prompt_lookup && request.constraint.is_none())
+                    .then(Speculation::default),
                 constraint: request.constraint,
                 keep_alive: request.keep_alive,
                 queued_at: job.queued_at,
@@ -358,6 +266,7 @@ impl Worker {
             let seq = self.seqs.get_mut(&w.id).expect("planned sequences exist");
             seq.admitted_at.get_or_insert(now);
         }
+        let drafts = self.drafts(&plan);
         // Grammar masks depend only on tokens already accepted: they are computed on another
         // thread while this one runs the forward pass.
         let mut constrained: Vec<(SeqId, Constraint)> = plan
@@ -379,7 +288,7 @@ impl Worker {
                         .collect::<HashMap<SeqId, Result<Mask, String>>>()
                 })
             });
-            let forward = self.forward(&plan);
+            let forward = self.forward(&plan, &drafts);
             let masks = masks
                 .map(|h| h.join().unwrap_or_default())
                 .unwrap_or_default();
@@ -394,11 +303,19 @@ impl Worker {
         match forward {
             Ok(mut logits) => {
                 self.planner.commit(&plan);
-                for (row, w) in plan.work.iter().enumerate() {
-                    if w.samples {
-                        let mask = masks.remove(&w.id);
-                        self.sample(w.id, &mut logits[row], mask);
+                let mut row = 0;
+                for w in &plan.work {
+                    let draft = drafts.get(&w.id);
+                    let rows = 1 + draft.map_or(0, Vec::len);
+                    match draft {
+                        Some(draft) => self.verify(w, draft, &mut logits[row..row + rows]),
+                        None if w.samples => {
+                            let mask = masks.remove(&w.id);
+                            self.sample(w.id, &mut logits[row], mask);
+                        }
+                        None => {}
                     }
+                    row += rows;
                 }
             }
             Err(e) => {
@@ -416,11 +333,78 @@ impl Worker {
         self.with_status(|s| s.steps += 1);
     }
 
-    /// One forward pass over the plan; one row of logits per planned sequence.
+    /// Prompt lookup's drafts for this step's decodes, within the step's token budget.
+    fn drafts(&mut self, plan: &StepPlan) -> HashMap<SeqId, Vec<u32>> {
+        let limit = self.model.transformer.info.context_length;
+        let mut room = self
+            .planner
+            .budgets()
+            .max_step_tokens
+            .saturating_sub(plan.tokens());
+        let mut drafts = HashMap::new();
+        for w in plan.work.iter().filter(|w| w.samples && w.tokens == 1) {
+            let Some(seq) = self.seqs.get_mut(&w.id) else {
+                continue;
+            };
+            let Some(speculation) = seq.speculation.as_mut() else {
+                continue;
+            };
+            // Room left in the answer and in the context after the token this step samples.
+            let left = (seq.max_tokens.saturating_sub(seq.completion_tokens + 1))
+                .min(limit.saturating_sub(seq.tokens.len() + 1))
+                .min(room);
+            if left == 0 {
+                continue;
+            }
+            let draft = speculate::lookup(&seq.tokens, speculation.draft_len().min(left));
+            if !draft.is_empty() {
+                room -= draft.len();
+                drafts.insert(w.id, draft);
+            }
+        }
+        drafts
+    }
+
+    /// Sample a drafting sequence's rows in order, going on while the sampler picks the drafted
+    /// token; then its cache and the planner keep what stood.
+    fn verify(&mut self, w: &Work, draft: &[u32], rows: &mut [Vec<f32>]) {
+        let mut accepted = 0;
+        for (i, logits) in rows.iter_mut().enumerate() {
+            match self.sample(w.id, logits, None) {
+                Some(token) if draft.get(i) == Some(&token) => accepted += 1,
+                _ => break,
+            }
+        }
+        self.with_status(|s| {
+            s.drafted_tokens += draft.len() as u64;
+            s.accepted_tokens += accepted as u64;
+        });
+        if let Some(seq) = self.seqs.get_mut(&w.id) {
+            // The pending token and the drafts that stood; the rest of the pass is forgotten.
+            seq.cache.truncate(w.start + 1 + accepted);
+            if let Some(s) = seq.speculation.as_mut() {
+                s.record(draft.len(), accepted);
+            }
+            self.planner.advance(w.id, accepted);
+        }
+    }
+
+    /// One forward pass over the plan: one row of logits per planned sequence, and one more per
+    /// drafted token.
     fn forward(
         &mut self,
         plan: &StepPlan,
+        drafts: &HashMap<SeqId, Vec<u32>>,
     ) -> Result<Vec<Vec<f32>>, crate::engine::models::ModelError> {
+        let fed: Vec<Vec<u32>> = plan
+            .work
+            .iter()
+            .map(|w| {
+                let tokens = &self.seqs[&w.id].tokens[w.start..w.start + w.tokens];
+                let draft = drafts.get(&w.id).map_or(&[][..], Vec::as_slice);
+                [tokens, draft].concat()
+            })
+            .collect();
         // Caches move out for the pass (the batch needs them all mutably at once) and back in.
         let mut caches: Vec<KvCache> = plan
             .work
@@ -435,10 +419,11 @@ impl Worker {
                 .work
                 .iter()
                 .zip(caches.iter_mut())
-                .map(|(w, cache)| SeqInput {
-                    tokens: &self.seqs[&w.id].tokens[w.start..w.start + w.tokens],
+                .zip(&fed)
+                .map(|((w, cache), tokens)| SeqInput {
+                    tokens,
                     cache,
-                    all_logits: false,
+                    all_logits: drafts.contains_key(&w.id),
                 })
                 .collect();
             self.model.transformer.forward(&mut inputs)
@@ -450,15 +435,27 @@ impl Worker {
     }
 
     /// Sample a sequence's next token and send it out; finish the sequence if it is done.
-    /// `mask`: what its grammar allows at this step, when it has one.
-    fn sample(&mut self, id: SeqId, logits: &mut [f32], mask: Option<Result<Mask, String>>) {
+    /// `mask`: what its grammar allows at this step, when it has one. The token, if the
+    /// sequence goes on.
+    fn sample(
+        &mut self,
+        id: SeqId,
+        logits: &mut [f32],
+        mask: Option<Result<Mask, String>>,
+    ) -> Option<u32> {
         let stop_ids = &self.model.tokenizer.special.stop_ids;
         let limit = self.model.transformer.info.context_length;
         let seq = self.seqs.get_mut(&id).expect("sampled sequences exist");
         match mask {
             Some(Ok(mask)) if mask.count() > 0 => mask.apply(logits),
-            Some(Ok(_)) => return self.fail(id, "the grammar allows no token here".into()),
-            Some(Err(e)) => return self.fail(id, format!("grammar: {e}")),
+            Some(Ok(_)) => {
+                self.fail(id, "the grammar allows no token here".into());
+                return None;
+            }
+            Some(Err(e)) => {
+                self.fail(id, format!("grammar: {e}"));
+                return None;
+            }
             None => {}
         }
         let now = Instant::now();
@@ -471,7 +468,10 @@ impl Worker {
             c.accept(sampled.token)
                 .map(|()| c.is_finished() || stop_ids.contains(&sampled.token))
         }) {
-            Some(Err(e)) => return self.fail(id, format!("grammar: {e}")),
+            Some(Err(e)) => {
+                self.fail(id, format!("grammar: {e}"));
+                return None;
+            }
             Some(Ok(done)) => done,
             None => false,
         };
@@ -516,12 +516,15 @@ impl Worker {
             }
             Outcome::Continue
         };
-        if let Outcome::Finished {
-            reason,
-            stopped_by_string,
-        } = outcome
-        {
-            self.finish(id, reason, stopped_by_string);
+        match outcome {
+            Outcome::Continue => Some(sampled.token),
+            Outcome::Finished {
+                reason,
+                stopped_by_string,
+            } => {
+                self.finish(id, reason, stopped_by_string);
+                None
+            }
         }
     }
 

@@ -157,6 +157,7 @@ pub fn registry_config(s: &ServerSettings) -> Result<RegistryConfig, SettingsErr
             kv_memory: s.kv_memory_mib.max(1) << 20,
             prefix_cache_memory: s.prefix_cache_mib << 20,
             max_waiting: s.max_waiting,
+            prompt_lookup: s.prompt_lookup,
         },
         max_loaded: s.max_loaded.max(1),
         keep_alive: s.keep_alive()?,

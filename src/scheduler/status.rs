@@ -1,0 +1,119 @@
+//! An engine's settings and the live figures it publishes (`/api/engine`).
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::batch::Budgets;
+use super::prefix::PrefixStats;
+use super::KeepAlive;
+use crate::engine::models::ModelInfo;
+use crate::engine::ChatModel;
+
+/// How one engine batches and how much memory it may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Sequence, step and prefill limits; `kv_tokens` is derived from `kv_memory` per model.
+    pub budgets: Budgets,
+    /// Bytes of KV cache for running sequences.
+    pub kv_memory: usize,
+    /// Bytes of KV kept for prefix reuse.
+    pub prefix_cache_memory: usize,
+    /// Requests that may wait beyond the running set before new ones get 429.
+    pub max_waiting: usize,
+    /// Draft tokens by prompt lookup (`speculate`).
+    pub prompt_lookup: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            budgets: Budgets::default(),
+            kv_memory: 1 << 30,
+            prefix_cache_memory: 512 << 20,
+            max_waiting: 64,
+            prompt_lookup: true,
+        }
+    }
+}
+
+/// Bytes of KV cache per token position (keys and values of every layer, f32).
+pub fn kv_bytes_per_token(info: &ModelInfo) -> usize {
+    info.n_layers * 2 * info.n_kv_heads * info.head_dim * 4
+}
+
+/// The engine's live figures, for `/api/engine`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineStatus {
+    pub running: usize,
+    pub waiting: usize,
+    /// KV positions held by sequences, and the most they may hold.
+    pub kv_tokens: usize,
+    pub kv_tokens_budget: usize,
+    /// Bytes the sequences' KV caches hold (capacity grows by doubling).
+    pub kv_bytes: usize,
+    pub prefix_cache: PrefixStats,
+    pub steps: u64,
+    pub preemptions: u64,
+    pub completed: u64,
+    pub cancelled: u64,
+    pub failed: u64,
+    pub generated_tokens: u64,
+    /// Tokens drafted by prompt lookup, and how many of them the sampler confirmed.
+    pub drafted_tokens: u64,
+    pub accepted_tokens: u64,
+    pub budgets: BudgetsView,
+    /// When the engine last became idle (None: busy).
+    #[serde(skip)]
+    pub idle_since: Option<Instant>,
+    /// The keep-alive the last finished request asked for.
+    #[serde(skip)]
+    pub requested_keep_alive: Option<KeepAlive>,
+    /// The thread ended.
+    pub stopped: bool,
+}
+
+/// `Budgets` as `/api/engine` shows them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BudgetsView {
+    pub max_seqs: usize,
+    pub max_step_tokens: usize,
+    pub prefill_chunk: usize,
+}
+
+impl EngineStatus {
+    pub(crate) fn new(config: &EngineConfig, model: &ChatModel) -> Self {
+        let b = config.budgets;
+        Self {
+            running: 0,
+            waiting: 0,
+            kv_tokens: 0,
+            kv_tokens_budget: kv_budget(config, model),
+            kv_bytes: 0,
+            prefix_cache: PrefixStats {
+                max_bytes: config.prefix_cache_memory,
+                ..Default::default()
+            },
+            steps: 0,
+            preemptions: 0,
+            completed: 0,
+            cancelled: 0,
+            failed: 0,
+            generated_tokens: 0,
+            drafted_tokens: 0,
+            accepted_tokens: 0,
+            budgets: BudgetsView {
+                max_seqs: b.max_seqs,
+                max_step_tokens: b.max_step_tokens,
+                prefill_chunk: b.prefill_chunk,
+            },
+            idle_since: Some(Instant::now()),
+            requested_keep_alive: None,
+            stopped: false,
+        }
+    }
+}
+
+pub(crate) fn kv_budget(config: &EngineConfig, model: &ChatModel) -> usize {
+    (config.kv_memory / kv_bytes_per_token(&model.transformer.info).max(1)).max(1)
+}
