@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT / "benches"))
 from compare import cpu_name, model_path  # noqa: E402
 
 TYPES = "q4_k,q5_k,q6_k,q4_0,q5_0,q5_1,q3_k,q2_k,q4_1,q8_0"
-LANTERN = ROOT / "target/release/lantern"
+# cargo's own rule: a shared target directory wins over the checkout's.
+LANTERN = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release/lantern"
 
 
 def lantern(target, threads, reps, extra=()):
@@ -66,6 +67,27 @@ def llama_cpp(bin_path, path, threads, reps):
         test = "pp" if r["n_prompt"] > 0 and r["n_gen"] == 0 else "tg"
         rows[(test, r["n_threads"])] = {"mean": r["avg_ts"], "sd": r["stddev_ts"]}
     return rows
+
+
+def scaling_table(results):
+    """Each engine's speed-up from its fewest to its most threads, per file and test."""
+    by = {}
+    for r in results:
+        by.setdefault((r["file"], r["test"]), {})[r["threads"]] = r
+    lines = []
+    for (file, test), rows in by.items():
+        if len(rows) < 2:
+            continue
+        lo, hi = rows[min(rows)], rows[max(rows)]
+        ours = hi["lantern_ts"] / lo["lantern_ts"]
+        theirs = (hi["llamacpp_ts"] / lo["llamacpp_ts"]
+                  if hi.get("llamacpp_ts") and lo.get("llamacpp_ts") else None)
+        lines.append(f"| {file} | {test} | {min(rows)}→{max(rows)} | {ours:.2f}× | "
+                     + (f"{theirs:.2f}× |" if theirs else "– |"))
+    if not lines:
+        return []
+    return ["", "Scaling with threads (tokens/s at the most threads over the fewest):", "",
+            "| file | test | threads | Lantern | llama.cpp |", "|---|---|---|---|---|"] + lines
 
 
 def main():
@@ -187,6 +209,7 @@ def main():
                      f"{r['ratio']}× | {shares} |")
     if len(lines_b8) > 5:
         lines += lines_b8
+    lines += scaling_table(results)
     base.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

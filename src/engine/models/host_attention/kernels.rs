@@ -52,6 +52,17 @@ pub fn axpy(out: &mut [f32], w: f32, x: &[f16]) {
     }
 }
 
+/// Heads computed together when `left` of a group remain: 4, 2 or 1, so that a block of
+/// heads times its keys (or value columns) fills the eight accumulators.
+#[allow(dead_code)]
+fn heads_per_block(left: usize) -> usize {
+    match left {
+        0 | 1 => 1,
+        2 | 3 => 2,
+        _ => 4,
+    }
+}
+
 /// Scores of a group of query heads against keys `first..first + count`: `qs` holds the
 /// heads one after another (`hd` values each); head g's scores go to `scores[g * visible..]`
 /// in key order, `(q · key) · scale`, each the sum `dot` gives.
@@ -81,11 +92,7 @@ pub fn group_scores(
             target_feature = "fma"
         ))]
         if hd.is_multiple_of(8) {
-            heads = match group - g {
-                1 => 1,
-                2 | 3 => 2,
-                _ => 4,
-            };
+            heads = heads_per_block(group - g);
             let mut block = [0f32; 8];
             let keys_per_block = 8 / heads;
             while done + keys_per_block <= count {
@@ -151,11 +158,7 @@ pub fn group_values(
             target_feature = "fma"
         ))]
         if count > 0 {
-            let take = match group - g {
-                1 => 1,
-                2 | 3 => 2,
-                _ => 4,
-            };
+            let take = heads_per_block(group - g);
             // Eight registers of sums: `take` heads × `columns` / 8 vectors.
             let columns = 64 / take;
             let start = first * stride + at;
