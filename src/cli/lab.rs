@@ -1,6 +1,7 @@
 //! `lantern quantize` and `lantern quality`.
 
 use anyhow::{Context, Result};
+use lantern::engine::kv_rows::KvType;
 use lantern::engine::quant::{self, parse_target};
 use lantern::engine::ChatModel;
 use lantern::lab::{prompts, quality};
@@ -73,6 +74,13 @@ pub struct QualityArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// The reference's KV cache storage (f16 or q8_0).
+    #[arg(long, value_enum, default_value = "f16")]
+    reference_kv_type: KvType,
+    /// The variant's KV cache storage: `--variant-kv-type q8_0` with the same model as both
+    /// measures what the q8_0 cache costs.
+    #[arg(long, value_enum, default_value = "f16")]
+    variant_kv_type: KvType,
 }
 
 pub fn quality(config: &Config, args: QualityArgs) -> Result<()> {
@@ -98,14 +106,34 @@ pub fn quality(config: &Config, args: QualityArgs) -> Result<()> {
         list.truncate(n.max(1));
     }
     // Each model on an engine thread of its own, as the server runs them.
-    let engine = lantern::scheduler::EngineConfig::default;
-    let reference = lantern::scheduler::EngineHandle::start(&args.reference, reference, engine());
-    let variant = lantern::scheduler::EngineHandle::start(&args.variant, variant, engine());
+    let engine = |kv_type| lantern::scheduler::EngineConfig {
+        kv_type,
+        ..Default::default()
+    };
+    // Named with their KV type where it is not the default, so the report tells them apart.
+    let name = |model: &str, kv: KvType| match kv {
+        KvType::F16 => model.to_string(),
+        other => format!("{model} (KV {})", other.name()),
+    };
+    let names = (
+        name(&args.reference, args.reference_kv_type),
+        name(&args.variant, args.variant_kv_type),
+    );
+    let reference = lantern::scheduler::EngineHandle::start(
+        &args.reference,
+        reference,
+        engine(args.reference_kv_type),
+    );
+    let variant = lantern::scheduler::EngineHandle::start(
+        &args.variant,
+        variant,
+        engine(args.variant_kv_type),
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let report = runtime.block_on(quality::compare(
-        (&args.reference, &args.variant),
+        (&names.0, &names.1),
         &reference,
         &variant,
         &set,

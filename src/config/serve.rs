@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::compress::Spec;
+use crate::engine::kv_rows::KvType;
 use crate::scheduler::KeepAlive;
 
 /// Bodies larger than this get a 413; a whole context of text fits with room to spare.
@@ -41,6 +42,9 @@ pub struct ServerSettings {
     /// Speculative decoding by prompt lookup: drafts copied from the prompt and the answer so
     /// far, checked in one pass; the output is the same, faster when the answer repeats.
     pub prompt_lookup: bool,
+    /// How the KV cache stores keys and values on the CPU: `f16`, or `q8_0` (about half the
+    /// memory, for long contexts; models whose head width is not a multiple of 32 keep f16).
+    pub kv_type: KvType,
     /// MiB of KV cache per model for running sequences.
     pub kv_memory_mib: usize,
     /// MiB of KV per model kept for prompt-prefix reuse (0: none).
@@ -92,6 +96,7 @@ impl Default for ServerSettings {
             max_step_tokens: 512,
             prefill_chunk: 256,
             prompt_lookup: true,
+            kv_type: KvType::F16,
             kv_memory_mib: 1024,
             prefix_cache_mib: 512,
             max_loaded: 3,
@@ -133,7 +138,7 @@ pub const APPLIED_LIVE: [&str; 15] = [
 ];
 
 /// Every setting's name, as the file and the API spell it.
-pub const FIELDS: [&str; 29] = [
+pub const FIELDS: [&str; 30] = [
     "model",
     "host",
     "port",
@@ -145,6 +150,7 @@ pub const FIELDS: [&str; 29] = [
     "max_step_tokens",
     "prefill_chunk",
     "prompt_lookup",
+    "kv_type",
     "kv_memory_mib",
     "prefix_cache_mib",
     "max_loaded",
@@ -413,6 +419,10 @@ pub struct ServeFlags {
     #[arg(long, env = "LANTERN_PROMPT_LOOKUP")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_lookup: Option<bool>,
+    /// KV cache storage on the CPU: f16 or q8_0 (about half the memory) [default: f16].
+    #[arg(long, env = "LANTERN_KV_TYPE", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_type: Option<KvType>,
     /// MiB of KV cache per model for running sequences [default: 1024].
     #[arg(long, env = "LANTERN_KV_MEMORY_MIB")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -7,5 +7,6 @@ pub mod bench;
 pub mod ceiling;
 pub mod inventory;
 pub mod nvidia;
+pub mod stat;
 pub mod synthetic;
 pub mod table;

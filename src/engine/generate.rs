@@ -178,3 +178,20 @@ pub fn generate_until(
         finish_reason,
     })
 }
+
+/// A short prefill and decode on load, so the first real request pays no first-touch cost
+/// (page faults on the weights, scratch buffers, the thread pool's start).
+pub fn warm_up(model: &ChatModel) -> Result<Duration, ModelError> {
+    let start = Instant::now();
+    let prompt = model
+        .prompt_ids("Hello, how are you today? Tell me a story.")
+        .map_err(|e| ModelError::Inconsistent(e.to_string()))?;
+    let request = GenerateRequest {
+        prompt,
+        max_tokens: 4,
+        sampling: SamplingParams::greedy(),
+        stop: Vec::new(),
+    };
+    generate(model, &request, |_| {})?;
+    Ok(start.elapsed())
+}

@@ -11,6 +11,8 @@
 use candle_core::{DType, Device, Result, Tensor};
 use half::f16;
 
+use super::kv_rows::{HostRows, KvType, Q8Rows, Q8_BLOCK};
+
 const MIN_CAPACITY: usize = 64;
 
 #[derive(Debug, Clone)]
@@ -25,6 +27,12 @@ enum LayerKv {
         v: Vec<f16>,
         row: usize,
     },
+    /// The same rows in q8_0 blocks.
+    Quantized {
+        k: Q8Rows,
+        v: Q8Rows,
+        row: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -32,15 +40,27 @@ pub struct KvCache {
     layers: Vec<Option<LayerKv>>,
     len: usize,
     capacity: usize,
+    /// How CPU layers store their rows.
+    kind: KvType,
 }
 
 impl KvCache {
     pub fn new(n_layers: usize) -> Self {
+        Self::of_type(n_layers, KvType::F16)
+    }
+
+    /// A cache whose CPU layers store rows as `kind` (accelerators keep their own dtype).
+    pub fn of_type(n_layers: usize, kind: KvType) -> Self {
         Self {
             layers: vec![None; n_layers],
             len: 0,
             capacity: 0,
+            kind,
         }
+    }
+
+    pub fn kind(&self) -> KvType {
+        self.kind
     }
 
     /// Tokens already in the cache: the position of the next token.
@@ -60,6 +80,7 @@ impl KvCache {
             .map(|l| match l {
                 LayerKv::Device { k, .. } => 2 * k.elem_count() * k.dtype().size_in_bytes(),
                 LayerKv::Host { k, v, .. } => (k.capacity() + v.capacity()) * 2,
+                LayerKv::Quantized { k, v, .. } => k.bytes() + v.bytes(),
             })
             .sum()
     }
@@ -75,6 +96,33 @@ impl KvCache {
     pub fn append_host(&mut self, layer: usize, k: &[f32], v: &[f32], row: usize) -> Result<()> {
         let keep = self.len * row;
         let slot = &mut self.layers[layer];
+        if self.kind == KvType::Q8_0 {
+            if !row.is_multiple_of(Q8_BLOCK) {
+                candle_core::bail!("q8_0 KV rows need a multiple of {Q8_BLOCK} values, not {row}");
+            }
+            match slot {
+                None => {
+                    let want = k.len().max(MIN_CAPACITY * row);
+                    let (mut kk, mut vv) =
+                        (Q8Rows::with_capacity(want), Q8Rows::with_capacity(want));
+                    kk.extend(k);
+                    vv.extend(v);
+                    *slot = Some(LayerKv::Quantized { k: kk, v: vv, row });
+                }
+                Some(LayerKv::Quantized {
+                    k: kk,
+                    v: vv,
+                    row: r,
+                }) if *r == row => {
+                    kk.truncate(keep);
+                    vv.truncate(keep);
+                    kk.extend(k);
+                    vv.extend(v);
+                }
+                Some(_) => candle_core::bail!("KV cache layer {layer} holds another layout"),
+            }
+            return Ok(());
+        }
         match slot {
             None => {
                 let want = (k.len()).max(MIN_CAPACITY * row);
@@ -99,9 +147,12 @@ impl KvCache {
     }
 
     /// CPU path: every key and value row of `layer`, including the ones appended this pass.
-    pub fn host(&self, layer: usize) -> Option<(&[f16], &[f16])> {
+    pub fn host(&self, layer: usize) -> Option<(HostRows<'_>, HostRows<'_>)> {
         match &self.layers[layer] {
-            Some(LayerKv::Host { k, v, .. }) => Some((k, v)),
+            Some(LayerKv::Host { k, v, .. }) => Some((HostRows::F16(k), HostRows::F16(v))),
+            Some(LayerKv::Quantized { k, v, .. }) => {
+                Some((HostRows::Q8(k.view()), HostRows::Q8(v.view())))
+            }
             _ => None,
         }
     }
@@ -116,7 +167,7 @@ impl KvCache {
         let grow = match slot {
             None => true,
             Some(LayerKv::Device { k, .. }) => k.dim(1)? < needed,
-            Some(LayerKv::Host { .. }) => {
+            Some(LayerKv::Host { .. } | LayerKv::Quantized { .. }) => {
                 candle_core::bail!("KV cache layer {layer} holds another layout")
             }
         };
@@ -178,6 +229,11 @@ impl KvCache {
                         row: *row,
                     })
                 }
+                Some(LayerKv::Quantized { k, v, row }) if len > 0 => Some(LayerKv::Quantized {
+                    k: k.prefix(len * row, reserve.max(len) * row),
+                    v: v.prefix(len * row, reserve.max(len) * row),
+                    row: *row,
+                }),
                 _ => None,
             };
             layers.push(copied);
@@ -187,6 +243,7 @@ impl KvCache {
             layers,
             len,
             capacity,
+            kind: self.kind,
         })
     }
 
@@ -238,7 +295,10 @@ mod tests {
         cache.advance(1);
         copy.append_host(0, &[7.0; 2], &[7.0; 2], 2).unwrap();
         copy.advance(1);
-        let f32s = |x: &[f16]| x.iter().map(|v| v.to_f32()).collect::<Vec<_>>();
+        let f32s = |x: HostRows| match x {
+            HostRows::F16(x) => x.iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
+            HostRows::Q8(_) => unreachable!("an f16 cache"),
+        };
         assert_eq!(
             f32s(cache.host(0).unwrap().0),
             [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 5.0, 5.0]
@@ -252,6 +312,60 @@ mod tests {
             [2.0, 2.0, 2.0, 2.0, 7.0, 7.0]
         );
         assert!(cache.bytes() >= 16 * 2);
+    }
+
+    #[test]
+    fn q8_0_layers_append_truncate_and_copy_like_f16_ones() {
+        let row = 64;
+        let vals = |x: f32, t: usize| -> Vec<f32> {
+            (0..t * row).map(|i| x + (i % row) as f32 / 64.0).collect()
+        };
+        let keys = |c: &KvCache| match c.host(0).unwrap().0 {
+            HostRows::Q8(q) => (0..q.qs.len()).map(|i| q.get(i)).collect::<Vec<f32>>(),
+            HostRows::F16(_) => panic!("a q8_0 cache"),
+        };
+        let mut cache = KvCache::of_type(1, KvType::Q8_0);
+        cache
+            .append_host(0, &vals(1.0, 3), &vals(2.0, 3), row)
+            .unwrap();
+        cache.advance(3);
+        let mut copy = cache.copy_prefix(2, 8).unwrap();
+        assert_eq!(copy.kind(), KvType::Q8_0);
+        // A pass that drafted two tokens, then kept one: the second is overwritten.
+        cache
+            .append_host(0, &vals(5.0, 2), &vals(5.0, 2), row)
+            .unwrap();
+        cache.advance(2);
+        cache.truncate(4);
+        cache
+            .append_host(0, &vals(6.0, 1), &vals(6.0, 1), row)
+            .unwrap();
+        cache.advance(1);
+        copy.append_host(0, &vals(7.0, 1), &vals(7.0, 1), row)
+            .unwrap();
+        copy.advance(1);
+        let (got, copied) = (keys(&cache), keys(&copy));
+        assert_eq!((got.len(), copied.len()), (5 * row, 3 * row));
+        for (i, (g, want)) in got
+            .iter()
+            .zip([vals(1.0, 3), vals(5.0, 1), vals(6.0, 1)].concat())
+            .enumerate()
+        {
+            assert!((g - want).abs() < 0.03, "{i}: {g} vs {want}");
+        }
+        assert!((copied[2 * row] - 7.0).abs() < 0.03);
+        let mut f16s = KvCache::new(1);
+        f16s.append_host(0, &vals(1.0, 3), &vals(2.0, 3), row)
+            .unwrap();
+        assert!(
+            2 * cache.bytes() < f16s.bytes() * 11 / 10,
+            "about half of f16's bytes: {} against {}",
+            cache.bytes(),
+            f16s.bytes()
+        );
+        assert!(KvCache::of_type(1, KvType::Q8_0)
+            .append_host(0, &[0.0; 6], &[0.0; 6], 6)
+            .is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod generate;
 pub mod gguf;
 pub mod host_ops;
 pub mod kv;
+pub mod kv_rows;
 pub mod models;
 pub mod qmatmul;
 pub mod quant;

@@ -11,6 +11,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde::Serialize;
 
+use crate::engine::kv_rows::KvType;
 use crate::engine::models::{SeqInput, Transformer};
 use crate::engine::template::ChatMessage;
 use crate::scheduler::EngineHandle;
@@ -74,11 +75,12 @@ fn argmax(row: &[f64]) -> usize {
 /// Greedy answer of `model` to `prompt`: its tokens (stopping at a stop token) and the time.
 fn greedy(
     model: &Transformer,
+    kv: KvType,
     prompt: &[u32],
     max_tokens: usize,
     stop_ids: &[u32],
 ) -> Result<(Vec<u32>, f64), QualityError> {
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache_of(kv);
     let mut logits = model.forward(&mut [SeqInput {
         tokens: prompt,
         cache: &mut cache,
@@ -104,8 +106,12 @@ fn greedy(
     Ok((out, secs))
 }
 
-fn all_logits(model: &Transformer, tokens: &[u32]) -> Result<Vec<Vec<f32>>, QualityError> {
-    let mut cache = model.new_cache();
+fn all_logits(
+    model: &Transformer,
+    kv: KvType,
+    tokens: &[u32],
+) -> Result<Vec<Vec<f32>>, QualityError> {
+    let mut cache = model.new_cache_of(kv);
     let logits: Tensor = model.forward(&mut [SeqInput {
         tokens,
         cache: &mut cache,
@@ -153,6 +159,8 @@ pub async fn compare(
         return Err(QualityError::Vocabulary(rv, vv));
     }
     let stop_ids = reference.tokenizer.special.stop_ids.clone();
+    // Each model with its engine's KV cache: the lab measures what a KV type costs, too.
+    let (ref_kv, var_kv) = (reference.kv_type(), variant.kv_type());
     let mut kls = Vec::new();
     let (mut agree, mut nll_ref, mut nll_var) = (0usize, 0f64, 0f64);
     let (mut ref_tokens, mut ref_secs, mut var_tokens, mut var_secs) = (0usize, 0f64, 0usize, 0f64);
@@ -168,12 +176,12 @@ pub async fn compare(
             let ids = m
                 .chat_prompt(&[message])
                 .map_err(|e| QualityError::Run(e.to_string()))?;
-            let (answer, secs) = greedy(&m.transformer, &ids, max_tokens, &stops)?;
+            let (answer, secs) = greedy(&m.transformer, ref_kv, &ids, max_tokens, &stops)?;
             let forced = [&ids[..], &answer[..]].concat();
             let r = if answer.is_empty() {
                 Vec::new()
             } else {
-                all_logits(&m.transformer, &forced)?
+                all_logits(&m.transformer, ref_kv, &forced)?
             };
             Ok((ids, (answer, secs, r)))
         })
@@ -184,9 +192,9 @@ pub async fn compare(
         let forced = [&ids[..], &answer[..]].concat();
         let compare_answer = !answer.is_empty();
         let (own, secs, v): Part = on_engine(variant, move |m| {
-            let (own, secs) = greedy(&m.transformer, &prompt_ids, max_tokens, &stops)?;
+            let (own, secs) = greedy(&m.transformer, var_kv, &prompt_ids, max_tokens, &stops)?;
             let v = if compare_answer {
-                all_logits(&m.transformer, &forced)?
+                all_logits(&m.transformer, var_kv, &forced)?
             } else {
                 Vec::new()
             };

@@ -134,6 +134,11 @@ impl EngineHandle {
     }
 
     /// A snapshot of the engine's figures (updated every step).
+    /// How this engine's KV cache stores rows on the CPU.
+    pub fn kv_type(&self) -> crate::engine::kv_rows::KvType {
+        self.status().kv_type
+    }
+
     pub fn status(&self) -> EngineStatus {
         self.shared
             .status

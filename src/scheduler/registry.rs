@@ -12,8 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use candle_core::Device;
 use serde::Serialize;
 
-use super::worker::{warm_up, EngineConfig, EngineStatus};
+use super::worker::{EngineConfig, EngineStatus};
 use super::{EngineHandle, KeepAlive};
+use crate::engine::generate::warm_up;
 use crate::engine::models::ModelInfo;
 use crate::engine::ChatModel;
 use crate::library::Library;

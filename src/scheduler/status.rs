@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::batch::Budgets;
 use super::prefix::PrefixStats;
 use super::KeepAlive;
+use crate::engine::kv_rows::KvType;
 use crate::engine::models::ModelInfo;
 use crate::engine::ChatModel;
 
@@ -23,6 +24,8 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// Draft tokens by prompt lookup (`speculate`).
     pub prompt_lookup: bool,
+    /// How the KV cache stores rows on the CPU.
+    pub kv_type: KvType,
 }
 
 impl Default for EngineConfig {
@@ -33,13 +36,20 @@ impl Default for EngineConfig {
             prefix_cache_memory: 512 << 20,
             max_waiting: 64,
             prompt_lookup: true,
+            kv_type: KvType::F16,
         }
     }
 }
 
-/// Bytes of KV cache per token position (keys and values of every layer, f32).
-pub fn kv_bytes_per_token(info: &ModelInfo) -> usize {
-    info.n_layers * 2 * info.n_kv_heads * info.head_dim * 4
+/// Bytes of KV cache per token position: keys and values of every layer as the cache stores
+/// them (f16 or q8_0 blocks of 34 bytes per 32 values on the CPU, f32 on an accelerator).
+pub fn kv_bytes_per_token(info: &ModelInfo, kind: KvType, on_cpu: bool) -> usize {
+    let values = info.n_layers * 2 * info.n_kv_heads * info.head_dim;
+    match (on_cpu, kind) {
+        (false, _) => values * 4,
+        (true, KvType::Q8_0) if kind.fits(info.head_dim) => values * 34 / 32,
+        (true, _) => values * 2,
+    }
 }
 
 /// The engine's live figures, for `/api/engine`.
@@ -50,6 +60,8 @@ pub struct EngineStatus {
     /// KV positions held by sequences, and the most they may hold.
     pub kv_tokens: usize,
     pub kv_tokens_budget: usize,
+    /// The cache's storage on the CPU: f16 or q8_0.
+    pub kv_type: KvType,
     /// Bytes the sequences' KV caches hold (capacity grows by doubling).
     pub kv_bytes: usize,
     pub prefix_cache: PrefixStats,
@@ -89,6 +101,7 @@ impl EngineStatus {
             waiting: 0,
             kv_tokens: 0,
             kv_tokens_budget: kv_budget(config, model),
+            kv_type: config.kv_type,
             kv_bytes: 0,
             prefix_cache: PrefixStats {
                 max_bytes: config.prefix_cache_memory,
@@ -115,5 +128,7 @@ impl EngineStatus {
 }
 
 pub(crate) fn kv_budget(config: &EngineConfig, model: &ChatModel) -> usize {
-    (config.kv_memory / kv_bytes_per_token(&model.transformer.info).max(1)).max(1)
+    let t = &model.transformer;
+    let per_token = kv_bytes_per_token(&t.info, config.kv_type, t.device().is_cpu());
+    (config.kv_memory / per_token.max(1)).max(1)
 }

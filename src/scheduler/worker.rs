@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -23,10 +23,11 @@ use super::status::kv_budget;
 pub use super::status::{EngineConfig, EngineStatus};
 use super::{GenEvent, KeepAlive, Usage};
 use crate::engine::constrain::{Constraint, Mask};
-use crate::engine::generate::{generate, FinishReason, GenerateRequest};
+use crate::engine::generate::FinishReason;
 use crate::engine::kv::KvCache;
+use crate::engine::kv_rows::KvType;
 use crate::engine::models::SeqInput;
-use crate::engine::sampler::{Sampler, SamplingParams};
+use crate::engine::sampler::Sampler;
 use crate::engine::stops::{StopStrings, StreamDecoder};
 use crate::engine::ChatModel;
 
@@ -92,23 +93,6 @@ enum Outcome {
     },
 }
 
-/// A short prefill and decode on load, so the first real request pays no first-touch cost
-/// (page faults on the weights, scratch buffers, the thread pool's start).
-pub fn warm_up(model: &ChatModel) -> Result<Duration, crate::engine::models::ModelError> {
-    let start = Instant::now();
-    let prompt = model
-        .prompt_ids("Hello, how are you today? Tell me a story.")
-        .map_err(|e| crate::engine::models::ModelError::Inconsistent(e.to_string()))?;
-    let request = GenerateRequest {
-        prompt,
-        max_tokens: 4,
-        sampling: SamplingParams::greedy(),
-        stop: Vec::new(),
-    };
-    generate(model, &request, |_| {})?;
-    Ok(start.elapsed())
-}
-
 struct Worker {
     model: Arc<ChatModel>,
     planner: Planner,
@@ -117,6 +101,7 @@ struct Worker {
     next_id: SeqId,
     shared: Arc<Shared>,
     prompt_lookup: bool,
+    kv_type: KvType,
 }
 
 /// The thread's body: serve until every handle is dropped and nothing is left to run.
@@ -135,6 +120,7 @@ pub(crate) fn run(
         next_id: 0,
         shared: shared.clone(),
         prompt_lookup: config.prompt_lookup,
+        kv_type: config.kv_type,
         model,
     };
     // A panic in a step must not leave handles believing the engine runs.
@@ -199,10 +185,10 @@ impl Worker {
         };
         let (cache, cached_tokens) = match lookup {
             Ok(Some(hit)) => (hit.cache, hit.tokens),
-            Ok(None) => (self.model.transformer.new_cache(), 0),
+            Ok(None) => (self.model.transformer.new_cache_of(self.kv_type), 0),
             Err(e) => {
                 tracing::warn!(error = %e, "prefix cache copy failed; computing the prompt");
-                (self.model.transformer.new_cache(), 0)
+                (self.model.transformer.new_cache_of(self.kv_type), 0)
             }
         };
         let id = self.next_id;
@@ -255,7 +241,7 @@ impl Worker {
         let plan = self.planner.plan();
         for id in &plan.preempted {
             if let Some(seq) = self.seqs.get_mut(id) {
-                seq.cache = self.model.transformer.new_cache();
+                seq.cache = self.model.transformer.new_cache_of(self.kv_type);
             }
         }
         if plan.is_empty() {

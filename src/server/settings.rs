@@ -158,6 +158,7 @@ pub fn registry_config(s: &ServerSettings) -> Result<RegistryConfig, SettingsErr
             prefix_cache_memory: s.prefix_cache_mib << 20,
             max_waiting: s.max_waiting,
             prompt_lookup: s.prompt_lookup,
+            kv_type: s.kv_type,
         },
         max_loaded: s.max_loaded.max(1),
         keep_alive: s.keep_alive()?,

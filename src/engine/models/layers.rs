@@ -13,6 +13,8 @@ use std::sync::{Arc, RwLock};
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::activation::gelu_vectorizable;
+pub use super::activation::Activation;
 use super::host_attention;
 pub use super::span::SeqSpan;
 use crate::engine::host_ops;
@@ -357,22 +359,20 @@ impl Attention {
             let at = span.start * kv_row..(span.start + span.len) * kv_row;
             cache.append_host(layer, &k[at.clone()], &v[at], kv_row)?;
         }
-        let history: Vec<(&[half::f16], &[half::f16])> = caches
+        let history: Vec<_> = caches
             .iter()
             .map(|c| c.host(layer).expect("appended above"))
             .collect();
-        let out = host_attention::attend(
-            &q,
-            spans,
-            &history,
-            host_attention::Shape {
-                n_heads: self.n_heads,
-                n_kv_heads: self.n_kv_heads,
-                head_dim: hd,
-                scale: self.scale as f32,
-                window: self.window,
-            },
-        );
+        let shape = host_attention::Shape {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: hd,
+            scale: self.scale as f32,
+            window: self.window,
+        };
+        let Some(out) = host_attention::attend_rows(&q, spans, &history, shape) else {
+            candle_core::bail!("one pass over KV caches of different types");
+        };
         self.wo
             .forward(&Tensor::from_vec(out, (tokens, q_row), &Device::Cpu)?)
     }
@@ -400,13 +400,6 @@ impl Attention {
             .transpose(0, 1)?
             .reshape((t, self.n_heads * self.head_dim))
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Activation {
-    Silu,
-    /// tanh approximation, as Gemma uses.
-    Gelu,
 }
 
 /// `down(act(gate(x)) * up(x))`.
@@ -463,47 +456,6 @@ impl GatedMlp {
                 }
             });
         Tensor::from_vec(out, (rows, ffn), device)
-    }
-}
-
-/// GELU's tanh approximation with `tanh(x) = 1 − 2 / (e^{2x} + 1)` and `e^y` from Cephes'
-/// `expf` polynomial, in plain f32 arithmetic the compiler turns into SIMD: libm's `tanhf` (with
-/// its `expm1f`) was 13% of a Gemma 3 prefill on two threads. Within 1e-6 of candle's formula
-/// (tested); llama.cpp itself reads GELU from an f16 table.
-#[inline(always)]
-fn gelu_vectorizable(v: f32) -> f32 {
-    const SQRT_TWO_OVER_PI: f32 =
-        std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = (SQRT_TWO_OVER_PI * v * (1.0 + 0.044715 * v * v)).clamp(-9.0, 9.0);
-    let y = 2.0 * x;
-    // e^y = 2^n · e^r with |r| ≤ ln 2 / 2.
-    let n = (y * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = y - n * LN2_HI - n * LN2_LO;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
-    let er = p * r * r + r + 1.0;
-    let e = er * f32::from_bits(((n as i32 + 127) as u32) << 23);
-    let tanh = 1.0 - 2.0 / (e + 1.0);
-    0.5 * v * (1.0 + tanh)
-}
-
-impl Activation {
-    /// candle's f32 definitions (`silu`, and `gelu`'s tanh approximation).
-    fn apply(self, v: f32) -> f32 {
-        match self {
-            Activation::Silu => v / (1.0 + (-v).exp()),
-            Activation::Gelu => {
-                let sqrt_two_over_pi =
-                    std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
-                0.5 * v * (1.0 + f32::tanh(sqrt_two_over_pi * v * (1.0 + 0.044715 * v * v)))
-            }
-        }
     }
 }
 
@@ -635,51 +587,5 @@ pub fn lm_head(norm: &RmsNorm, head: &QLinear, x: &Tensor) -> Result<Tensor> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_vectorizable_gelu_is_candles_within_a_millionth() {
-        let v: Vec<f32> = (-20000..20000).map(|i| i as f32 * 0.00071).collect();
-        for x in v {
-            let (ours, theirs) = (gelu_vectorizable(x), Activation::Gelu.apply(x));
-            let tolerance = 1e-6 * x.abs().max(1.0);
-            assert!(
-                (ours - theirs).abs() <= tolerance,
-                "gelu({x}): {ours} vs {theirs}"
-            );
-        }
-    }
-
-    #[test]
-    fn activations_are_candles_to_the_bit() {
-        let v: Vec<f32> = (-4000..4000).map(|i| i as f32 * 0.00237).collect();
-        let t = Tensor::new(v.as_slice(), &Device::Cpu).unwrap();
-        for (act, theirs) in [
-            (Activation::Gelu, t.gelu().unwrap()),
-            (Activation::Silu, t.silu().unwrap()),
-        ] {
-            let theirs = theirs.to_vec1::<f32>().unwrap();
-            for (x, y) in v.iter().zip(theirs) {
-                assert_eq!(act.apply(*x).to_bits(), y.to_bits(), "{act:?}({x})");
-            }
-        }
-    }
-
-    #[test]
-    fn mask_is_causal_and_windowed() {
-        let m = attention_mask(3, 2, None, &Device::Cpu).unwrap().unwrap();
-        let m = m.to_vec2::<f32>().unwrap();
-        assert_eq!(m[0][..3], [0.0, 0.0, 0.0]);
-        assert!(m[0][3].is_infinite() && m[1][4].is_infinite());
-        assert_eq!(m[2], vec![0.0; 5]);
-        assert!(attention_mask(1, 10, None, &Device::Cpu).unwrap().is_none());
-        let w = attention_mask(1, 10, Some(4), &Device::Cpu)
-            .unwrap()
-            .unwrap();
-        let w = w.to_vec2::<f32>().unwrap();
-        // Position 10 sees 7..=10.
-        assert!(w[0][6].is_infinite());
-        assert_eq!(w[0][7..], [0.0; 4]);
-    }
-}
+#[path = "layers_tests.rs"]
+mod tests;

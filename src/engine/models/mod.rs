@@ -1,6 +1,7 @@
 //! Model code. Every architecture has one shape: a config read from GGUF metadata, `load`, and a
 //! block `forward` over a flattened batch; the shared pieces live in `layers`.
 
+mod activation;
 pub mod bert;
 pub mod gemma3;
 pub mod host_attention;
@@ -15,6 +16,7 @@ use candle_core::{Device, Tensor};
 
 use super::gguf::{GgufError, GgufFile};
 use super::kv::KvCache;
+use super::kv_rows::KvType;
 use crate::engine::qmatmul::{LinearGroup, QLinear};
 use candle_core::quantized::QTensor;
 use layers::{Embedding, RmsNorm, SeqSpan};
@@ -108,6 +110,17 @@ impl Transformer {
 
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.info.n_layers)
+    }
+
+    /// A cache storing its CPU rows as `kind`, or as f16 where this model's heads do not split
+    /// into `kind`'s blocks (q8_0 needs head widths that are multiples of 32).
+    pub fn new_cache_of(&self, kind: KvType) -> KvCache {
+        let kind = if kind.fits(self.info.head_dim) {
+            kind
+        } else {
+            KvType::F16
+        };
+        KvCache::of_type(self.info.n_layers, kind)
     }
 
     /// One forward pass over the new tokens of several sequences at once. Returns logits

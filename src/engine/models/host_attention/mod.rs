@@ -15,6 +15,9 @@ use super::span::SeqSpan;
 
 mod kernels;
 
+use crate::engine::kv_rows::{HostRows, Q8};
+use kernels::Rows;
+
 /// Rows of one query chunk: enough to keep both threads busy in a prefill, few enough to
 /// split a long prompt.
 const QUERY_CHUNK: usize = 16;
@@ -70,15 +73,37 @@ struct Task {
     rows: std::ops::Range<usize>,
 }
 
+/// Attention for a flattened batch over caches of one storage type (`attend` per type).
+pub fn attend_rows(
+    q: &[f32],
+    spans: &[SeqSpan],
+    history: &[(HostRows<'_>, HostRows<'_>)],
+    shape: Shape,
+) -> Option<Vec<f32>> {
+    let f16s: Option<Vec<(&[f16], &[f16])>> = history
+        .iter()
+        .map(|kv| match *kv {
+            (HostRows::F16(k), HostRows::F16(v)) => Some((k, v)),
+            _ => None,
+        })
+        .collect();
+    if let Some(h) = f16s {
+        return Some(attend(q, spans, &h, shape));
+    }
+    let q8s: Option<Vec<(Q8<'_>, Q8<'_>)>> = history
+        .iter()
+        .map(|kv| match *kv {
+            (HostRows::Q8(k), HostRows::Q8(v)) => Some((k, v)),
+            _ => None,
+        })
+        .collect();
+    q8s.map(|h| attend(q, spans, &h, shape))
+}
+
 /// Attention for a flattened batch. `q`: (tokens, n_heads · head_dim) already rotated;
 /// `history[s]`: sequence s's keys and values, position-major (positions, n_kv_heads ·
 /// head_dim), the new tokens' included. Returns (tokens, n_heads · head_dim).
-pub fn attend(
-    q: &[f32],
-    spans: &[SeqSpan],
-    history: &[(&[f16], &[f16])],
-    shape: Shape,
-) -> Vec<f32> {
+pub fn attend<R: Rows>(q: &[f32], spans: &[SeqSpan], history: &[(R, R)], shape: Shape) -> Vec<f32> {
     let Shape {
         n_heads,
         n_kv_heads,
@@ -206,7 +231,7 @@ mod tests {
                     len: n,
                     pos: 0,
                 }],
-                &[(&k16, &v16)],
+                &[(&k16[..], &v16[..])],
                 shape,
             );
             for pos in [0, 1, 17, 39] {
