@@ -41,6 +41,12 @@ fn answer(r: &Value) -> Value {
     })
 }
 
+async fn answer_of(s: &Server, body: &Value) -> Value {
+    let (status, r) = post(s, "/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{r}");
+    answer(&r)
+}
+
 async fn answers_alone(s: &Server) -> Vec<Value> {
     let mut out = Vec::new();
     for body in requests() {
@@ -72,6 +78,35 @@ async fn drafts_change_the_speed_never_the_answer() {
             answer(r),
             expected[i % expected.len()],
             "batched request {i}"
+        );
+    }
+
+    // Ends inside a run of drafts (a stop string, a token limit), then a next turn that reuses
+    // the finished answer's KV from the prefix cache: no row of a draft that did not stand may
+    // be kept.
+    let code = expected[0]["text"].as_str().unwrap().to_string();
+    let cut = code.char_indices().nth(code.chars().count() / 2).unwrap().0;
+    let stop: String = code[cut..].chars().take(5).collect();
+    for body in [
+        chat(
+            CODE,
+            json!({"temperature": 0, "max_tokens": 96, "stop": [stop]}),
+        ),
+        chat(CODE, json!({"temperature": 0, "max_tokens": 37})),
+    ] {
+        let first = answer_of(&plain, &body).await;
+        assert_eq!(answer_of(&drafting, &body).await, first, "{body}");
+        let mut next = body.clone();
+        let said = first["text"].as_str().unwrap();
+        next["messages"] = json!([
+            {"role": "user", "content": CODE},
+            {"role": "assistant", "content": said},
+            {"role": "user", "content": "Now do the same for y in this code: def f(y): return y * 2"},
+        ]);
+        assert_eq!(
+            answer_of(&drafting, &next).await,
+            answer_of(&plain, &next).await,
+            "{next}"
         );
     }
 

@@ -99,8 +99,8 @@ impl PrefixCache {
 
     /// Keep a finished sequence's KV: `tokens` are the ones in `cache`, in order.
     pub fn insert(&mut self, tokens: Vec<u32>, cache: KvCache) {
-        debug_assert_eq!(tokens.len(), cache.len());
-        if tokens.len() < MIN_REUSE {
+        // Rows that do not match their tokens one for one are never kept for reuse.
+        if tokens.len() < MIN_REUSE || tokens.len() != cache.len() {
             return;
         }
         // Already covered by a longer entry: nothing new to keep.
@@ -179,6 +179,19 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap()
+    }
+
+    #[test]
+    fn rows_that_do_not_match_their_tokens_are_never_kept() {
+        let mut pc = PrefixCache::new(1 << 20);
+        // A cache with two more rows than tokens (drafts still being checked).
+        let tokens: Vec<u32> = (1..=8).collect();
+        pc.insert(tokens.clone(), cache_of(&(1..=10).collect::<Vec<u32>>()));
+        let mut prompt = tokens.clone();
+        prompt.push(99);
+        assert!(pc.lookup(&prompt, 64).unwrap().is_none());
+        pc.insert(tokens.clone(), cache_of(&tokens));
+        assert_eq!(pc.lookup(&prompt, 64).unwrap().expect("hit").tokens, 8);
     }
 
     #[test]

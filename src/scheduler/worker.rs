@@ -54,6 +54,8 @@ struct Sequence {
     constraint: Option<Constraint>,
     /// Prompt lookup's record for it; None when it does not draft (a grammar, or turned off).
     speculation: Option<Speculation>,
+    /// While a draft is checked: the cache rows that stood (the rest hold drafted tokens).
+    checked_rows: Option<usize>,
     keep_alive: Option<KeepAlive>,
     queued_at: Instant,
     admitted_at: Option<Instant>,
@@ -209,6 +211,7 @@ impl Worker {
                 events: job.events,
                 speculation: (self.prompt_lookup && request.constraint.is_none())
                     .then(Speculation::default),
+                checked_rows: None,
                 constraint: request.constraint,
                 keep_alive: request.keep_alive,
                 queued_at: job.queued_at,
@@ -356,6 +359,11 @@ impl Worker {
     fn verify(&mut self, w: &Work, draft: &[u32], rows: &mut [Vec<f32>]) {
         let mut accepted = 0;
         for (i, logits) in rows.iter_mut().enumerate() {
+            // Should the sequence end at row i, the prefix cache keeps only the rows that
+            // stood, never one of a draft still being checked.
+            if let Some(seq) = self.seqs.get_mut(&w.id) {
+                seq.checked_rows = Some(w.start + 1 + i);
+            }
             match self.sample(w.id, logits, None) {
                 Some(token) if draft.get(i) == Some(&token) => accepted += 1,
                 _ => break,
@@ -368,6 +376,7 @@ impl Worker {
         if let Some(seq) = self.seqs.get_mut(&w.id) {
             // The pending token and the drafts that stood; the rest of the pass is forgotten.
             seq.cache.truncate(w.start + 1 + accepted);
+            seq.checked_rows = None;
             if let Some(s) = seq.speculation.as_mut() {
                 s.record(draft.len(), accepted);
             }
@@ -546,7 +555,8 @@ impl Worker {
         let keep_alive = seq.keep_alive;
         let events = seq.events.clone();
         // Its KV stays useful to the next turn of the same chat.
-        let computed = seq.cache.len();
+        let computed = seq.cache.len().min(seq.checked_rows.unwrap_or(usize::MAX));
+        seq.cache.truncate(computed);
         seq.tokens.truncate(computed);
         self.prefix.insert(seq.tokens, seq.cache);
         // The books are closed before the client hears `Done`: what it reads next in
