@@ -27,6 +27,7 @@ test("models lists the installed models and what is loaded", async ({ page }) =>
   const row = page.getByTestId("models").locator("tr", { hasText: "smollm2" });
   await expect(row).toContainText("Q4_1");
   await expect(row).toContainText("loaded");
+  await expect(page.getByTestId("engine-smollm2")).toContainText("KV f16");
   await expect(page.getByTestId("models")).toContainText("all-minilm");
   await shot(page, "models");
 });
