@@ -11,7 +11,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use half::f16;
 
-use super::kv_rows::{HostRows, KvType, Q8Rows, Q8_BLOCK};
+use super::kv_rows::{HostRows, KvType, Q8Rows, RowStore, Q8_BLOCK};
 
 const MIN_CAPACITY: usize = 64;
 
@@ -95,53 +95,40 @@ impl KvCache {
     /// only at `advance`, once every layer has appended.
     pub fn append_host(&mut self, layer: usize, k: &[f32], v: &[f32], row: usize) -> Result<()> {
         let keep = self.len * row;
-        let slot = &mut self.layers[layer];
-        if self.kind == KvType::Q8_0 {
-            if !row.is_multiple_of(Q8_BLOCK) {
-                candle_core::bail!("q8_0 KV rows need a multiple of {Q8_BLOCK} values, not {row}");
+        let want = k.len().max(MIN_CAPACITY * row);
+        if self.kind == KvType::Q8_0 && !row.is_multiple_of(Q8_BLOCK) {
+            candle_core::bail!("q8_0 KV rows need a multiple of {Q8_BLOCK} values, not {row}");
+        }
+        match (self.kind, &mut self.layers[layer]) {
+            (KvType::F16, slot @ None) => {
+                let (k, v) = (fresh(want, k), fresh(want, v));
+                *slot = Some(LayerKv::Host { k, v, row });
             }
-            match slot {
-                None => {
-                    let want = k.len().max(MIN_CAPACITY * row);
-                    let (mut kk, mut vv) =
-                        (Q8Rows::with_capacity(want), Q8Rows::with_capacity(want));
-                    kk.extend(k);
-                    vv.extend(v);
-                    *slot = Some(LayerKv::Quantized { k: kk, v: vv, row });
-                }
+            (KvType::Q8_0, slot @ None) => {
+                let (k, v) = (fresh(want, k), fresh(want, v));
+                *slot = Some(LayerKv::Quantized { k, v, row });
+            }
+            (
+                KvType::F16,
+                Some(LayerKv::Host {
+                    k: kk,
+                    v: vv,
+                    row: r,
+                }),
+            ) if *r == row => {
+                append_rows(kk, vv, keep, (k, v));
+            }
+            (
+                KvType::Q8_0,
                 Some(LayerKv::Quantized {
                     k: kk,
                     v: vv,
                     row: r,
-                }) if *r == row => {
-                    kk.truncate(keep);
-                    vv.truncate(keep);
-                    kk.extend(k);
-                    vv.extend(v);
-                }
-                Some(_) => candle_core::bail!("KV cache layer {layer} holds another layout"),
+                }),
+            ) if *r == row => {
+                append_rows(kk, vv, keep, (k, v));
             }
-            return Ok(());
-        }
-        match slot {
-            None => {
-                let want = (k.len()).max(MIN_CAPACITY * row);
-                let (mut kk, mut vv) = (Vec::with_capacity(want), Vec::with_capacity(want));
-                kk.extend(k.iter().map(|&x| f16::from_f32(x)));
-                vv.extend(v.iter().map(|&x| f16::from_f32(x)));
-                *slot = Some(LayerKv::Host { k: kk, v: vv, row });
-            }
-            Some(LayerKv::Host {
-                k: kk,
-                v: vv,
-                row: r,
-            }) if *r == row => {
-                kk.truncate(keep);
-                vv.truncate(keep);
-                kk.extend(k.iter().map(|&x| f16::from_f32(x)));
-                vv.extend(v.iter().map(|&x| f16::from_f32(x)));
-            }
-            Some(_) => candle_core::bail!("KV cache layer {layer} holds another layout"),
+            _ => candle_core::bail!("KV cache layer {layer} holds another layout"),
         }
         Ok(())
     }
@@ -251,6 +238,21 @@ impl KvCache {
     pub fn advance(&mut self, t: usize) {
         self.len += t;
     }
+}
+
+/// Keep the first `keep` values of both stores, then add the new rows of keys and values.
+fn append_rows<S: RowStore>(k: &mut S, v: &mut S, keep: usize, (nk, nv): (&[f32], &[f32])) {
+    k.keep_rows(keep);
+    v.keep_rows(keep);
+    k.push_rows(nk);
+    v.push_rows(nv);
+}
+
+/// A new store of `want` values' capacity holding `x`.
+fn fresh<S: RowStore>(want: usize, x: &[f32]) -> S {
+    let mut s = S::with_capacity(want);
+    s.push_rows(x);
+    s
 }
 
 #[cfg(test)]

@@ -38,6 +38,39 @@ impl KvType {
     }
 }
 
+/// A layer's keys or values on the CPU, position-major, in one storage type.
+pub trait RowStore {
+    fn with_capacity(values: usize) -> Self;
+    /// Keep the first `values` (whole rows).
+    fn keep_rows(&mut self, values: usize);
+    /// Append whole rows, rounded to the store's type.
+    fn push_rows(&mut self, x: &[f32]);
+}
+
+impl RowStore for Vec<f16> {
+    fn with_capacity(values: usize) -> Self {
+        Vec::with_capacity(values)
+    }
+    fn keep_rows(&mut self, values: usize) {
+        self.truncate(values);
+    }
+    fn push_rows(&mut self, x: &[f32]) {
+        self.extend(x.iter().map(|&v| f16::from_f32(v)));
+    }
+}
+
+impl RowStore for Q8Rows {
+    fn with_capacity(values: usize) -> Self {
+        Q8Rows::with_capacity(values)
+    }
+    fn keep_rows(&mut self, values: usize) {
+        self.truncate(values);
+    }
+    fn push_rows(&mut self, x: &[f32]) {
+        self.extend(x);
+    }
+}
+
 /// Rows of q8_0 blocks: `qs[i]` is value i, `d[i / 32]` its block's scale.
 #[derive(Debug, Clone, Default)]
 pub struct Q8Rows {
