@@ -388,6 +388,7 @@ fn group_rows<'a, const NR: usize>(
 
 mod kernels;
 mod tiles;
+mod unpack;
 mod weights;
 
 use weights::CpuWeights;
