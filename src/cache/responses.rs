@@ -60,6 +60,13 @@ fn weight(choices: &[Vec<GenEvent>]) -> usize {
     let event = |e: &GenEvent| match e {
         GenEvent::Token { top, .. } => 16 + top.len() * 8,
         GenEvent::Text(t) => 24 + t.len(),
+        GenEvent::NamedToken { token, top, .. } => {
+            32 + token.len() + top.iter().map(|(t, _)| 28 + t.len()).sum::<usize>()
+        }
+        GenEvent::Calls(calls) => calls
+            .iter()
+            .map(|c| 48 + c.name.len() + c.arguments.len())
+            .sum(),
         GenEvent::Done(_) | GenEvent::Failed(_) => 96,
     };
     256 + choices.iter().flatten().map(event).sum::<usize>()

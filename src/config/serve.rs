@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backends::{BackendSpec, BreakerSpec, ChainSpec};
 use crate::compress::Spec;
 use crate::engine::kv_rows::KvType;
 use crate::scheduler::KeepAlive;
@@ -80,6 +81,13 @@ pub struct ServerSettings {
     pub compression: Option<Spec>,
     /// Where models are pulled from: Hugging Face or a mirror of it.
     pub hf_endpoint: String,
+    /// Remote OpenAI-compatible engines, served as `NAME/MODEL` (their keys live apart, in
+    /// `backend-keys.json`).
+    pub backends: Vec<BackendSpec>,
+    /// Model aliases answered by the first of their targets that can.
+    pub chains: Vec<ChainSpec>,
+    /// When a target's circuit opens after failures, and for how long.
+    pub breaker: BreakerSpec,
 }
 
 impl Default for ServerSettings {
@@ -114,12 +122,15 @@ impl Default for ServerSettings {
             response_cache_ttl: 3600,
             compression: None,
             hf_endpoint: crate::library::pull::DEFAULT_ENDPOINT.into(),
+            backends: Vec::new(),
+            chains: Vec::new(),
+            breaker: BreakerSpec::default(),
         }
     }
 }
 
 /// Settings a running server takes without a restart (the rest wait for the next start).
-pub const APPLIED_LIVE: [&str; 15] = [
+pub const APPLIED_LIVE: [&str; 18] = [
     "api_keys",
     "cors_origins",
     "allowed_hosts",
@@ -135,10 +146,13 @@ pub const APPLIED_LIVE: [&str; 15] = [
     "rate_limit_tpm",
     "reserve_memory_mib",
     "hf_endpoint",
+    "backends",
+    "chains",
+    "breaker",
 ];
 
 /// Every setting's name, as the file and the API spell it.
-pub const FIELDS: [&str; 30] = [
+pub const FIELDS: [&str; 33] = [
     "model",
     "host",
     "port",
@@ -168,6 +182,9 @@ pub const FIELDS: [&str; 30] = [
     "response_cache_ttl",
     "compression",
     "hf_endpoint",
+    "backends",
+    "chains",
+    "breaker",
     "settings",
 ];
 
@@ -327,6 +344,8 @@ impl ServerSettings {
             spec.validate()
                 .map_err(|e| SettingsError::Invalid(format!("compression: {e}")))?;
         }
+        crate::backends::spec::validate(&self.backends, &self.chains, &self.breaker)
+            .map_err(SettingsError::Invalid)?;
         Ok(())
     }
 

@@ -1,6 +1,7 @@
-//! The seam between the one request path and whatever runs a model: `trait Backend`. The local
-//! scheduler implements it now; a remote OpenAI-compatible engine (vLLM, llama-server) is one
-//! more implementation, and the wire formats never see which one served them.
+//! The seam between the one request path and the local scheduler: `trait Backend`. A remote
+//! OpenAI-compatible engine (vLLM, llama-server) is reached a step earlier, at the typed request
+//! (`crate::backends::Remote::open`), since it tokenizes for itself; both give the same
+//! [`Generation`]s to the one loop, and the wire formats never see which one served them.
 
 use tokio::sync::mpsc;
 

@@ -62,6 +62,16 @@ pub(super) fn response_key(engine: &EngineHandle, plan: &Validated) -> Option<Re
     Some(k.finish())
 }
 
+/// The response-cache key of a deterministic request to a remote engine: its address and the
+/// exact body sent (model, messages, sampling, seed).
+pub(super) fn remote_key(base: &str, body: &serde_json::Value) -> ResponseKey {
+    KeyBuilder::default()
+        .text("remote")
+        .text(base)
+        .text(&body.to_string())
+        .finish()
+}
+
 /// A stored response as event streams again, with the figures of a response that took no time.
 pub(super) fn replay(recorded: &Recorded) -> Vec<mpsc::UnboundedReceiver<GenEvent>> {
     recorded

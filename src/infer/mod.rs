@@ -1,13 +1,16 @@
 //! The one request path, free of wire formats (TGI's `Infer`, our shape). Every API's adapter in
-//! `server/` parses its body into a [`Request`], calls [`Infer::plan`] and [`Infer::run`], and
+//! `server/` parses its body into a [`Request`], calls [`Infer::start`] (route, plan, run), and
 //! renders the [`Event`]s; nothing here knows HTTP or JSON bodies.
 //!
 //! - `request`: the typed request, its sampling settings and its caller
 //! - `plan`: budget, experiment routing, the model, default compression, validation: once
+//! - `route`: which target answers: an experiment's variant, a fallback chain's links behind
+//!   their circuit breakers, a remote backend's model or a local one
 //! - `validate`: a request checked for one model into the scheduler's requests
 //! - `tools`: tools checked once for every API, the forced-call grammar, the call hold
 //! - `stream`: the one loop: timeout, disconnect, held call text, calls read, accounting
-//! - `backend`: `trait Backend`, the seam to whatever runs the model (the local scheduler now)
+//! - `backend`: `trait Backend`, the seam to the local scheduler; remote engines are reached
+//!   at the typed request (`crate::backends`), since they tokenize for themselves
 //! - `compression`: prompt compression, scored as a job on the scoring model's engine thread
 //! - `cache`: the response cache's keys, replays and recordings
 //! - `accounting`: the one record of every finished request
@@ -20,6 +23,7 @@ mod compression;
 pub mod error;
 pub mod plan;
 pub mod request;
+mod route;
 pub mod stream;
 pub mod tools;
 pub mod validate;

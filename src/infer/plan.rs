@@ -1,6 +1,6 @@
-//! `Infer::plan`: everything before a request runs, once for every API: the session's budget,
-//! an experiment's routing, the model (loaded if need be), the session's default compression,
-//! validation against the chosen model.
+//! Planning: everything before a request runs, once for every API: the session's budget, an
+//! experiment's routing, the model (loaded if need be), the session's default compression,
+//! validation against the chosen model. Which target answers is `route`'s.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +21,8 @@ pub struct Infer {
     pub compression: Arc<crate::compress::SessionDefaults>,
     /// Charges finished requests' tokens to their rate-limit key.
     pub charge: Charge,
+    /// Remote engines, fallback chains and the circuit breakers.
+    pub backends: crate::backends::Backends,
 }
 
 /// What a session under a daily budget is told with its answer.
@@ -84,7 +86,7 @@ impl Infer {
     }
 
     /// For `model: "experiment:NAME"`: the variant this session is routed to.
-    async fn route(
+    pub(super) async fn route(
         &self,
         model: &str,
         session: &str,
@@ -131,19 +133,16 @@ impl Infer {
         Ok(validated.requests.first().map_or(0, |r| r.prompt.len()))
     }
 
-    /// Everything before running `req`, whichever API it came through.
-    pub async fn plan(&self, mut req: Request) -> Result<Plan, InferError> {
-        let began = Instant::now();
+    /// Everything before running `req` on the local model it names, once routing chose it:
+    /// the model (loaded if need be), the session's default compression, validation.
+    pub(super) async fn plan_local(
+        &self,
+        mut req: Request,
+        admission: Admission,
+        variant: Option<String>,
+        began: Instant,
+    ) -> Result<Plan, InferError> {
         let session = req.caller.session.clone();
-        let admission = self.admit(&session)?;
-        // `experiment:NAME` runs this session's variant: its model, and its compression and
-        // temperature where the request names none.
-        let routed = self.route(&req.model, &session).await?;
-        if let Some((_, v)) = &routed {
-            req.model = v.model.clone();
-            req.sampling.compression = req.sampling.compression.or_else(|| v.compression.clone());
-            req.sampling.temperature = req.sampling.temperature.or(v.temperature);
-        }
         let (engine, load) = self.engine(&req.model).await?;
         req.sampling.compression = req
             .sampling
@@ -157,7 +156,7 @@ impl Infer {
             engine,
             validated,
             caller,
-            variant: routed.map(|(label, _)| label),
+            variant,
             admission,
             load,
             began,

@@ -1,6 +1,6 @@
 //! The typed request every wire format builds directly: what to run (messages or prompts), how
 //! to sample, which tools and output constraint, and who asks. No JSON round trip: an adapter in
-//! `server/` parses its body into this and nothing else reaches [`super::Infer::plan`].
+//! `server/` parses its body into this and nothing else reaches [`super::Infer::start`].
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -15,6 +15,7 @@ use super::error::InferError;
 use super::plan::{Admission, Infer, Plan};
 use super::tools::CallHold;
 use super::validate::Applied;
+use crate::cache::responses::ResponseKey;
 use crate::engine::generate::FinishReason;
 use crate::engine::tools::ToolCall;
 use crate::scheduler::{GenEvent, Usage};
@@ -83,6 +84,8 @@ pub struct Run {
     /// Time the request waited for its model to load.
     pub load: Duration,
     pub began: Instant,
+    /// The target that answered (`X-Lantern-Served-By`): a chain's link, or a remote model.
+    pub served_by: Option<String>,
 }
 
 /// One choice, whole.
@@ -166,25 +169,26 @@ impl Run {
     }
 }
 
+/// What the loop knows of the request's answers.
+pub(super) struct Shape {
+    pub n: usize,
+    pub logprobs: bool,
+    /// Tools whose calls are read out of the text (a local engine's answers).
+    pub tools: Option<super::tools::ToolsRequest>,
+    pub stops: bool,
+    pub from_cache: bool,
+}
+
 /// Where the loop sends, and what it knows of the request.
 struct Loop {
     tx: mpsc::Sender<Event>,
-    backend: Arc<dyn Backend>,
+    /// Names token ids (a local engine); a remote engine names its tokens itself.
+    backend: Option<Arc<dyn Backend>>,
     account: Account,
-    n: usize,
-    logprobs: bool,
-    tools: Option<super::tools::ToolsRequest>,
-    stops: bool,
-    from_cache: bool,
+    shape: Shape,
 }
 
 impl Infer {
-    /// Plan and run: what every adapter does with its typed request.
-    pub async fn start(&self, req: super::Request) -> Result<Run, InferError> {
-        let plan = self.plan(req).await?;
-        self.run(plan)
-    }
-
     /// Run a planned request: every choice is scheduled at once (they generate side by side) or
     /// replayed from the response cache. Scheduled before anything is sent: a full queue is an
     /// error here (a 429), not an event.
@@ -209,47 +213,32 @@ impl Infer {
             variant: variant.or_else(|| engine.model.quantization.clone()),
             compression: validated.compression.as_ref().map(|c| c.label()),
         };
-        let cache = &self.responses;
-        let key = response_key(&engine, &validated).filter(|_| cache.enabled());
-        if key.is_some() && !caller.cache.read {
-            cache.note_bypass();
-        }
-        let hit = key
-            .filter(|_| caller.cache.read)
-            .and_then(|k| cache.get(&k));
-        let from_cache = hit.is_some();
+        let key = response_key(&engine, &validated);
         let requests = std::mem::take(&mut validated.requests);
         let prompt_tokens = requests.first().map_or(0, |r| r.prompt.len());
         let stops = requests.iter().any(|r| !r.stop.is_empty());
         let backend: Arc<dyn Backend> = Arc::new(engine.clone());
-        let schedule = |requests: Vec<crate::scheduler::ValidatedRequest>| {
-            requests
-                .into_iter()
-                .map(|r| backend.schedule(r))
-                .collect::<Result<Vec<Generation>, InferError>>()
-        };
-        let streams = match (hit, key) {
-            (Some(recorded), _) => {
+        let (streams, from_cache) = match self.cached(key.as_ref(), &caller) {
+            Some(replayed) => {
                 backend.served_without_running(requests.first().and_then(|r| r.keep_alive));
-                replay(&recorded)
+                (replayed, true)
             }
-            (None, Some(k)) if caller.cache.write => {
-                recording(schedule(requests)?, k, cache.clone())
+            None => {
+                let scheduled = requests
+                    .into_iter()
+                    .map(|r| backend.schedule(r))
+                    .collect::<Result<Vec<Generation>, InferError>>()?;
+                (self.recorded(key, &caller, scheduled), false)
             }
-            _ => schedule(requests)?,
         };
-        let (tx, events) = mpsc::channel(64);
-        let run = Loop {
-            tx,
-            backend,
-            account,
+        let shape = Shape {
             n: validated.n,
             logprobs: validated.logprobs.is_some(),
             tools: validated.tools.clone(),
             stops,
             from_cache,
         };
-        tokio::spawn(run.drive(streams, caller.timeout));
+        let events = self.launch(streams, account, shape, Some(backend), caller.timeout);
         Ok(Run {
             events,
             model: engine.model_id.to_string(),
@@ -260,7 +249,57 @@ impl Infer {
             admission,
             load,
             began,
+            served_by: None,
         })
+    }
+
+    /// A request's streams replayed from the response cache, when it holds them and the
+    /// request lets it answer.
+    pub(super) fn cached(
+        &self,
+        key: Option<&ResponseKey>,
+        caller: &super::Caller,
+    ) -> Option<Vec<Generation>> {
+        let cache = &self.responses;
+        let key = key.filter(|_| cache.enabled())?;
+        if !caller.cache.read {
+            cache.note_bypass();
+            return None;
+        }
+        cache.get(key).map(|recorded| replay(&recorded))
+    }
+
+    /// Fresh streams, recorded into the response cache as they pass when the request allows.
+    pub(super) fn recorded(
+        &self,
+        key: Option<ResponseKey>,
+        caller: &super::Caller,
+        streams: Vec<Generation>,
+    ) -> Vec<Generation> {
+        match key.filter(|_| self.responses.enabled() && caller.cache.write) {
+            Some(k) => recording(streams, k, self.responses.clone()),
+            None => streams,
+        }
+    }
+
+    /// Drive `streams` through the one loop under the request's time limit.
+    pub(super) fn launch(
+        &self,
+        streams: Vec<Generation>,
+        account: Account,
+        shape: Shape,
+        backend: Option<Arc<dyn Backend>>,
+        limit: Duration,
+    ) -> mpsc::Receiver<Event> {
+        let (tx, events) = mpsc::channel(64);
+        let run = Loop {
+            tx,
+            backend,
+            account,
+            shape,
+        };
+        tokio::spawn(run.drive(streams, limit));
+        events
     }
 }
 
@@ -298,14 +337,15 @@ impl Loop {
 
     async fn produce(self, streams: Vec<Generation>) {
         let mut totals = Totals {
-            from_cache: self.from_cache,
+            from_cache: self.shape.from_cache,
             ..Totals::default()
         };
         let mut last_usage: Option<Usage> = None;
         for (choice, mut generation) in streams.into_iter().enumerate() {
             let mut streamed = 0;
             let mut pending = Vec::new();
-            let mut hold = CallHold::new(self.tools.is_some());
+            let mut hold = CallHold::new(self.shape.tools.is_some());
+            let mut read_by_engine = Vec::new();
             loop {
                 // The client going away is noticed at once, also while text is held.
                 let event = tokio::select! {
@@ -318,9 +358,28 @@ impl Loop {
                 let sent = match event {
                     GenEvent::Token { id, logprob, top } => {
                         streamed += 1;
-                        if self.logprobs {
+                        if self.shape.logprobs {
                             pending.push(self.token(id, logprob, top));
                         }
+                        continue;
+                    }
+                    GenEvent::NamedToken {
+                        token,
+                        logprob,
+                        top,
+                    } => {
+                        streamed += 1;
+                        if self.shape.logprobs {
+                            pending.push(TokenLogprob {
+                                token,
+                                logprob,
+                                top,
+                            });
+                        }
+                        continue;
+                    }
+                    GenEvent::Calls(calls) => {
+                        read_by_engine = calls;
                         continue;
                     }
                     GenEvent::Text(text) => match hold.push(text) {
@@ -328,11 +387,13 @@ impl Loop {
                         None => continue,
                     },
                     GenEvent::Done(usage) => {
-                        let (content, calls) = read_calls(hold.finish(), self.tools.as_ref());
+                        let (content, mut calls) =
+                            read_calls(hold.finish(), self.shape.tools.as_ref());
+                        calls.append(&mut read_by_engine);
                         if !content.is_empty() && !self.text(choice, content, &mut pending).await {
                             return self.gone(totals, streamed, Some(&usage));
                         }
-                        totals.add(choice, self.n, &usage);
+                        totals.add(choice, self.shape.n, &usage);
                         let reason = self.finish_of(&usage, &calls);
                         last_usage = Some(usage.clone());
                         let done = Event::Done {
@@ -388,13 +449,14 @@ impl Loop {
     }
 
     fn token(&self, id: u32, logprob: Option<f32>, top: Vec<(u32, f32)>) -> TokenLogprob {
+        let name = |id: u32| match &self.backend {
+            Some(b) => b.token_text(id),
+            None => format!("<{id}>"),
+        };
         TokenLogprob {
-            token: self.backend.token_text(id),
+            token: name(id),
             logprob,
-            top: top
-                .into_iter()
-                .map(|(t, l)| (self.backend.token_text(t), l))
-                .collect(),
+            top: top.into_iter().map(|(t, l)| (name(t), l)).collect(),
         }
     }
 
@@ -416,7 +478,7 @@ impl Loop {
             return Finish::ToolCalls;
         }
         match (&usage.finish_reason, &usage.stop_sequence) {
-            (FinishReason::Stop, Some(s)) if self.stops => Finish::StopSequence(s.clone()),
+            (FinishReason::Stop, Some(s)) if self.shape.stops => Finish::StopSequence(s.clone()),
             (FinishReason::Stop, _) => Finish::Stop,
             (FinishReason::Length | FinishReason::Cancelled, _) => Finish::Length,
         }

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub loaded: IntGaugeVec,
     cache_hits: IntCounterVec,
     cache_misses: IntCounterVec,
+    fallbacks: IntCounterVec,
+    circuit_opens: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -169,6 +171,18 @@ impl Default for Metrics {
             ),
             cache_hits: counter(&r, "cache_hits_total", "Cache hits.", &["cache", "level"]),
             cache_misses: counter(&r, "cache_misses_total", "Cache misses.", &["cache"]),
+            fallbacks: counter(
+                &r,
+                "fallbacks_total",
+                "Requests a fallback chain answered from a later target than its first.",
+                &["chain", "target"],
+            ),
+            circuit_opens: counter(
+                &r,
+                "circuit_opens_total",
+                "Times a target's circuit breaker opened after failures.",
+                &["target"],
+            ),
             registry: r,
         }
     }
@@ -218,6 +232,16 @@ impl Metrics {
         for &g in gaps {
             h.observe(g as f64);
         }
+    }
+
+    /// A chain answered from `target`, not its first.
+    pub fn fallback(&self, chain: &str, target: &str) {
+        self.fallbacks.with_label_values(&[chain, target]).inc();
+    }
+
+    /// `target`'s circuit opened.
+    pub fn circuit_opened(&self, target: &str) {
+        self.circuit_opens.with_label_values(&[target]).inc();
     }
 
     /// A cache's own counts, as counters.

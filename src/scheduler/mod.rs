@@ -146,6 +146,15 @@ pub enum GenEvent {
     },
     /// Text that became whole (never part of a stop string).
     Text(String),
+    /// A token named by its text, with its log-probability and alternatives: from a remote
+    /// engine, whose token ids mean nothing here.
+    NamedToken {
+        token: String,
+        logprob: Option<f32>,
+        top: Vec<(String, f32)>,
+    },
+    /// Tool calls a remote engine read out of its answer itself (sent just before `Done`).
+    Calls(Vec<crate::engine::tools::ToolCall>),
     Done(Usage),
     Failed(String),
 }

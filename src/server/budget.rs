@@ -13,8 +13,26 @@ pub const WARNING: HeaderName = HeaderName::from_static("x-lantern-budget-warnin
 /// Tokens left today, on every answer to a session under a budget.
 pub const REMAINING: HeaderName = HeaderName::from_static("x-lantern-budget-remaining");
 
+/// The target that answered, when routing chose one (a fallback chain's link, a remote model).
+pub const SERVED_BY: HeaderName = HeaderName::from_static("x-lantern-served-by");
+
 /// What to tell a session that was let in.
 pub struct Admitted(Vec<(HeaderName, HeaderValue)>);
+
+impl Admitted {
+    /// The budget's headers of a running request, and which target serves it.
+    pub fn of(run: &crate::infer::Run) -> Self {
+        let mut this = Self::from(&run.admission);
+        if let Some(v) = run
+            .served_by
+            .as_deref()
+            .and_then(|s| HeaderValue::from_str(s).ok())
+        {
+            this.0.push((SERVED_BY, v));
+        }
+        this
+    }
+}
 
 impl From<&crate::infer::Admission> for Admitted {
     fn from(a: &crate::infer::Admission) -> Self {

@@ -195,7 +195,7 @@ impl LabGenerator {
                 }
                 GenEvent::Done(usage) => return Ok((text, usage)),
                 GenEvent::Failed(m) => return Err(m),
-                GenEvent::Token { .. } => {}
+                GenEvent::Token { .. } | GenEvent::NamedToken { .. } | GenEvent::Calls(_) => {}
             }
         }
         Err("the engine stopped".into())

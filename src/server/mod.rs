@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod admin_token;
 pub mod anthropic;
+pub mod backends;
 pub mod body;
 pub mod browser;
 pub mod budget;
@@ -85,7 +86,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(admin::metrics))
         .route("/v1/models", get(models::list_models))
-        .route("/v1/models/{id}", get(models::get_model))
+        .route("/v1/models/{*id}", get(models::get_model))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/responses", post(responses::responses))
@@ -101,6 +102,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/ps", get(ollama::ps))
         .route("/api/version", get(ollama::version))
         .route("/api/engine", get(admin::engine))
+        .route("/api/backends", get(backends::list).post(backends::put))
+        .route(
+            "/api/backends/{name}",
+            axum::routing::delete(backends::delete),
+        )
+        .route("/api/backends/{name}/test", post(backends::test))
         .route("/api/cache", get(admin::cache))
         .route("/api/sessions", get(admin::sessions))
         .route("/api/sessions/{id}", get(admin::session))

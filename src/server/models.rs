@@ -42,6 +42,16 @@ fn embedding_model_json(m: &EmbeddingModelEntry) -> Value {
     })
 }
 
+/// A remote backend's model or a fallback chain: served here, run elsewhere or by turns.
+fn routed_json(id: &str, kind: &str, extra: Value) -> (String, Value) {
+    let mut meta = json!({"kind": kind});
+    if let (Some(m), Value::Object(e)) = (meta.as_object_mut(), extra) {
+        m.extend(e);
+    }
+    let v = json!({"id": id, "object": "model", "created": 0, "owned_by": "lantern", "meta": meta});
+    (id.to_string(), v)
+}
+
 fn all_models(state: &AppState) -> Vec<(String, Value)> {
     let chat = state.engines.servable();
     let chat = chat.iter().map(|m| (m.id.clone(), model_json(m)));
@@ -49,7 +59,16 @@ fn all_models(state: &AppState) -> Vec<(String, Value)> {
     let embed = embed
         .iter()
         .map(|m| (m.id.clone(), embedding_model_json(m)));
-    chat.chain(embed).collect()
+    let backends = &state.infer.backends;
+    let remote = backends.models().into_iter().map(|id| {
+        let backend = id.split('/').next().unwrap_or_default().to_string();
+        routed_json(&id, "remote", json!({"backend": backend}))
+    });
+    let chains = backends
+        .chains()
+        .into_iter()
+        .map(|c| routed_json(&c.name, "chain", json!({"targets": c.targets})));
+    chat.chain(embed).chain(remote).chain(chains).collect()
 }
 
 pub async fn list_models(State(state): State<AppState>) -> Json<Value> {

@@ -358,7 +358,7 @@ pub async fn responses(
         metadata: req.metadata.unwrap_or(json!({})),
     };
     let mut run = state.infer.start(request).await?;
-    let admitted = super::budget::Admitted::from(&run.admission);
+    let admitted = super::budget::Admitted::of(&run);
     let id = new_id("resp");
     let response = if req.stream {
         stream(run, echo, id)

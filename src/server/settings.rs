@@ -233,6 +233,25 @@ pub async fn put_settings(
     Ok(Json(answer))
 }
 
+/// Change one part of the saved settings (the admin API's own pages: backends), then save and
+/// apply them as `PUT /api/settings` does.
+pub fn change(
+    state: &AppState,
+    edit: impl FnOnce(&mut ServerSettings) -> Result<(), ApiError>,
+) -> Result<(), ApiError> {
+    let settings = &state.settings;
+    let mut saved = settings.saved.lock().unwrap_or_else(|e| e.into_inner());
+    let mut new = saved.clone();
+    edit(&mut new)?;
+    let invalid = |e: SettingsError| ApiError::invalid(e.to_string(), "settings");
+    new.validate().map_err(invalid)?;
+    let effective = settings.flags.over(&new).map_err(invalid)?;
+    new.save(&settings.path).map_err(ApiError::internal)?;
+    *saved = new;
+    drop(saved);
+    apply(state, &effective).map_err(invalid)
+}
+
 /// Put what a running server can change into force.
 fn apply(state: &AppState, s: &ServerSettings) -> Result<(), SettingsError> {
     let settings = &state.settings;
@@ -246,5 +265,10 @@ fn apply(state: &AppState, s: &ServerSettings) -> Result<(), SettingsError> {
     state.rate.set_limits(rate_limits(s));
     state.engines.reconfigure(registry_config(s)?);
     state.compression.set_fallback(s.compression.clone());
+    state
+        .infer
+        .backends
+        .configure(&s.backends, &s.chains, &s.breaker)
+        .map_err(|e| SettingsError::Invalid(format!("backends: {e}")))?;
     Ok(())
 }

@@ -128,7 +128,15 @@ impl Launch {
             monitor: monitor.clone(),
             compression: compression.clone(),
             charge: Arc::new(move |key: &str, tokens: u64| limiter.add_tokens(key, tokens)),
+            backends: crate::backends::Backends::new(
+                &config.home(),
+                &s.backends,
+                &s.chains,
+                &s.breaker,
+            )
+            .context("the remote backends' key file in the data directory")?,
         };
+        infer.backends.spawn_health_checks();
         let state = AppState {
             engines: engines.clone(),
             infer,

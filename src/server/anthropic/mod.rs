@@ -64,7 +64,7 @@ pub async fn messages(
     let model = body.model.clone();
     let req = body.into_request(caller, false)?;
     let mut run = state.infer.start(req).await?;
-    let admitted = super::budget::Admitted::from(&run.admission);
+    let admitted = super::budget::Admitted::of(&run);
     let response = if stream {
         stream::events(run, model)
     } else {

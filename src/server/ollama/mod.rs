@@ -229,7 +229,7 @@ async fn serve(state: &AppState, req: Request, stream: bool) -> Result<Response,
     let chat = req.api == Api::OllamaChat;
     let model = req.model.clone();
     let run = state.infer.start(req).await?;
-    let admitted = super::budget::Admitted::from(&run.admission);
+    let admitted = super::budget::Admitted::of(&run);
     let response = if stream {
         stream_ndjson(run, chat, model)
     } else {

@@ -61,7 +61,7 @@ pub async fn completions(
 async fn serve(state: &AppState, req: Request, delivery: Delivery) -> Result<Response, ApiError> {
     let api = req.api;
     let mut run = state.infer.start(req).await?;
-    let admitted = Admitted::from(&run.admission);
+    let admitted = Admitted::of(&run);
     let compression = run.compression.clone();
     let response = if delivery.stream {
         render::stream(run, api, delivery.include_usage())
