@@ -29,6 +29,9 @@ impl Totals {
 /// Charges a finished request's tokens to its rate-limit key (the server's limiter).
 pub type Charge = Arc<dyn Fn(&str, u64) + Send + Sync>;
 
+/// Told whether a finished request went well and how long it took (ms).
+pub type Observer = Arc<dyn Fn(bool, f64) + Send + Sync>;
+
 /// Who a finished request is recorded and charged to, and what it was.
 #[derive(Clone)]
 pub struct Account {
@@ -43,6 +46,7 @@ pub struct Account {
     pub variant: Option<String>,
     /// The compression applied to the prompt, as `prune@0.5`.
     pub compression: Option<String>,
+    pub observer: Option<Observer>,
 }
 
 /// How a request ended.
@@ -70,6 +74,9 @@ pub fn finish(account: &Account, totals: &Totals, last: Option<&Usage>, outcome:
     };
     let api = account.api.name();
     let total_ms = ms(account.started.elapsed());
+    if let (Some(observe), false) = (&account.observer, outcome == "cancelled") {
+        observe(outcome == "ok", total_ms);
+    }
     tracing::info!(
         session = account.session.as_str(),
         api,

@@ -6,6 +6,7 @@
 //! - `plan`: budget, experiment routing, the model, default compression, validation: once
 //! - `route`: which target answers: an experiment's variant, a fallback chain's links behind
 //!   their circuit breakers, a remote backend's model or a local one
+//! - `experiment`: an experiment's variant for a request; a canary's share and its judging
 //! - `validate`: a request checked for one model into the scheduler's requests
 //! - `tools`: tools checked once for every API, the forced-call grammar, the call hold
 //! - `stream`: the one loop: timeout, disconnect, held call text, calls read, accounting
@@ -21,6 +22,7 @@ pub mod backend;
 mod cache;
 mod compression;
 pub mod error;
+mod experiment;
 pub mod plan;
 pub mod request;
 mod route;
@@ -30,6 +32,7 @@ pub mod validate;
 
 pub use backend::Backend;
 pub use error::InferError;
-pub use plan::{registry_error, Admission, Infer, Plan};
+pub use experiment::record_change;
+pub use plan::{registry_error, Admission, Infer, Plan, Routing};
 pub use request::{Api, CacheUse, Caller, Input, OneOrMany, Request, Sampling};
 pub use stream::{Answer, ChoiceAnswer, Event, Finish, Run, TokenLogprob};

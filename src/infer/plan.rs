@@ -23,6 +23,8 @@ pub struct Infer {
     pub charge: Charge,
     /// Remote engines, fallback chains and the circuit breakers.
     pub backends: crate::backends::Backends,
+    /// Experiments' canary releases: their shares and windows.
+    pub canaries: Arc<crate::lab::canary::Canaries>,
 }
 
 /// What a session under a daily budget is told with its answer.
@@ -39,12 +41,21 @@ pub struct Plan {
     pub engine: EngineHandle,
     pub validated: Validated,
     pub caller: Caller,
-    /// The experiment variant that serves it (`EXPERIMENT/VARIANT`).
-    pub variant: Option<String>,
-    pub admission: Admission,
+    /// What routing decided before planning: the budget's word, the experiment's variant.
+    pub routing: Routing,
     /// Time this request spent waiting for its model to load (zero when it was loaded).
     pub load: Duration,
-    /// When planning began: the request's clock.
+}
+
+/// What routing settled for a request before any target plans it.
+#[derive(Clone)]
+pub struct Routing {
+    pub admission: Admission,
+    /// The experiment variant that serves it (`EXPERIMENT/VARIANT`).
+    pub variant: Option<String>,
+    /// Told each finished request's outcome (a canary release judges its variant by them).
+    pub observer: Option<super::accounting::Observer>,
+    /// When the request arrived: its clock.
     pub began: Instant,
 }
 
@@ -85,31 +96,6 @@ impl Infer {
         })
     }
 
-    /// For `model: "experiment:NAME"`: the variant this session is routed to.
-    pub(super) async fn route(
-        &self,
-        model: &str,
-        session: &str,
-    ) -> Result<Option<(String, crate::lab::experiments::Variant)>, InferError> {
-        let Some(name) = model.strip_prefix("experiment:") else {
-            return Ok(None);
-        };
-        let store = self
-            .monitor
-            .store()
-            .ok_or_else(|| InferError::Unavailable {
-                message: "Experiments need the database, which could not be opened".into(),
-                code: "no_database",
-            })?;
-        let e = store
-            .experiment_get(name)
-            .await
-            .map_err(InferError::internal)?
-            .ok_or_else(|| InferError::ModelNotFound(model.to_string()))?;
-        let v = e.spec.route(session).clone();
-        Ok(Some((format!("{}/{}", e.name, v.name), v)))
-    }
-
     /// The engine of a model, loaded if need be, and how long the load took.
     pub async fn engine(&self, model: &str) -> Result<(EngineHandle, Duration), InferError> {
         let was_loaded = self.engines.loaded().iter().any(|m| m.id == model);
@@ -138,9 +124,7 @@ impl Infer {
     pub(super) async fn plan_local(
         &self,
         mut req: Request,
-        admission: Admission,
-        variant: Option<String>,
-        began: Instant,
+        routing: Routing,
     ) -> Result<Plan, InferError> {
         let session = req.caller.session.clone();
         let (engine, load) = self.engine(&req.model).await?;
@@ -156,10 +140,8 @@ impl Infer {
             engine,
             validated,
             caller,
-            variant,
-            admission,
+            routing,
             load,
-            began,
         })
     }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::accounting::Account;
 use super::cache::remote_key;
 use super::error::InferError;
-use super::plan::{Admission, Infer};
+use super::plan::{Infer, Routing};
 use super::request::Request;
 use super::stream::{Run, Shape};
 use crate::backends::Remote;
@@ -65,12 +65,30 @@ impl Infer {
         // `experiment:NAME` runs this session's variant: its model, and its compression and
         // temperature where the request names none.
         let routed = self.route(&req.model, &req.caller.session).await?;
-        if let Some((_, v)) = &routed {
+        if let Some(r) = &routed {
+            let v = &r.variant;
             req.model = v.model.clone();
             req.sampling.compression = req.sampling.compression.or_else(|| v.compression.clone());
             req.sampling.temperature = req.sampling.temperature.or(v.temperature);
         }
-        let variant = routed.map(|(label, _)| label);
+        let routing = Routing {
+            admission,
+            variant: routed.as_ref().map(|r| r.label.clone()),
+            observer: routed.and_then(|r| r.observer),
+            began,
+        };
+        let result = self.answer(req, &routing).await;
+        // A request that no target took is an outcome too (a canary answering 500).
+        if let (Err(e), Some(observe)) = (&result, &routing.observer) {
+            if passes_on(e) || matches!(e, InferError::Timeout(_)) {
+                observe(false, began.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        result
+    }
+
+    /// The first target of the model (or of its chain) that takes the request.
+    async fn answer(&self, req: Request, routing: &Routing) -> Result<Run, InferError> {
         let chain = self.backends.chain(&req.model);
         let targets: Vec<Target> = match &chain {
             Some(links) => links.iter().map(|l| self.target(l)).collect(),
@@ -91,15 +109,12 @@ impl Infer {
             let mut attempt = req.clone();
             attempt.model = label.to_string();
             let started = match target {
-                Target::Local(_) => match self
-                    .plan_local(attempt, admission.clone(), variant.clone(), began)
-                    .await
-                {
+                Target::Local(_) => match self.plan_local(attempt, routing.clone()).await {
                     Ok(plan) => self.run(plan),
                     Err(e) => Err(e),
                 },
                 Target::Remote(remote, model, label) => {
-                    self.run_remote(remote, model, label, attempt, &admission, &variant, began)
+                    self.run_remote(remote, model, label, attempt, routing)
                         .await
                 }
             };
@@ -134,16 +149,13 @@ impl Infer {
 
     /// Open `req` on a remote backend (or replay it from the response cache) and run it
     /// through the one loop.
-    #[allow(clippy::too_many_arguments)]
     async fn run_remote(
         &self,
         remote: &Arc<Remote>,
         model: &str,
         label: &str,
         req: Request,
-        admission: &Admission,
-        variant: &Option<String>,
-        began: Instant,
+        routing: &Routing,
     ) -> Result<Run, InferError> {
         let outgoing = crate::backends::wire::outgoing(&req, model)?;
         let n = req.sampling.n.unwrap_or(1).max(1) as usize;
@@ -157,9 +169,10 @@ impl Infer {
             monitor: self.monitor.clone(),
             model: label.to_string(),
             api: req.api,
-            started: began,
-            variant: variant.clone(),
+            started: routing.began,
+            variant: routing.variant.clone(),
             compression: None,
+            observer: routing.observer.clone(),
         };
         let (streams, from_cache) = match self.cached(key.as_ref(), &req.caller) {
             Some(replayed) => (replayed, true),
@@ -183,9 +196,9 @@ impl Infer {
             logprobs,
             prompt_tokens: 0,
             compression: None,
-            admission: admission.clone(),
+            admission: routing.admission.clone(),
             load: Default::default(),
-            began,
+            began: routing.began,
             served_by: Some(label.to_string()),
         })
     }

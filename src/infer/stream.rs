@@ -197,11 +197,10 @@ impl Infer {
             engine,
             mut validated,
             caller,
-            variant,
-            admission,
+            routing,
             load,
-            began,
         } = plan;
+        let began = routing.began;
         let account = Account {
             session: caller.session.clone(),
             rate_key: caller.rate_key.clone(),
@@ -210,8 +209,12 @@ impl Infer {
             model: engine.model_id.to_string(),
             api: validated.api,
             started: began,
-            variant: variant.or_else(|| engine.model.quantization.clone()),
+            variant: routing
+                .variant
+                .clone()
+                .or_else(|| engine.model.quantization.clone()),
             compression: validated.compression.as_ref().map(|c| c.label()),
+            observer: routing.observer.clone(),
         };
         let key = response_key(&engine, &validated);
         let requests = std::mem::take(&mut validated.requests);
@@ -246,7 +249,7 @@ impl Infer {
             logprobs: validated.logprobs.is_some(),
             prompt_tokens,
             compression: validated.compression,
-            admission,
+            admission: routing.admission,
             load,
             began,
             served_by: None,

@@ -42,6 +42,10 @@ pub struct ExperimentSpec {
     pub prompt_limit: Option<usize>,
     #[serde(default = "default_max_tokens")]
     pub max_tokens: usize,
+    /// Release one variant as a canary: its share of `experiment:NAME` traffic steps up while
+    /// it stays within bounds of the others, and rolls back when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<super::canary::CanarySpec>,
 }
 
 fn default_max_tokens() -> usize {
@@ -110,6 +114,10 @@ impl ExperimentSpec {
                 return Err(("'prompts' must be non-empty strings".into(), "prompts"));
             }
         }
+        if let Some(c) = &self.canary {
+            let names: Vec<&str> = self.variants.iter().map(|v| v.name.as_str()).collect();
+            c.validate(&names).map_err(|e| (e, "canary"))?;
+        }
         if !(1..=2048).contains(&self.max_tokens) {
             return Err((
                 "'max_tokens' must be between 1 and 2048".into(),
@@ -135,19 +143,28 @@ impl ExperimentSpec {
     /// The variant `session` is routed to: a stable hash of the experiment and session picks a
     /// point in [0, 1), and the variants' weights divide that interval.
     pub fn route(&self, session: &str) -> &Variant {
-        let total: f64 = self.variants.iter().map(|v| v.weight).sum();
+        self.route_among(session, None)
+    }
+
+    /// As `route`, leaving out the variant named `except` (a canary's current release).
+    pub fn route_among(&self, session: &str, except: Option<&str>) -> &Variant {
+        let kept = || {
+            self.variants
+                .iter()
+                .filter(move |v| Some(v.name.as_str()) != except)
+        };
+        let total: f64 = kept().map(|v| v.weight).sum();
         let point = unit_hash(&self.name, session) * total;
         let mut edge = 0.0;
-        for v in &self.variants {
+        for v in kept() {
             edge += v.weight;
             if point < edge {
                 return v;
             }
         }
-        self.variants
-            .iter()
-            .rev()
-            .find(|v| v.weight > 0.0)
+        kept()
+            .rfind(|v| v.weight > 0.0)
+            .or_else(|| kept().next())
             .unwrap_or(&self.variants[0])
     }
 }
@@ -451,6 +468,7 @@ mod tests {
             prompts: None,
             prompt_limit: None,
             max_tokens: 16,
+            canary: None,
         }
     }
 

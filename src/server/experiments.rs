@@ -28,14 +28,14 @@ type Shown = (i64, usize, String, String);
 #[derive(Clone, Default)]
 pub struct Pairs(Arc<Mutex<HashMap<u64, Shown>>>);
 
-fn store(state: &AppState) -> Result<&Store, ApiError> {
+pub(super) fn store(state: &AppState) -> Result<&Store, ApiError> {
     state.monitor.store().ok_or_else(|| ApiError::Unavailable {
         message: "Experiments need the database, which could not be opened".into(),
         code: "no_database",
     })
 }
 
-async fn experiment(state: &AppState, key: &str) -> Result<Experiment, ApiError> {
+pub(super) async fn experiment(state: &AppState, key: &str) -> Result<Experiment, ApiError> {
     store(state)?
         .experiment_get(key)
         .await
@@ -51,10 +51,16 @@ pub async fn create(State(state): State<AppState>, body: Body) -> Result<Respons
     spec.validate()
         .map_err(|(message, param)| ApiError::invalid(message, param))?;
     let installed: Vec<String> = state.engines.servable().into_iter().map(|m| m.id).collect();
-    if let Some(v) = spec.variants.iter().find(|v| !installed.contains(&v.model)) {
+    let backends = &state.infer.backends;
+    let served = |m: &str| {
+        installed.iter().any(|i| i == m)
+            || backends.resolve(m).is_some()
+            || backends.chain(m).is_some()
+    };
+    if let Some(v) = spec.variants.iter().find(|v| !served(&v.model)) {
         return Err(ApiError::invalid(
             format!(
-                "variant `{}`: the model `{}` is not installed",
+                "variant `{}`: the model `{}` is not installed nor a remote model or chain",
                 v.name, v.model
             ),
             "variants",
@@ -159,11 +165,6 @@ impl LabGenerator {
         partial: &mut (dyn FnMut(&str) + Send),
     ) -> Result<(String, crate::scheduler::Usage), String> {
         let state = &self.0;
-        let engine = state
-            .engines
-            .get(&variant.model)
-            .await
-            .map_err(|e| e.to_string())?;
         let caller = crate::infer::Caller {
             session: "lab".into(),
             rate_key: "lab".into(),
@@ -178,14 +179,30 @@ impl LabGenerator {
         req.sampling.temperature = Some(variant.temperature.unwrap_or(0.0));
         req.sampling.seed = Some(1);
         req.sampling.compression = variant.compression.clone();
-        let infer = &state.infer;
-        infer
-            .compress(&engine, &mut req)
-            .await
-            .map_err(|e| e.to_string())?;
-        let plan = crate::infer::validate::validate(&engine, req).map_err(|e| e.to_string())?;
-        let request = plan.requests.into_iter().next().ok_or("nothing to run")?;
-        let mut events = engine.schedule(request).map_err(|e| e.to_string())?;
+        let backends = &state.infer.backends;
+        let mut events = if let Some((remote, model)) = backends.resolve(&variant.model) {
+            // A remote variant: the same request, answered by its engine.
+            let out = crate::backends::wire::outgoing(&req, &model).map_err(|e| e.to_string())?;
+            let mut streams = remote
+                .open(backends.client(), out)
+                .await
+                .map_err(|e| e.to_string())?;
+            streams.pop().ok_or("nothing to run")?
+        } else {
+            let engine = state
+                .engines
+                .get(&variant.model)
+                .await
+                .map_err(|e| e.to_string())?;
+            state
+                .infer
+                .compress(&engine, &mut req)
+                .await
+                .map_err(|e| e.to_string())?;
+            let plan = crate::infer::validate::validate(&engine, req).map_err(|e| e.to_string())?;
+            let request = plan.requests.into_iter().next().ok_or("nothing to run")?;
+            engine.schedule(request).map_err(|e| e.to_string())?
+        };
         let mut text = String::new();
         while let Some(event) = events.recv().await {
             match event {
@@ -333,22 +350,4 @@ pub async fn vote(
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(json!({"recorded": vote})))
-}
-
-/// For `model: "experiment:NAME"`: the variant this session is routed to.
-pub async fn route(
-    state: &AppState,
-    model: &str,
-    session: &str,
-) -> Result<Option<(String, experiments::Variant)>, ApiError> {
-    let Some(name) = model.strip_prefix("experiment:") else {
-        return Ok(None);
-    };
-    let e = store(state)?
-        .experiment_get(name)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::ModelNotFound(model.to_string()))?;
-    let v = e.spec.route(session).clone();
-    Ok(Some((format!("{}/{}", e.name, v.name), v)))
 }

@@ -11,6 +11,7 @@ pub mod body;
 pub mod browser;
 pub mod budget;
 pub mod caller;
+pub mod canary;
 pub mod csv;
 pub mod devices;
 pub mod embeddings;
@@ -151,6 +152,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/lab/experiments/{key}/run", post(experiments::run))
         .route("/api/lab/experiments/{key}/pair", get(experiments::pair))
         .route("/api/lab/experiments/{key}/votes", post(experiments::vote))
+        .route("/api/lab/experiments/{key}/canary", get(canary::get))
+        .route(
+            "/api/lab/experiments/{key}/canary/promote",
+            post(canary::promote),
+        )
+        .route(
+            "/api/lab/experiments/{key}/canary/rollback",
+            post(canary::rollback),
+        )
         .route(
             "/api/settings",
             get(settings::get_settings).put(settings::put_settings),

@@ -135,6 +135,7 @@ impl Launch {
                 &s.breaker,
             )
             .context("the remote backends' key file in the data directory")?,
+            canaries: Default::default(),
         };
         infer.backends.spawn_health_checks();
         let state = AppState {

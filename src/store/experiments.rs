@@ -161,6 +161,7 @@ mod tests {
             prompts: Some(vec!["hi".into()]),
             prompt_limit: None,
             max_tokens: 8,
+            canary: None,
         };
         let id = store.experiment_create(&spec).await.unwrap().unwrap();
         assert_eq!(

@@ -3,6 +3,7 @@
 
 pub mod alerts;
 pub mod bench;
+pub mod canary;
 pub mod embeddings;
 pub mod experiments;
 pub mod lab;

@@ -2,6 +2,7 @@
 //! second `lantern serve` stands in for the remote engine (vLLM, llama-server), behind a fault
 //! proxy written here (`proxy`) that drops connections, answers 500 or stalls.
 
+mod canary;
 #[path = "../common/mod.rs"]
 mod common;
 mod proxy;
@@ -253,7 +254,7 @@ async fn a_chain_falls_back_past_drops_failures_and_stalls_and_its_breaker_opens
     assert_eq!((status, served.as_deref()), (200, Some("edge/smollm2")));
 
     for (mode, label) in [(Mode::Drop, "drop"), (Mode::Fail, "500")] {
-        proxy.set(mode);
+        proxy.set(mode).await;
         let began = Instant::now();
         let (status, served, answer) = ask(&front, &body("main", prompt, json!({}))).await;
         assert_eq!(status, 200, "{label}: {answer}");
@@ -292,7 +293,7 @@ async fn a_chain_falls_back_past_drops_failures_and_stalls_and_its_breaker_opens
     assert_eq!(status, 503, "{answer}");
 
     // Past the cooldown one probe goes through; the remote is well again, so it closes.
-    proxy.set(Mode::Pass);
+    proxy.set(Mode::Pass).await;
     tokio::time::sleep(Duration::from_millis(1600)).await;
     let (status, served, _) = ask(&front, &body("main", prompt, json!({}))).await;
     assert_eq!((status, served.as_deref()), (200, Some("edge/smollm2")));
@@ -300,7 +301,7 @@ async fn a_chain_falls_back_past_drops_failures_and_stalls_and_its_breaker_opens
     assert_eq!(circuits["edge/smollm2"], "closed", "{circuits}");
 
     // A stalled remote is given up on at its timeout (3 s) and the next link answers.
-    proxy.set(Mode::Stall);
+    proxy.set(Mode::Stall).await;
     let began = Instant::now();
     let (status, served, answer) = ask(&front, &body("main", prompt, json!({}))).await;
     assert_eq!(
@@ -314,7 +315,7 @@ async fn a_chain_falls_back_past_drops_failures_and_stalls_and_its_breaker_opens
         "{took:?}"
     );
     // With the remote stopped outright, the chain still answers.
-    proxy.set(Mode::Pass);
+    proxy.set(Mode::Pass).await;
     drop(_remote);
     let (status, served, _) = ask(&front, &body("main", prompt, json!({}))).await;
     assert_eq!((status, served.as_deref()), (200, Some("smollm2")));

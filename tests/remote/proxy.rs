@@ -18,24 +18,30 @@ pub enum Mode {
     Fail,
     /// Read the request and never answer.
     Stall,
+    /// Every request on a connection of its own (`connection: close` added), every `n`th
+    /// answered 500: a remote that fails a share of its requests.
+    Flaky(usize),
 }
 
 pub struct Proxy {
     pub url: String,
     mode: watch::Sender<Mode>,
-    /// Connections accepted, in any mode.
-    pub connections: Arc<AtomicUsize>,
+    /// Requests (POSTs: not the health checks' GETs) that reached it, in any mode.
+    pub posts: Arc<AtomicUsize>,
     /// The first bytes of each request passed through (headers included).
     pub heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proxy {
-    pub fn set(&self, mode: Mode) {
+    /// Change mode; the connections it was passing are cut, and the client is given a moment
+    /// to see them closed (so its next request opens a new one under the new mode).
+    pub async fn set(&self, mode: Mode) {
         self.mode.send_replace(mode);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 
     pub fn accepted(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
+        self.posts.load(Ordering::SeqCst)
     }
 }
 
@@ -47,25 +53,34 @@ pub async fn start(upstream: &str) -> Proxy {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     let (mode, watcher) = watch::channel(Mode::Pass);
-    let connections = Arc::new(AtomicUsize::new(0));
+    let posts = Arc::new(AtomicUsize::new(0));
     let heads = Arc::new(Mutex::new(Vec::new()));
-    let (count, seen) = (connections.clone(), heads.clone());
+    let (count, seen) = (posts.clone(), heads.clone());
     tokio::spawn(async move {
         loop {
             let Ok((client, _)) = listener.accept().await else {
                 return;
             };
-            count.fetch_add(1, Ordering::SeqCst);
             let mut changed = watcher.clone();
             let now = *changed.borrow_and_update();
             let upstream = upstream.clone();
-            let seen = seen.clone();
+            let (seen, count) = (seen.clone(), count.clone());
             tokio::spawn(async move {
+                let mut first = [0u8; 5];
+                let is_post = matches!(client.peek(&mut first).await, Ok(5) if &first == b"POST ");
+                // Passed connections count each request they carry; the others count here.
+                let nth = match (now, is_post) {
+                    (Mode::Pass, _) | (_, false) => 0,
+                    _ => count.fetch_add(1, Ordering::SeqCst) + 1,
+                };
                 match now {
-                    Mode::Pass => pass(client, &upstream, &mut changed, &seen).await,
+                    Mode::Pass => pass(client, &upstream, &mut changed, &seen, &count).await,
+                    Mode::Flaky(_) if !is_post => once(client, &upstream).await,
                     Mode::Drop => drop(client),
                     Mode::Fail => fail(client).await,
                     Mode::Stall => stall(client).await,
+                    Mode::Flaky(n) if nth % n == 0 => fail(client).await,
+                    Mode::Flaky(_) => once(client, &upstream).await,
                 }
             });
         }
@@ -73,7 +88,7 @@ pub async fn start(upstream: &str) -> Proxy {
     Proxy {
         url,
         mode,
-        connections,
+        posts,
         heads,
     }
 }
@@ -83,6 +98,7 @@ async fn pass(
     upstream: &str,
     changed: &mut watch::Receiver<Mode>,
     seen: &Mutex<Vec<String>>,
+    posts: &AtomicUsize,
 ) {
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         return;
@@ -100,6 +116,9 @@ async fn pass(
             if text.starts_with("POST ") || text.starts_with("GET ") {
                 seen.lock().unwrap().push(text.chars().take(2048).collect());
             }
+            if text.starts_with("POST ") {
+                posts.fetch_add(1, Ordering::SeqCst);
+            }
             if sw.write_all(&buf[..n]).await.is_err() {
                 return;
             }
@@ -111,6 +130,33 @@ async fn pass(
         _ = downward => {}
         _ = changed.changed() => {}
     }
+}
+
+/// One request passed with `connection: close`, so the next comes on a new connection.
+async fn once(mut client: TcpStream, upstream: &str) {
+    let Ok(mut server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let Ok(n) = client.read(&mut buf).await else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    let Some(end) = text.find("\r\n\r\n") else {
+        return;
+    };
+    let head = format!("{}\r\nconnection: close", &text[..end]);
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&buf[end..n]);
+    if server.write_all(&out).await.is_err() {
+        return;
+    }
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = server.split();
+    let _ = tokio::join!(
+        tokio::io::copy(&mut cr, &mut sw),
+        tokio::io::copy(&mut sr, &mut cw)
+    );
 }
 
 async fn fail(mut client: TcpStream) {
