@@ -1,8 +1,8 @@
-//! Routing beyond this machine's engines: remote OpenAI-compatible backends served as
-//! `NAME/MODEL`, fallback chains and a circuit breaker per target. The inference path asks
+//! Routing beyond one local model: remote OpenAI-compatible backends served as `NAME/MODEL`,
+//! fallback chains, a circuit breaker per target, and the rules of `model: "auto"`. The inference path asks
 //! [`Backends`] what a model name means; the wire formats never learn which engine answered.
 //!
-//! - `spec`: what `settings.toml` holds (`[[backends]]`, `[[chains]]`, `[breaker]`)
+//! - `spec`: what `settings.toml` holds (`[[backends]]`, `[[chains]]`, `[breaker]`, `[auto]`)
 //! - `keys`: the backends' API keys, kept 0600 apart from the settings and never shown
 //! - `remote`: one remote engine: opening a request on it, its health check, its slots
 //! - `wire`: the typed request as the remote's OpenAI body
@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 pub use breaker::Breakers;
 pub use remote::Remote;
-pub use spec::{BackendSpec, BreakerSpec, ChainSpec};
+pub use spec::{AutoRoute, AutoSpec, BackendSpec, BreakerSpec, ChainSpec};
 
 /// Every configured backend and chain, one pooled HTTP client, the breakers.
 #[derive(Clone)]
@@ -36,6 +36,7 @@ struct Inner {
     keys: keys::KeyFile,
     remotes: RwLock<Vec<Arc<Remote>>>,
     chains: RwLock<Vec<ChainSpec>>,
+    auto: RwLock<AutoSpec>,
     breakers: Breakers,
 }
 
@@ -46,6 +47,7 @@ impl Backends {
         backends: &[BackendSpec],
         chains: &[ChainSpec],
         breaker: &BreakerSpec,
+        auto: &AutoSpec,
     ) -> std::io::Result<Self> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -58,10 +60,11 @@ impl Backends {
                 keys: keys::KeyFile::new(home),
                 remotes: RwLock::default(),
                 chains: RwLock::default(),
+                auto: RwLock::default(),
                 breakers: Breakers::new(breaker.clone()),
             }),
         };
-        this.configure(backends, chains, breaker)?;
+        this.configure(backends, chains, breaker, auto)?;
         Ok(this)
     }
 
@@ -72,6 +75,7 @@ impl Backends {
         backends: &[BackendSpec],
         chains: &[ChainSpec],
         breaker: &BreakerSpec,
+        auto: &AutoSpec,
     ) -> std::io::Result<()> {
         let keys = self.inner.keys.load()?;
         let old = self.remotes();
@@ -95,6 +99,7 @@ impl Backends {
             .unwrap_or_else(|e| e.into_inner()) = remotes;
         *self.inner.chains.write().unwrap_or_else(|e| e.into_inner()) = chains.to_vec();
         self.inner.breakers.configure(breaker.clone());
+        *self.inner.auto.write().unwrap_or_else(|e| e.into_inner()) = auto.clone();
         Ok(())
     }
 
@@ -136,6 +141,15 @@ impl Backends {
             .iter()
             .find(|c| c.name == name)
             .map(|c| c.targets.clone())
+    }
+
+    /// `auto`'s candidates and rules.
+    pub fn auto(&self) -> AutoSpec {
+        self.inner
+            .auto
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn chains(&self) -> Vec<ChainSpec> {

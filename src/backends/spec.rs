@@ -62,6 +62,57 @@ impl Default for BreakerSpec {
     }
 }
 
+/// `model: "auto"`: candidates from smallest to largest, each with the rules a prompt must pass
+/// for it to answer; the first that accepts answers, the last answers what none accepts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoSpec {
+    pub routes: Vec<AutoRoute>,
+    /// The embedding model `like` rules compare with.
+    pub embedding_model: Option<String>,
+}
+
+/// One candidate of `auto` and its rules (all must accept; none given accepts everything).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoRoute {
+    /// A local model, `NAME/MODEL` or a chain.
+    pub model: String,
+    /// The prompt has at most this many tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prompt_tokens: Option<usize>,
+    /// `false`: the prompt holds no code; `true`: it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<bool>,
+    /// Labelled examples of what this route answers: the prompt must be at least
+    /// `min_similarity` alike (MiniLM cosine) to one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub like: Vec<String>,
+    #[serde(default = "default_similarity")]
+    pub min_similarity: f64,
+}
+
+fn default_similarity() -> f64 {
+    0.5
+}
+
+impl AutoSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        for r in &self.routes {
+            if r.model.trim().is_empty() || r.model == "auto" {
+                return Err("auto: each route names a model (not `auto`)".into());
+            }
+            if !(-1.0..=1.0).contains(&r.min_similarity) {
+                return Err(format!(
+                    "auto: `{}` min_similarity is a cosine in [-1, 1]",
+                    r.model
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Backend and chain names: what may stand before the `/` of a model name.
 fn name_ok(name: &str) -> bool {
     !name.is_empty()

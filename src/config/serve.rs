@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backends::{BackendSpec, BreakerSpec, ChainSpec};
+use crate::backends::{AutoSpec, BackendSpec, BreakerSpec, ChainSpec};
 use crate::compress::Spec;
 use crate::engine::kv_rows::KvType;
 use crate::scheduler::KeepAlive;
@@ -88,6 +88,8 @@ pub struct ServerSettings {
     pub chains: Vec<ChainSpec>,
     /// When a target's circuit opens after failures, and for how long.
     pub breaker: BreakerSpec,
+    /// `model: "auto"`: the smallest candidate whose rules accept the prompt answers it.
+    pub auto: AutoSpec,
 }
 
 impl Default for ServerSettings {
@@ -125,12 +127,13 @@ impl Default for ServerSettings {
             backends: Vec::new(),
             chains: Vec::new(),
             breaker: BreakerSpec::default(),
+            auto: AutoSpec::default(),
         }
     }
 }
 
 /// Settings a running server takes without a restart (the rest wait for the next start).
-pub const APPLIED_LIVE: [&str; 18] = [
+pub const APPLIED_LIVE: [&str; 19] = [
     "api_keys",
     "cors_origins",
     "allowed_hosts",
@@ -149,10 +152,11 @@ pub const APPLIED_LIVE: [&str; 18] = [
     "backends",
     "chains",
     "breaker",
+    "auto",
 ];
 
 /// Every setting's name, as the file and the API spell it.
-pub const FIELDS: [&str; 33] = [
+pub const FIELDS: [&str; 34] = [
     "model",
     "host",
     "port",
@@ -185,6 +189,7 @@ pub const FIELDS: [&str; 33] = [
     "backends",
     "chains",
     "breaker",
+    "auto",
     "settings",
 ];
 
@@ -346,6 +351,7 @@ impl ServerSettings {
         }
         crate::backends::spec::validate(&self.backends, &self.chains, &self.breaker)
             .map_err(SettingsError::Invalid)?;
+        self.auto.validate().map_err(SettingsError::Invalid)?;
         Ok(())
     }
 

@@ -47,6 +47,8 @@ pub struct Account {
     /// The compression applied to the prompt, as `prune@0.5`.
     pub compression: Option<String>,
     pub observer: Option<Observer>,
+    /// How routing chose the target, with its reason.
+    pub route: Option<String>,
 }
 
 /// How a request ended.
@@ -114,5 +116,6 @@ pub fn finish(account: &Account, totals: &Totals, last: Option<&Usage>, outcome:
         response_cached: totals.from_cache,
         variant: account.variant.clone(),
         compression: account.compression.clone(),
+        route: account.route.clone(),
     });
 }

@@ -4,6 +4,7 @@
 //!
 //! - `request`: the typed request, its sampling settings and its caller
 //! - `plan`: budget, experiment routing, the model, default compression, validation: once
+//! - `auto`: `model: "auto"`: the smallest candidate whose rules accept the prompt
 //! - `route`: which target answers: an experiment's variant, a fallback chain's links behind
 //!   their circuit breakers, a remote backend's model or a local one
 //! - `experiment`: an experiment's variant for a request; a canary's share and its judging
@@ -18,6 +19,7 @@
 //! - `error`: what the path fails with; each adapter maps it to its own error shape
 
 pub mod accounting;
+mod auto;
 pub mod backend;
 mod cache;
 mod compression;

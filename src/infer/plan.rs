@@ -25,6 +25,9 @@ pub struct Infer {
     pub backends: crate::backends::Backends,
     /// Experiments' canary releases: their shares and windows.
     pub canaries: Arc<crate::lab::canary::Canaries>,
+    /// Embedding models and their cache: `auto` compares prompts with its examples.
+    pub embedders: crate::scheduler::embedder::Embedders,
+    pub embeddings: Arc<crate::cache::EmbeddingCache>,
 }
 
 /// What a session under a daily budget is told with its answer.
@@ -55,6 +58,8 @@ pub struct Routing {
     pub variant: Option<String>,
     /// Told each finished request's outcome (a canary release judges its variant by them).
     pub observer: Option<super::accounting::Observer>,
+    /// How routing chose the target (`auto`'s rule, a chain's failed links), with the reason.
+    pub route: Option<String>,
     /// When the request arrived: its clock.
     pub began: Instant,
 }

@@ -71,10 +71,20 @@ impl Infer {
             req.sampling.compression = req.sampling.compression.or_else(|| v.compression.clone());
             req.sampling.temperature = req.sampling.temperature.or(v.temperature);
         }
+        // `auto` picks the smallest candidate whose rules accept the prompt.
+        let route = if req.model == "auto" {
+            let choice = self.auto(&req).await?;
+            tracing::info!(model = choice.model.as_str(), "auto: {}", choice.reason);
+            req.model = choice.model;
+            Some(format!("auto: {}", choice.reason))
+        } else {
+            None
+        };
         let routing = Routing {
             admission,
             variant: routed.as_ref().map(|r| r.label.clone()),
             observer: routed.and_then(|r| r.observer),
+            route,
             began,
         };
         let result = self.answer(req, &routing).await;
@@ -96,6 +106,7 @@ impl Infer {
         };
         let breakers = self.backends.breakers();
         let mut last = None;
+        let mut failed: Vec<String> = Vec::new();
         for (i, target) in targets.iter().enumerate() {
             let label = target.label();
             let guarded = chain.is_some() || matches!(target, Target::Remote(..));
@@ -104,10 +115,24 @@ impl Infer {
                     message: format!("`{label}` failed repeatedly; its circuit is open"),
                     code: "circuit_open",
                 });
+                failed.push(format!("{label} passed over (circuit open)"));
                 continue;
             }
             let mut attempt = req.clone();
             attempt.model = label.to_string();
+            let mut routing = routing.clone();
+            if !failed.is_empty() {
+                let note = format!(
+                    "chain {}: {}; {label} answered",
+                    req.model,
+                    failed.join("; ")
+                );
+                routing.route = Some(match routing.route {
+                    Some(r) => format!("{r}; {note}"),
+                    None => note,
+                });
+            }
+            let routing = &routing;
             let started = match target {
                 Target::Local(_) => match self.plan_local(attempt, routing.clone()).await {
                     Ok(plan) => self.run(plan),
@@ -126,7 +151,7 @@ impl Infer {
                     if chain.is_some() && i > 0 {
                         self.monitor.metrics().fallback(&req.model, label);
                     }
-                    if chain.is_some() || matches!(target, Target::Remote(..)) {
+                    if chain.is_some() || routing.route.is_some() || guarded {
                         run.served_by = Some(label.to_string());
                     }
                     return Ok(run);
@@ -140,6 +165,7 @@ impl Infer {
                         return Err(e);
                     }
                     tracing::info!(target = label, "falling back: {e}");
+                    failed.push(format!("{label} failed ({e})"));
                     last = Some(e);
                 }
             }
@@ -173,6 +199,7 @@ impl Infer {
             variant: routing.variant.clone(),
             compression: None,
             observer: routing.observer.clone(),
+            route: routing.route.clone(),
         };
         let (streams, from_cache) = match self.cached(key.as_ref(), &req.caller) {
             Some(replayed) => (replayed, true),
@@ -200,6 +227,7 @@ impl Infer {
             load: Default::default(),
             began: routing.began,
             served_by: Some(label.to_string()),
+            route: routing.route.clone(),
         })
     }
 }

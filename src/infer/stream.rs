@@ -86,6 +86,8 @@ pub struct Run {
     pub began: Instant,
     /// The target that answered (`X-Lantern-Served-By`): a chain's link, or a remote model.
     pub served_by: Option<String>,
+    /// How routing chose it (`X-Lantern-Route`): `auto`'s rule, a chain's failed links.
+    pub route: Option<String>,
 }
 
 /// One choice, whole.
@@ -215,6 +217,7 @@ impl Infer {
                 .or_else(|| engine.model.quantization.clone()),
             compression: validated.compression.as_ref().map(|c| c.label()),
             observer: routing.observer.clone(),
+            route: routing.route.clone(),
         };
         let key = response_key(&engine, &validated);
         let requests = std::mem::take(&mut validated.requests);
@@ -253,6 +256,7 @@ impl Infer {
             load,
             began,
             served_by: None,
+            route: routing.route,
         })
     }
 

@@ -300,6 +300,7 @@ mod tests {
             response_cached: false,
             variant: None,
             compression: None,
+            route: None,
         };
         m.observe(&row);
         m.observe(&row);

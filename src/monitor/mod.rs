@@ -320,6 +320,7 @@ mod tests {
             response_cached: false,
             variant: None,
             compression: None,
+            route: None,
         };
         for i in 0..1000 {
             monitor.clone().record(row(i));

@@ -60,6 +60,7 @@ mod tests {
             response_cached: false,
             variant: None,
             compression: None,
+            route: None,
         }
     }
 

@@ -166,6 +166,7 @@ mod tests {
             response_cached: false,
             variant: None,
             compression: None,
+            route: None,
         };
         let rows = vec![
             mk("a", "ok", 11, 100.0),

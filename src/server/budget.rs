@@ -16,6 +16,10 @@ pub const REMAINING: HeaderName = HeaderName::from_static("x-lantern-budget-rema
 /// The target that answered, when routing chose one (a fallback chain's link, a remote model).
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-lantern-served-by");
 
+/// How routing chose the target: `auto`'s rule, a chain's failed links (ASCII; anything else
+/// shown as `?`).
+pub const ROUTE: HeaderName = HeaderName::from_static("x-lantern-route");
+
 /// What to tell a session that was let in.
 pub struct Admitted(Vec<(HeaderName, HeaderValue)>);
 
@@ -29,6 +33,21 @@ impl Admitted {
             .and_then(|s| HeaderValue::from_str(s).ok())
         {
             this.0.push((SERVED_BY, v));
+        }
+        if let Some(route) = &run.route {
+            let ascii: String = route
+                .chars()
+                .map(|c| {
+                    if c.is_ascii() && !c.is_ascii_control() {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .collect();
+            if let Ok(v) = HeaderValue::from_str(&ascii) {
+                this.0.push((ROUTE, v));
+            }
         }
         this
     }

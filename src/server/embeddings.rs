@@ -272,6 +272,7 @@ pub async fn embeddings(
         response_cached: outcome.computed == 0 && outcome.joined == 0,
         variant: None,
         compression: None,
+        route: None,
     });
     Ok(admitted.onto(Json(body).into_response()))
 }

@@ -292,6 +292,7 @@ mod tests {
             response_cached: false,
             variant: None,
             compression: None,
+            route: None,
         };
         let d = deltas(&[row("a", 200, 5), row("b", 500, 0), row("a", 200, 7)]);
         assert_eq!(

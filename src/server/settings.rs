@@ -268,7 +268,7 @@ fn apply(state: &AppState, s: &ServerSettings) -> Result<(), SettingsError> {
     state
         .infer
         .backends
-        .configure(&s.backends, &s.chains, &s.breaker)
+        .configure(&s.backends, &s.chains, &s.breaker, &s.auto)
         .map_err(|e| SettingsError::Invalid(format!("backends: {e}")))?;
     Ok(())
 }

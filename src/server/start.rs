@@ -133,9 +133,12 @@ impl Launch {
                 &s.backends,
                 &s.chains,
                 &s.breaker,
+                &s.auto,
             )
             .context("the remote backends' key file in the data directory")?,
             canaries: Default::default(),
+            embedders: embedders.clone(),
+            embeddings: caches.embeddings.clone(),
         };
         infer.backends.spawn_health_checks();
         let state = AppState {

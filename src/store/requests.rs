@@ -28,11 +28,13 @@ pub struct RequestRow {
     pub variant: Option<String>,
     /// Compression applied to the prompt (`prune@0.5`).
     pub compression: Option<String>,
+    /// How routing chose the target (`auto`'s rule, a chain's fallback), with its reason.
+    pub route: Option<String>,
 }
 
 const COLUMNS: &str = "finished_at, session, model, api, status, outcome, error_kind, \
     prompt_tokens, cached_tokens, completion_tokens, queue_ms, ttft_ms, total_ms, \
-    tokens_per_second, response_cached, variant, compression";
+    tokens_per_second, response_cached, variant, compression, route";
 
 fn row_of(r: &sqlx::sqlite::SqliteRow) -> RequestRow {
     RequestRow {
@@ -53,6 +55,7 @@ fn row_of(r: &sqlx::sqlite::SqliteRow) -> RequestRow {
         response_cached: r.get::<i64, _>(14) != 0,
         variant: r.get(15),
         compression: r.get(16),
+        route: r.get(17),
     }
 }
 
@@ -62,7 +65,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for r in rows {
             sqlx::query(&format!(
-                "INSERT INTO requests ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO requests ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             ))
             .bind(r.finished_at)
             .bind(&r.session)
@@ -81,6 +84,7 @@ impl Store {
             .bind(r.response_cached as i64)
             .bind(&r.variant)
             .bind(&r.compression)
+            .bind(&r.route)
             .execute(&mut *tx)
             .await?;
         }
@@ -177,6 +181,7 @@ mod tests {
             response_cached: false,
             variant: None,
             compression: None,
+            route: None,
         }
     }
 

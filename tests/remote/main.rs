@@ -1,7 +1,9 @@
 //! Remote backends, fallback chains and circuit breakers against real servers on loopback: a
 //! second `lantern serve` stands in for the remote engine (vLLM, llama-server), behind a fault
-//! proxy written here (`proxy`) that drops connections, answers 500 or stalls.
+//! proxy written here (`proxy`) that drops connections, answers 500 or stalls. Canary releases
+//! (`canary`) and `model: "auto"` (`auto`) route on the same path.
 
+mod auto;
 mod canary;
 #[path = "../common/mod.rs"]
 mod common;
