@@ -143,3 +143,50 @@ test("settings persist across a reload", async ({ page }) => {
   await expect(page.getByTestId("settings-error")).toContainText("p95_latency_ms");
   await shot(page, "settings");
 });
+
+test("models adds a remote backend and compare releases it as a canary, then rolls it back", async ({ page, request }) => {
+  // The server itself stands in for a remote engine, on its own loopback port.
+  page.on("dialog", (d) => d.accept());
+  await page.goto("/#/models");
+  await page.getByTestId("backend-name").fill("self");
+  await page.getByTestId("backend-url").fill(`${process.env.LANTERN_UI_URL}/v1`);
+  await page.getByTestId("backend-models").fill("smollm2");
+  await page.getByTestId("backend-key").fill("sk-e2e-never-shown");
+  await page.getByTestId("backend-save").click();
+  await expect(page.getByTestId("backend-self")).toContainText("self/smollm2");
+  await expect(page.getByTestId("backend-self")).toContainText("kept");
+  await page.getByTestId("backend-test-self").click();
+  await expect(page.getByTestId("backend-health-self")).toContainText("up", { timeout: 15_000 });
+  await expect(page.getByTestId("backends")).not.toContainText("sk-e2e-never-shown");
+  await shot(page, "models-backends");
+  const answer = await request.post("/v1/chat/completions", {
+    data: { model: "self/smollm2", messages: [{ role: "user", content: "Hi" }], max_tokens: 4 },
+  });
+  expect(answer.ok()).toBeTruthy();
+  expect(answer.headers()["x-lantern-served-by"]).toBe("self/smollm2");
+
+  await page.goto("/#/compare");
+  await page.getByTestId("canary-name").fill("e2e-release");
+  await page.getByTestId("canary-current").selectOption("smollm2");
+  await page.getByTestId("canary-next").selectOption("self/smollm2");
+  await page.getByTestId("canary-start").click();
+  const canary = page.getByTestId("canary-e2e-release");
+  await expect(canary).toContainText("running");
+  for (let i = 0; i < 3; i++) {
+    const r = await request.post("/v1/chat/completions", {
+      data: { model: "experiment:e2e-release", messages: [{ role: "user", content: "Hi" }], max_tokens: 2 },
+    });
+    expect(r.ok()).toBeTruthy();
+  }
+  await expect(page.getByTestId("canary-share-e2e-release")).toHaveText("5.0%");
+  await expect(canary).toContainText("of 3 requests");
+  await page.getByTestId("canary-rollback-e2e-release").click();
+  await expect(canary).toContainText("rolled back");
+  await expect(canary).toContainText("rolled back by hand");
+  await expect(page.getByTestId("canary-share-e2e-release")).toHaveText("0.0%");
+  await shot(page, "compare-canary");
+
+  await page.goto("/#/models");
+  await page.getByTestId("backend-remove-self").click();
+  await expect(page.getByTestId("backends")).not.toContainText("self/smollm2");
+});
