@@ -13,16 +13,15 @@
 //!   validated request and returns a stream of events; one engine thread owns the model.
 //! - [`infer`]: the one request path: every wire format's typed request is planned once
 //!   (budget, routing, model, compression, validation, response cache) and run through one
-//!   event loop (timeout, disconnect, tool calls, accounting) on a [`infer::Backend`].
-//! - [`backends`]: remote OpenAI-compatible engines as `NAME/MODEL`, fallback chains and the
-//!   circuit breakers, behind the same path.
+//!   event loop (timeout, disconnect, tool calls, accounting) on a [`infer::Backend`] or a
+//!   remote OpenAI-compatible engine ([`infer::backends`]: `NAME/MODEL`, fallback chains, circuit
+//!   breakers, `auto`).
 //! - [`server`]: axum routes and wire formats only (OpenAI, Responses, Ollama, Anthropic): each
 //!   parses its body into an [`infer::Request`] and renders the events in its own shape.
 //! - The path of one generation ([`engine::generate`]): chat messages → template → token ids →
 //!   chunked prefill → decode loop (forward, [`engine::sampler`], [`engine::stops`]) → text
 //!   streamed out whole, with its figures.
 
-pub mod backends;
 pub mod cache;
 pub mod clock;
 pub mod compress;

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backends::{AutoSpec, BackendSpec, BreakerSpec, ChainSpec};
 use crate::compress::Spec;
 use crate::engine::kv_rows::KvType;
+use crate::infer::backends::{AutoSpec, BackendSpec, BreakerSpec, ChainSpec};
 use crate::scheduler::KeepAlive;
 
 /// Bodies larger than this get a 413; a whole context of text fits with room to spare.
@@ -349,7 +349,7 @@ impl ServerSettings {
             spec.validate()
                 .map_err(|e| SettingsError::Invalid(format!("compression: {e}")))?;
         }
-        crate::backends::spec::validate(&self.backends, &self.chains, &self.breaker)
+        crate::infer::backends::spec::validate(&self.backends, &self.chains, &self.breaker)
             .map_err(SettingsError::Invalid)?;
         self.auto.validate().map_err(SettingsError::Invalid)?;
         Ok(())

@@ -3,10 +3,10 @@
 //! (vectors through the embedding cache, so examples are embedded once). The decision and its
 //! reason go to the response headers and the request log.
 
+use super::backends::{AutoRoute, AutoSpec};
 use super::error::InferError;
 use super::plan::Infer;
 use super::request::{Input, Request};
-use crate::backends::{AutoRoute, AutoSpec};
 use crate::store::embeddings::ModelKey;
 
 /// The embedding model `like` rules use unless the settings name another.

@@ -1,6 +1,6 @@
 //! The seam between the one request path and the local scheduler: `trait Backend`. A remote
 //! OpenAI-compatible engine (vLLM, llama-server) is reached a step earlier, at the typed request
-//! (`crate::backends::Remote::open`), since it tokenizes for itself; both give the same
+//! (`super::backends::Remote::open`), since it tokenizes for itself; both give the same
 //! [`Generation`]s to the one loop, and the wire formats never see which one served them.
 
 use tokio::sync::mpsc;

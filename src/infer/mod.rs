@@ -12,7 +12,9 @@
 //! - `tools`: tools checked once for every API, the forced-call grammar, the call hold
 //! - `stream`: the one loop: timeout, disconnect, held call text, calls read, accounting
 //! - `backend`: `trait Backend`, the seam to the local scheduler; remote engines are reached
-//!   at the typed request (`crate::backends`), since they tokenize for themselves
+//!   at the typed request (`backends`), since they tokenize for themselves
+//! - `backends`: remote OpenAI-compatible engines as `NAME/MODEL`, fallback chains, the circuit
+//!   breakers and `auto`'s rules, as the settings give them
 //! - `compression`: prompt compression, scored as a job on the scoring model's engine thread
 //! - `cache`: the response cache's keys, replays and recordings
 //! - `accounting`: the one record of every finished request
@@ -21,6 +23,7 @@
 pub mod accounting;
 mod auto;
 pub mod backend;
+pub mod backends;
 mod cache;
 mod compression;
 pub mod error;

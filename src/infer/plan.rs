@@ -22,7 +22,7 @@ pub struct Infer {
     /// Charges finished requests' tokens to their rate-limit key.
     pub charge: Charge,
     /// Remote engines, fallback chains and the circuit breakers.
-    pub backends: crate::backends::Backends,
+    pub backends: super::backends::Backends,
     /// Experiments' canary releases: their shares and windows.
     pub canaries: Arc<crate::lab::canary::Canaries>,
     /// Embedding models and their cache: `auto` compares prompts with its examples.

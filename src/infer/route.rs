@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::accounting::Account;
+use super::backends::Remote;
 use super::cache::remote_key;
 use super::error::InferError;
 use super::plan::{Infer, Routing};
 use super::request::Request;
 use super::stream::{Run, Shape};
-use crate::backends::Remote;
 
 /// One place a request may be answered.
 enum Target {
@@ -183,10 +183,10 @@ impl Infer {
         req: Request,
         routing: &Routing,
     ) -> Result<Run, InferError> {
-        let outgoing = crate::backends::wire::outgoing(&req, model)?;
+        let outgoing = super::backends::wire::outgoing(&req, model)?;
         let n = req.sampling.n.unwrap_or(1).max(1) as usize;
         let logprobs = req.logprobs.is_some();
-        let key = crate::backends::wire::deterministic(&req)
+        let key = super::backends::wire::deterministic(&req)
             .then(|| remote_key(remote.spec.base(), &outgoing.body));
         let account = Account {
             session: req.caller.session.clone(),

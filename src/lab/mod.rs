@@ -6,4 +6,5 @@ pub mod canary;
 pub mod experiments;
 pub mod prompts;
 pub mod quality;
+pub mod quality_remote;
 pub mod runner;

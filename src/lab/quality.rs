@@ -24,12 +24,16 @@ pub struct QualityReport {
     pub prompts: usize,
     /// Positions compared (tokens of the reference's answers).
     pub positions: usize,
-    pub kl_mean: f64,
-    pub kl_p99: f64,
-    pub kl_max: f64,
-    /// Share of positions where both models' most likely token is the same.
+    /// KL divergence of the variant from the reference; none against a remote reference,
+    /// whose whole next-token distributions are not served.
+    pub kl_mean: Option<f64>,
+    pub kl_p99: Option<f64>,
+    pub kl_max: Option<f64>,
+    /// Share of positions where both models' most likely token is the same (against a remote
+    /// reference: where the variant's is the token the reference wrote).
     pub top1_agreement: f64,
-    pub perplexity_reference: f64,
+    /// None against a remote reference.
+    pub perplexity_reference: Option<f64>,
     pub perplexity_variant: f64,
     pub reference_tokens_per_second: f64,
     pub variant_tokens_per_second: f64,
@@ -58,14 +62,14 @@ impl From<crate::engine::models::ModelError> for QualityError {
     }
 }
 
-fn log_softmax(row: &[f32]) -> Vec<f64> {
+pub(super) fn log_softmax(row: &[f32]) -> Vec<f64> {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
     let log_sum = sum.ln() + max;
     row.iter().map(|&x| x as f64 - log_sum).collect()
 }
 
-fn argmax(row: &[f64]) -> usize {
+pub(super) fn argmax(row: &[f64]) -> usize {
     row.iter()
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
@@ -73,7 +77,7 @@ fn argmax(row: &[f64]) -> usize {
 }
 
 /// Greedy answer of `model` to `prompt`: its tokens (stopping at a stop token) and the time.
-fn greedy(
+pub(super) fn greedy(
     model: &Transformer,
     kv: KvType,
     prompt: &[u32],
@@ -106,7 +110,7 @@ fn greedy(
     Ok((out, secs))
 }
 
-fn all_logits(
+pub(super) fn all_logits(
     model: &Transformer,
     kv: KvType,
     tokens: &[u32],
@@ -133,7 +137,7 @@ fn rank(sorted: &[f64], p: f64) -> f64 {
 type Part = (Vec<u32>, f64, Vec<Vec<f32>>);
 
 /// Run `work` on `engine`'s thread with its model.
-async fn on_engine<R: Send + 'static>(
+pub(super) async fn on_engine<R: Send + 'static>(
     engine: &EngineHandle,
     work: impl FnOnce(&crate::engine::ChatModel) -> Result<R, QualityError> + Send + 'static,
 ) -> Result<R, QualityError> {
@@ -233,11 +237,11 @@ pub async fn compare(
         prompt_set: prompt_set.to_string(),
         prompts: prompts.len(),
         positions: n,
-        kl_mean,
-        kl_p99: rank(&kls, 99.0),
-        kl_max: kls.last().copied().unwrap_or(0.0),
+        kl_mean: Some(kl_mean),
+        kl_p99: Some(rank(&kls, 99.0)),
+        kl_max: Some(kls.last().copied().unwrap_or(0.0)),
         top1_agreement: mean(agree as f64),
-        perplexity_reference: mean(nll_ref).exp(),
+        perplexity_reference: Some(mean(nll_ref).exp()),
         perplexity_variant: mean(nll_var).exp(),
         reference_tokens_per_second: speed(ref_tokens, ref_secs),
         variant_tokens_per_second: speed(var_tokens, var_secs),

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::errors::ApiError;
 use super::AppState;
-use crate::backends::BackendSpec;
+use crate::infer::backends::BackendSpec;
 
 /// A backend as the Models page sends it: its spec, and a key to set (`""` removes it; left
 /// out, the saved key stays).

@@ -182,7 +182,8 @@ impl LabGenerator {
         let backends = &state.infer.backends;
         let mut events = if let Some((remote, model)) = backends.resolve(&variant.model) {
             // A remote variant: the same request, answered by its engine.
-            let out = crate::backends::wire::outgoing(&req, &model).map_err(|e| e.to_string())?;
+            let out =
+                crate::infer::backends::wire::outgoing(&req, &model).map_err(|e| e.to_string())?;
             let mut streams = remote
                 .open(backends.client(), out)
                 .await

@@ -121,10 +121,14 @@ pub async fn start_quality(
             "max_tokens",
         ));
     }
-    // Both must be installed; they are loaded (or found loaded) as served models, and each
-    // one's part runs as a job on its engine thread.
-    path_of(&state, &req.reference)?;
+    // Both must be installed (or the reference a remote model); they are loaded (or found
+    // loaded) as served models, and each one's part runs as a job on its engine thread.
+    let remote = state.infer.backends.resolve(&req.reference);
+    if remote.is_none() {
+        path_of(&state, &req.reference)?;
+    }
     path_of(&state, &req.variant)?;
+    let backends = state.infer.backends.clone();
     let engines = state.engines.clone();
     let store = state.monitor.store().cloned();
     let runtime = tokio::runtime::Handle::current();
@@ -136,8 +140,27 @@ pub async fn start_quality(
                 let engines = engines.clone();
                 async move { engines.get(&name).await.map_err(|e| format!("{name}: {e}")) }
             };
-            let reference = load(req.reference.clone()).await?;
             let variant = load(req.variant.clone()).await?;
+            let mut progress = |f, m: &str| {
+                job.progress(f, m);
+                !job.cancelled()
+            };
+            if let Some((remote, model)) = remote {
+                let answer =
+                    |prompt: String| remote_answer(&backends, &remote, &model, prompt, max_tokens);
+                return crate::lab::quality_remote::compare(
+                    (&req.reference, &req.variant),
+                    answer,
+                    &variant,
+                    &set,
+                    &list,
+                    max_tokens,
+                    &mut progress,
+                )
+                .await
+                .map_err(|e| e.to_string());
+            }
+            let reference = load(req.reference.clone()).await?;
             quality::compare(
                 (&req.reference, &req.variant),
                 &reference,
@@ -145,10 +168,7 @@ pub async fn start_quality(
                 &set,
                 &list,
                 max_tokens,
-                &mut |f, m| {
-                    job.progress(f, m);
-                    !job.cancelled()
-                },
+                &mut progress,
             )
             .await
             .map_err(|e| e.to_string())
@@ -171,6 +191,50 @@ pub async fn start_quality(
         Ok(value)
     });
     Ok(super::jobs::accepted(job))
+}
+
+/// A remote reference's greedy answer to one prompt, as the lab asks it (not in the request
+/// log).
+async fn remote_answer(
+    backends: &crate::infer::backends::Backends,
+    remote: &crate::infer::backends::Remote,
+    model: &str,
+    prompt: String,
+    max_tokens: usize,
+) -> Result<crate::lab::quality_remote::Answer, String> {
+    use crate::infer::{Api, CacheUse, Caller, Input, Request};
+    let caller = Caller {
+        session: "lab".into(),
+        rate_key: "lab".into(),
+        cache: CacheUse::default(),
+        timeout: std::time::Duration::from_secs(600),
+    };
+    let messages = vec![crate::engine::template::ChatMessage::new("user", prompt)];
+    let mut req = Request::new(Api::Lab, model, Input::Chat(messages), caller);
+    req.sampling.temperature = Some(0.0);
+    req.sampling.max_tokens = Some(max_tokens as i64);
+    let out = crate::infer::backends::wire::outgoing(&req, model).map_err(|e| e.to_string())?;
+    let mut streams = remote
+        .open(backends.client(), out)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut events = streams.pop().ok_or("the remote sent no answer")?;
+    let mut text = String::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            crate::scheduler::GenEvent::Text(t) => text.push_str(&t),
+            crate::scheduler::GenEvent::Done(usage) => {
+                return Ok(crate::lab::quality_remote::Answer {
+                    text,
+                    tokens: usage.completion_tokens,
+                    decode_secs: usage.decode.as_secs_f64(),
+                })
+            }
+            crate::scheduler::GenEvent::Failed(m) => return Err(m),
+            _ => {}
+        }
+    }
+    Err("the remote's answer ended early".into())
 }
 
 #[derive(serde::Deserialize)]

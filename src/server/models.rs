@@ -68,7 +68,16 @@ fn all_models(state: &AppState) -> Vec<(String, Value)> {
         .chains()
         .into_iter()
         .map(|c| routed_json(&c.name, "chain", json!({"targets": c.targets})));
-    chat.chain(embed).chain(remote).chain(chains).collect()
+    let auto = backends.auto();
+    let auto = (!auto.routes.is_empty()).then(|| {
+        let candidates: Vec<&str> = auto.routes.iter().map(|r| r.model.as_str()).collect();
+        routed_json("auto", "auto", json!({"routes": candidates}))
+    });
+    chat.chain(embed)
+        .chain(remote)
+        .chain(chains)
+        .chain(auto)
+        .collect()
 }
 
 pub async fn list_models(State(state): State<AppState>) -> Json<Value> {

@@ -128,7 +128,7 @@ impl Launch {
             monitor: monitor.clone(),
             compression: compression.clone(),
             charge: Arc::new(move |key: &str, tokens: u64| limiter.add_tokens(key, tokens)),
-            backends: crate::backends::Backends::new(
+            backends: crate::infer::backends::Backends::new(
                 &config.home(),
                 &s.backends,
                 &s.chains,

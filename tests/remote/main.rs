@@ -368,3 +368,66 @@ async fn thirty_two_concurrent_streams_through_a_remote_lose_nothing_and_count_e
     assert_eq!(front_count as u64, sum);
     assert_eq!(remote_count as u64, sum);
 }
+
+#[tokio::test]
+async fn a_remote_model_is_a_quality_reference_and_an_experiment_variant() {
+    let (_remote, _proxy, front) = servers().await;
+    // The same weights behind the remote: the local variant agrees with nearly every token the
+    // reference wrote, and finds its answers unsurprising.
+    let (status, started) = common::server::post(
+        &front,
+        "/api/lab/quality",
+        &json!({"reference": "edge/smollm2", "variant": "smollm2",
+                "prompts": ["Say hi.", "Count to three."], "max_tokens": 12}),
+    )
+    .await;
+    assert_eq!(status, 202, "{started}");
+    let job = common::server::wait_job(&front, started["job"].as_u64().unwrap()).await;
+    assert_eq!(job["state"], "done", "{job}");
+    let report = &job["result"];
+    assert!(report["positions"].as_u64().unwrap() >= 8, "{report}");
+    assert!(report["top1_agreement"].as_f64().unwrap() > 0.9, "{report}");
+    assert!(
+        report["kl_mean"].is_null() && report["perplexity_reference"].is_null(),
+        "{report}"
+    );
+    // The local model's perplexity of the remote's answers is its perplexity of its own.
+    let (_, local) = common::server::post(
+        &front,
+        "/api/lab/quality",
+        &json!({"reference": "smollm2", "variant": "smollm2",
+                "prompts": ["Say hi.", "Count to three."], "max_tokens": 12}),
+    )
+    .await;
+    let local = common::server::wait_job(&front, local["job"].as_u64().unwrap()).await;
+    let own = local["result"]["perplexity_reference"].as_f64().unwrap();
+    let theirs = report["perplexity_variant"].as_f64().unwrap();
+    assert!((own - theirs).abs() < 0.01 * own, "{own} vs {theirs}");
+    assert!(
+        report["reference_tokens_per_second"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+
+    // An experiment run with a remote variant: both answer every prompt, greedily the same.
+    let spec = json!({"name": "local-vs-remote", "max_tokens": 8, "prompts": ["Say hi."],
+        "variants": [{"name": "here", "model": "smollm2"}, {"name": "there", "model": "edge/smollm2"}]});
+    assert_eq!(
+        common::server::post(&front, "/api/lab/experiments", &spec)
+            .await
+            .0,
+        201
+    );
+    let (status, started) = common::server::post(
+        &front,
+        "/api/lab/experiments/local-vs-remote/run",
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 202, "{started}");
+    let job = common::server::wait_job(&front, started["job"].as_u64().unwrap()).await;
+    assert_eq!(job["state"], "done", "{job}");
+    let e = get_json(&front, "/api/lab/experiments/local-vs-remote").await;
+    let rows = e["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{e}");
+    assert_eq!(rows[0]["output"], rows[1]["output"], "{rows:?}");
+}
