@@ -36,7 +36,7 @@ pub struct EmbeddingRequest {
 
 /// The request's inputs, before tokenization.
 #[derive(Debug, PartialEq)]
-enum Inputs {
+pub(super) enum Inputs {
     Texts(Vec<String>),
     Tokens(Vec<Vec<u32>>),
 }
@@ -138,7 +138,6 @@ pub async fn embeddings(
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
     let started = std::time::Instant::now();
     let req: EmbeddingRequest = parse_body(body, state.body_limit)?;
     let session = super::caller::session_of(&headers, req.user.as_deref());
@@ -158,6 +157,17 @@ pub async fn embeddings(
         }
     };
     let inputs = parse_inputs(req.input)?;
+    if let Some((remote, name)) = state.infer.backends.resolve(&model_id) {
+        let asked = super::embeddings_remote::Asked {
+            session,
+            label: model_id,
+            base64,
+            dimensions: req.dimensions,
+            started,
+        };
+        let answer = super::embeddings_remote::embed(&state, &remote, &name, inputs, asked).await?;
+        return Ok(admitted.onto(answer));
+    }
     let embedder = match state.embedders.get(&model_id).await {
         Err(EmbedderError::NotInstalled(_))
             if state.engines.servable().iter().any(|m| m.id == model_id) =>
@@ -232,11 +242,40 @@ pub async fn embeddings(
         .get_or_compute(&key, &ids, |missing| embedder.embed(missing))
         .await
         .map_err(embedder_error)?;
-    let data: Vec<Value> = vectors
+    let done = Embedded {
+        session,
+        model: model_id,
+        vectors,
+        outcome,
+        prompt_tokens,
+        truncated,
+        base64,
+        started,
+    };
+    Ok(admitted.onto(respond(&state, done)))
+}
+
+/// A finished embedding request: what its client is told and the request log keeps.
+pub(super) struct Embedded {
+    pub session: String,
+    pub model: String,
+    pub vectors: Vec<std::sync::Arc<[f32]>>,
+    pub outcome: crate::cache::embeddings::Outcome,
+    pub prompt_tokens: usize,
+    pub truncated: Vec<Value>,
+    pub base64: bool,
+    pub started: std::time::Instant,
+}
+
+/// OpenAI's list of vectors, with the cache's word; recorded in the request log.
+pub(super) fn respond(state: &AppState, e: Embedded) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let data: Vec<Value> = e
+        .vectors
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let embedding = if base64 {
+            let embedding = if e.base64 {
                 Value::String(base64_vector(v))
             } else {
                 json!(v)
@@ -247,34 +286,34 @@ pub async fn embeddings(
     let mut body = json!({
         "object": "list",
         "data": data,
-        "model": model_id,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-        "cache": outcome,
+        "model": e.model,
+        "usage": {"prompt_tokens": e.prompt_tokens, "total_tokens": e.prompt_tokens},
+        "cache": e.outcome,
     });
-    if !truncated.is_empty() {
-        body["truncated_inputs"] = Value::Array(truncated);
+    if !e.truncated.is_empty() {
+        body["truncated_inputs"] = Value::Array(e.truncated);
     }
     state.monitor.record(RequestRow {
         finished_at: crate::clock::unix_seconds(),
-        session,
-        model: model_id,
+        session: e.session,
+        model: e.model,
         api: "embeddings".into(),
         status: 200,
         outcome: "ok".into(),
         error_kind: None,
-        prompt_tokens: prompt_tokens as u64,
+        prompt_tokens: e.prompt_tokens as u64,
         cached_tokens: 0,
         completion_tokens: 0,
         queue_ms: None,
         ttft_ms: None,
-        total_ms: started.elapsed().as_secs_f64() * 1e3,
+        total_ms: e.started.elapsed().as_secs_f64() * 1e3,
         tokens_per_second: None,
-        response_cached: outcome.computed == 0 && outcome.joined == 0,
+        response_cached: e.outcome.computed == 0 && e.outcome.joined == 0,
         variant: None,
         compression: None,
         route: None,
     });
-    Ok(admitted.onto(Json(body).into_response()))
+    Json(body).into_response()
 }
 
 #[cfg(test)]

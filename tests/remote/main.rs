@@ -28,7 +28,7 @@ async fn servers() -> (Server, Proxy, Server) {
 [[backends]]
 name = "edge"
 url = "{}"
-models = ["smollm2"]
+models = ["smollm2", "all-minilm"]
 timeout = 3.0
 health_interval = 1
 
@@ -122,7 +122,7 @@ async fn a_remote_model_streams_through_unchanged_with_its_key_kept_secret() {
     let added = common::server::post(
         &front,
         "/api/backends",
-        &json!({"name": "edge", "url": proxy.url, "models": ["smollm2"], "timeout": 3.0,
+        &json!({"name": "edge", "url": proxy.url, "models": ["smollm2", "all-minilm"], "timeout": 3.0,
                 "health_interval": 1, "api_key": SECRET}),
     )
     .await;
@@ -176,6 +176,73 @@ async fn a_remote_model_streams_through_unchanged_with_its_key_kept_secret() {
     let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
     assert!(args["city"].is_string(), "{args}");
     assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
+
+    // A greedy answer is kept by the response cache: the second never reaches the remote.
+    let cached = body("edge/smollm2", "Name a fruit.", json!({"max_tokens": 6}));
+    let post_cached = || async {
+        reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", front.base))
+            .json(&cached)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let fresh = post_cached().await;
+    let asked = proxy.accepted();
+    let again = post_cached().await;
+    assert_eq!(again["usage"]["response_cached"], true, "{again}");
+    assert_eq!(
+        again["choices"][0]["message"],
+        fresh["choices"][0]["message"]
+    );
+    assert_eq!(
+        proxy.accepted(),
+        asked,
+        "the cache answered, not the remote"
+    );
+
+    // A session's daily budget counts what the remote generated, and stops the session.
+    let budget = front
+        .client()
+        .put(format!("{}/api/sessions/capped/budget", front.base))
+        .json(&json!({"daily_tokens": 30}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(budget.status(), 200);
+    let capped = |n: u32| {
+        let b = body(
+            "edge/smollm2",
+            &format!("Count to {n}."),
+            json!({"max_tokens": 24}),
+        );
+        reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", front.base))
+            .header("x-session-id", "capped")
+            .header("cache-control", "no-cache")
+            .json(&b)
+            .send()
+    };
+    let first = capped(5).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let left: u64 = first.headers()["x-lantern-budget-remaining"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(left, 30);
+    let used = first.json::<Value>().await.unwrap()["usage"]["total_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(used > 30, "{used}");
+    assert_eq!(
+        capped(6).await.unwrap().status(),
+        429,
+        "the remote's tokens spent the budget"
+    );
 
     // The remote's own refusal of a bad request reaches the client as a 400 with its message.
     let (status, _, answer) = ask(
@@ -430,4 +497,43 @@ async fn a_remote_model_is_a_quality_reference_and_an_experiment_variant() {
     let rows = e["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{e}");
     assert_eq!(rows[0]["output"], rows[1]["output"], "{rows:?}");
+}
+
+#[tokio::test]
+async fn a_remote_embedding_model_answers_through_the_embedding_cache() {
+    let (remote, proxy, front) = servers().await;
+    let embed = |s: &Server, model: &str| {
+        let (base, model) = (s.base.clone(), model.to_string());
+        async move {
+            reqwest::Client::new()
+                .post(format!("{base}/v1/embeddings"))
+                .json(&json!({"model": model, "input": ["a lantern in the dark", "héllo"]}))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let direct = embed(&remote, "all-minilm").await;
+    let first = embed(&front, "edge/all-minilm").await;
+    assert_eq!(first["model"], "edge/all-minilm");
+    assert_eq!(first["cache"]["computed"], 2, "{first}");
+    for i in 0..2 {
+        assert_eq!(
+            first["data"][i]["embedding"], direct["data"][i]["embedding"],
+            "input {i}"
+        );
+    }
+    assert_eq!(
+        first["usage"]["prompt_tokens"],
+        direct["usage"]["prompt_tokens"]
+    );
+    // Again: from the cache, and the remote is not asked.
+    let asked = proxy.accepted();
+    let again = embed(&front, "edge/all-minilm").await;
+    assert_eq!(again["cache"]["memory_hits"], 2, "{again}");
+    assert_eq!(again["data"], first["data"]);
+    assert_eq!(proxy.accepted(), asked);
 }

@@ -183,6 +183,78 @@ impl Remote {
         health
     }
 
+    /// `POST /embeddings` of `inputs` (texts, or token ids of the remote's own tokenizer), within
+    /// the timeout: the vectors in input order and the prompt tokens it counted.
+    pub async fn embed(
+        &self,
+        client: &reqwest::Client,
+        model: &str,
+        inputs: serde_json::Value,
+    ) -> Result<(Vec<Vec<f32>>, usize), InferError> {
+        let name = self.spec.name.as_str();
+        let _permit = match &self.slots {
+            Some(s) => Some(
+                s.clone()
+                    .try_acquire_owned()
+                    .map_err(|_| InferError::Overloaded {
+                        message: format!(
+                            "backend `{name}` has its {} requests in flight",
+                            self.spec.max_concurrent
+                        ),
+                        retry_after: 1,
+                    })?,
+            ),
+            None => None,
+        };
+        let limit = Duration::from_secs_f64(self.spec.timeout);
+        let body = serde_json::json!({"model": model, "input": inputs, "encoding_format": "float"});
+        let request = self
+            .request(client, reqwest::Method::POST, "/embeddings")
+            .json(&body);
+        let answer = tokio::time::timeout(limit, async {
+            let r = request.send().await.map_err(|e| {
+                unavailable(
+                    name,
+                    format!("cannot be reached: {e}"),
+                    "backend_unreachable",
+                )
+            })?;
+            let status = r.status();
+            let text = r
+                .text()
+                .await
+                .map_err(|e| unavailable(name, format!("broke off: {e}"), "backend_error"))?;
+            if !status.is_success() {
+                return Err(status_error(name, status, &text));
+            }
+            serde_json::from_str::<serde_json::Value>(&text)
+                .map_err(|e| unavailable(name, format!("sent no JSON: {e}"), "backend_error"))
+        })
+        .await
+        .map_err(|_| {
+            unavailable(
+                name,
+                format!("did not answer within {:.1} s", limit.as_secs_f64()),
+                "backend_timeout",
+            )
+        })??;
+        let mut data: Vec<(u64, Vec<f32>)> = answer["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                let v = d["embedding"].as_array().into_iter().flatten();
+                (
+                    d["index"].as_u64().unwrap_or(0),
+                    v.filter_map(|x| x.as_f64()).map(|x| x as f32).collect(),
+                )
+            })
+            .collect();
+        data.sort_by_key(|(i, _)| *i);
+        let tokens = answer["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+        Ok((data.into_iter().map(|(_, v)| v).collect(), tokens))
+    }
+
     /// Send the request and wait, within the timeout, for the answer's status and first chunk;
     /// then its chunks flow into one event stream per choice. Dropping every stream closes the
     /// connection, which cancels the request on the remote engine.
