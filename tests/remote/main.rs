@@ -441,17 +441,19 @@ async fn a_remote_model_is_a_quality_reference_and_an_experiment_variant() {
     let (_remote, _proxy, front) = servers().await;
     // The same weights behind the remote: the local variant agrees with nearly every token the
     // reference wrote, and finds its answers unsurprising.
-    let (status, started) = common::server::post(
-        &front,
-        "/api/lab/quality",
-        &json!({"reference": "edge/smollm2", "variant": "smollm2",
-                "prompts": ["Say hi.", "Count to three."], "max_tokens": 12}),
-    )
-    .await;
-    assert_eq!(status, 202, "{started}");
-    let job = common::server::wait_job(&front, started["job"].as_u64().unwrap()).await;
-    assert_eq!(job["state"], "done", "{job}");
-    let report = &job["result"];
+    let quality = |reference: &'static str| {
+        let front = &front;
+        async move {
+            let body = json!({"reference": reference, "variant": "smollm2",
+                              "prompts": ["Say hi.", "Count to three."], "max_tokens": 12});
+            let (status, started) = common::server::post(front, "/api/lab/quality", &body).await;
+            assert_eq!(status, 202, "{started}");
+            let job = common::server::wait_job(front, started["job"].as_u64().unwrap()).await;
+            assert_eq!(job["state"], "done", "{job}");
+            job["result"].clone()
+        }
+    };
+    let report = &quality("edge/smollm2").await;
     assert!(report["positions"].as_u64().unwrap() >= 8, "{report}");
     assert!(report["top1_agreement"].as_f64().unwrap() > 0.9, "{report}");
     assert!(
@@ -459,15 +461,9 @@ async fn a_remote_model_is_a_quality_reference_and_an_experiment_variant() {
         "{report}"
     );
     // The local model's perplexity of the remote's answers is its perplexity of its own.
-    let (_, local) = common::server::post(
-        &front,
-        "/api/lab/quality",
-        &json!({"reference": "smollm2", "variant": "smollm2",
-                "prompts": ["Say hi.", "Count to three."], "max_tokens": 12}),
-    )
-    .await;
-    let local = common::server::wait_job(&front, local["job"].as_u64().unwrap()).await;
-    let own = local["result"]["perplexity_reference"].as_f64().unwrap();
+    let own = quality("smollm2").await["perplexity_reference"]
+        .as_f64()
+        .unwrap();
     let theirs = report["perplexity_variant"].as_f64().unwrap();
     assert!((own - theirs).abs() < 0.01 * own, "{own} vs {theirs}");
     assert!(

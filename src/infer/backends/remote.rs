@@ -131,6 +131,24 @@ impl Remote {
         }
     }
 
+    /// One of its in-flight slots, held until the request ends; none free is a busy backend.
+    fn slot(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, InferError> {
+        let Some(slots) = &self.slots else {
+            return Ok(None);
+        };
+        let permit = slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| InferError::Overloaded {
+                message: format!(
+                    "backend `{}` has its {} requests in flight; retry shortly",
+                    self.spec.name, self.spec.max_concurrent
+                ),
+                retry_after: 1,
+            })?;
+        Ok(Some(permit))
+    }
+
     /// Whether a check is due (never checked, or its interval passed).
     pub fn check_due(&self) -> bool {
         let guard = self.health.lock().unwrap_or_else(|e| e.into_inner());
@@ -192,20 +210,7 @@ impl Remote {
         inputs: serde_json::Value,
     ) -> Result<(Vec<Vec<f32>>, usize), InferError> {
         let name = self.spec.name.as_str();
-        let _permit = match &self.slots {
-            Some(s) => Some(
-                s.clone()
-                    .try_acquire_owned()
-                    .map_err(|_| InferError::Overloaded {
-                        message: format!(
-                            "backend `{name}` has its {} requests in flight",
-                            self.spec.max_concurrent
-                        ),
-                        retry_after: 1,
-                    })?,
-            ),
-            None => None,
-        };
+        let _permit = self.slot()?;
         let limit = Duration::from_secs_f64(self.spec.timeout);
         let body = serde_json::json!({"model": model, "input": inputs, "encoding_format": "float"});
         let request = self
@@ -264,20 +269,7 @@ impl Remote {
         out: Outgoing,
     ) -> Result<Vec<Generation>, InferError> {
         let name = self.spec.name.as_str();
-        let permit = match &self.slots {
-            Some(s) => Some(
-                s.clone()
-                    .try_acquire_owned()
-                    .map_err(|_| InferError::Overloaded {
-                        message: format!(
-                            "backend `{name}` has its {} requests in flight; retry shortly",
-                            self.spec.max_concurrent
-                        ),
-                        retry_after: 1,
-                    })?,
-            ),
-            None => None,
-        };
+        let permit = self.slot()?;
         let limit = Duration::from_secs_f64(self.spec.timeout);
         let sent = Instant::now();
         let request = self
