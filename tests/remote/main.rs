@@ -20,6 +20,11 @@ const SECRET: &str = "sk-remote-test-4a1f9c";
 /// The remote (`lantern serve` on smollm2), the fault proxy before it, and the front server
 /// whose settings name it as backend `edge` and the chain `main`: edge first, local second.
 async fn servers() -> (Server, Proxy, Server) {
+    servers_with(60.0).await
+}
+
+/// As `servers`, with the backend's timeout (connection, status and first chunk) in seconds.
+async fn servers_with(timeout: f64) -> (Server, Proxy, Server) {
     let remote = start(&[]);
     let proxy = proxy::start(&remote.base).await;
     let home = data_dir();
@@ -29,7 +34,7 @@ async fn servers() -> (Server, Proxy, Server) {
 name = "edge"
 url = "{}"
 models = ["smollm2", "all-minilm"]
-timeout = 3.0
+timeout = {timeout}
 health_interval = 1
 
 [[chains]]
@@ -40,7 +45,7 @@ targets = ["edge/smollm2", "smollm2"]
 failures = 2
 cooldown = 1.5
 "#,
-        proxy.url
+        proxy.url,
     );
     std::fs::write(home.path().join("settings.toml"), settings).unwrap();
     let child = spawn_in(home.path(), &[], &[]);
@@ -122,7 +127,7 @@ async fn a_remote_model_streams_through_unchanged_with_its_key_kept_secret() {
     let added = common::server::post(
         &front,
         "/api/backends",
-        &json!({"name": "edge", "url": proxy.url, "models": ["smollm2", "all-minilm"], "timeout": 3.0,
+        &json!({"name": "edge", "url": proxy.url, "models": ["smollm2", "all-minilm"], "timeout": 60.0,
                 "health_interval": 1, "api_key": SECRET}),
     )
     .await;
@@ -176,6 +181,52 @@ async fn a_remote_model_streams_through_unchanged_with_its_key_kept_secret() {
     let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
     assert!(args["city"].is_string(), "{args}");
     assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
+
+    // Log-probabilities come through named by the remote's tokens.
+    let with_lp = json!({"logprobs": true, "top_logprobs": 2, "max_tokens": 6});
+    let (_, _, here) = ask(&front, &body("edge/smollm2", prompt, with_lp.clone())).await;
+    let (_, _, there) = ask(&remote, &body("smollm2", prompt, with_lp)).await;
+    assert_eq!(
+        here["choices"][0]["logprobs"]["content"], there["choices"][0]["logprobs"]["content"],
+        "{here}"
+    );
+    // Anthropic's and Ollama's APIs reach the remote model too.
+    let messages = reqwest::Client::new()
+        .post(format!("{}/v1/messages", front.base))
+        .json(
+            &json!({"model": "edge/smollm2", "max_tokens": 24, "temperature": 0,
+                      "messages": [{"role": "user", "content": prompt}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(messages.headers()["x-lantern-served-by"], "edge/smollm2");
+    let messages: Value = messages.json().await.unwrap();
+    assert_eq!(
+        messages["content"][0]["text"],
+        direct.concat(),
+        "{messages}"
+    );
+    let ollama = |base: String, model: &'static str| async move {
+        reqwest::Client::new()
+            .post(format!("{base}/api/chat"))
+            .json(&json!({"model": model, "stream": false,
+                          "options": {"temperature": 0, "num_predict": 24},
+                          "messages": [{"role": "user", "content": prompt}]}))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    // Ollama's own defaults (a repeat penalty) go with the request to the remote.
+    let through = ollama(front.base.clone(), "edge/smollm2").await;
+    let there = ollama(remote.base.clone(), "smollm2").await;
+    assert_eq!(
+        through["message"]["content"], there["message"]["content"],
+        "{through}"
+    );
 
     // A greedy answer is kept by the response cache: the second never reaches the remote.
     let cached = body("edge/smollm2", "Name a fruit.", json!({"max_tokens": 6}));
@@ -317,7 +368,7 @@ async fn a_remote_model_streams_through_unchanged_with_its_key_kept_secret() {
 
 #[tokio::test]
 async fn a_chain_falls_back_past_drops_failures_and_stalls_and_its_breaker_opens_and_closes() {
-    let (_remote, proxy, front) = servers().await;
+    let (_remote, proxy, front) = servers_with(8.0).await;
     let prompt = "Say hello.";
     let (status, served, _) = ask(&front, &body("main", prompt, json!({}))).await;
     assert_eq!((status, served.as_deref()), (200, Some("edge/smollm2")));
@@ -328,8 +379,9 @@ async fn a_chain_falls_back_past_drops_failures_and_stalls_and_its_breaker_opens
         let (status, served, answer) = ask(&front, &body("main", prompt, json!({}))).await;
         assert_eq!(status, 200, "{label}: {answer}");
         assert_eq!(served.as_deref(), Some("smollm2"), "{label}");
+        // At once: a refused connection or a 500 is not waited out like a stall.
         assert!(
-            began.elapsed() < Duration::from_secs(3),
+            began.elapsed() < Duration::from_secs(6),
             "{label}: {:?}",
             began.elapsed()
         );
@@ -369,7 +421,7 @@ async fn a_chain_falls_back_past_drops_failures_and_stalls_and_its_breaker_opens
     let circuits = get_json(&front, "/api/backends").await["backends"][0]["circuits"].clone();
     assert_eq!(circuits["edge/smollm2"], "closed", "{circuits}");
 
-    // A stalled remote is given up on at its timeout (3 s) and the next link answers.
+    // A stalled remote is given up on at its timeout (8 s) and the next link answers.
     proxy.set(Mode::Stall).await;
     let began = Instant::now();
     let (status, served, answer) = ask(&front, &body("main", prompt, json!({}))).await;
@@ -380,7 +432,7 @@ async fn a_chain_falls_back_past_drops_failures_and_stalls_and_its_breaker_opens
     );
     let took = began.elapsed();
     assert!(
-        took >= Duration::from_millis(2900) && took < Duration::from_secs(8),
+        took >= Duration::from_millis(7900) && took < Duration::from_secs(20),
         "{took:?}"
     );
     // With the remote stopped outright, the chain still answers.
