@@ -140,7 +140,7 @@ impl Launch {
             embedders: embedders.clone(),
             embeddings: caches.embeddings.clone(),
         };
-        infer.backends.spawn_health_checks();
+        let health_checks = infer.backends.spawn_health_checks();
         let state = AppState {
             engines: engines.clone(),
             infer,
@@ -186,6 +186,7 @@ impl Launch {
             stop,
             task,
             monitor_writer,
+            health_checks,
         })
     }
 }
@@ -203,6 +204,8 @@ pub struct Server {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     monitor_writer: Option<tokio::task::JoinHandle<()>>,
+    /// The remote backends' health checks, stopped with the server.
+    health_checks: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -258,8 +261,10 @@ impl Server {
             stop,
             task,
             monitor_writer,
+            health_checks,
             ..
         } = self;
+        health_checks.abort();
         let _ = stop.send(());
         let served = task.await.context("the server task")?;
         state.jobs.cancel_all();
