@@ -96,6 +96,16 @@ pub fn spawn(extra: &[&str], env: &[(&str, &str)]) -> (Child, tempfile::TempDir)
 
 /// `lantern serve` with `home` as its data directory.
 pub fn spawn_in(home: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Child {
+    spawn_with_log(home, extra, env, Stdio::null())
+}
+
+/// As `spawn_in`, its log (stderr) going to `log`.
+pub fn spawn_with_log(
+    home: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    log: impl Into<Stdio>,
+) -> Child {
     let model: &[&str] = if extra.iter().any(|a| a.ends_with(".gguf")) {
         &[]
     } else {
@@ -109,7 +119,7 @@ pub fn spawn_in(home: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) ->
         .env("LANTERN_HOME", home)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap()
 }

@@ -11,7 +11,7 @@ mod proxy;
 
 use std::time::{Duration, Instant};
 
-use common::server::{data_dir, get_json, spawn_in, start, started, Server};
+use common::server::{data_dir, get_json, spawn_with_log, start, started, Server};
 use proxy::{Mode, Proxy};
 use serde_json::{json, Value};
 
@@ -48,7 +48,9 @@ cooldown = 1.5
         proxy.url,
     );
     std::fs::write(home.path().join("settings.toml"), settings).unwrap();
-    let child = spawn_in(home.path(), &[], &[]);
+    // Its whole log, at debug level (the HTTP client's too), for the key check.
+    let log = std::fs::File::create(home.path().join("server.log")).unwrap();
+    let child = spawn_with_log(home.path(), &[], &[("LANTERN_LOG", "debug")], log);
     let path = home.path().to_path_buf();
     let front = started(child, &path, Some(home));
     (remote, proxy, front)
@@ -338,6 +340,9 @@ async fn a_remote_model_streams_through_unchanged_with_its_key_kept_secret() {
     let home = front.data.as_ref().unwrap().path();
     let settings = std::fs::read_to_string(home.join("settings.toml")).unwrap();
     assert!(!settings.contains(SECRET) && settings.contains("edge"));
+    let log = std::fs::read_to_string(home.join("server.log")).unwrap();
+    assert!(log.contains("request finished"), "the log was written");
+    assert!(!log.contains(SECRET), "the log shows the key");
     let keys = std::fs::read_to_string(home.join("backend-keys.json")).unwrap();
     assert!(keys.contains(SECRET));
     use std::os::unix::fs::PermissionsExt;
