@@ -15,7 +15,6 @@ pub mod canary;
 pub mod csv;
 pub mod devices;
 pub mod embeddings;
-mod embeddings_remote;
 pub mod errors;
 pub mod experiments;
 pub mod guard;

@@ -4,10 +4,10 @@
 
 use serde_json::{json, Value};
 
-use super::embeddings::{respond, Embedded, Inputs};
-use super::errors::ApiError;
-use super::AppState;
+use super::{respond, Embedded, Inputs};
 use crate::infer::backends::Remote;
+use crate::server::errors::ApiError;
+use crate::server::AppState;
 use crate::store::embeddings::ModelKey;
 
 /// Marks a cache key made of text bytes (token ids never reach it).

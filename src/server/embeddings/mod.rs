@@ -2,7 +2,10 @@
 //! token ids or a list of such lists; `encoding_format` float or base64 (the official SDK asks
 //! for base64); `dimensions` only when it is the model's own. Texts past the model's window are
 //! cut (and listed in `truncated_inputs`) unless the request says `"truncate": false`. Vectors
-//! come from the embedding cache where it has them (`cache` tells how many from where).
+//! come from the embedding cache where it has them (`cache` tells how many from where). A remote
+//! model's (`NAME/MODEL`) come from its engine, through the same cache (`remote`).
+
+mod remote;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -158,14 +161,14 @@ pub async fn embeddings(
     };
     let inputs = parse_inputs(req.input)?;
     if let Some((remote, name)) = state.infer.backends.resolve(&model_id) {
-        let asked = super::embeddings_remote::Asked {
+        let asked = remote::Asked {
             session,
             label: model_id,
             base64,
             dimensions: req.dimensions,
             started,
         };
-        let answer = super::embeddings_remote::embed(&state, &remote, &name, inputs, asked).await?;
+        let answer = remote::embed(&state, &remote, &name, inputs, asked).await?;
         return Ok(admitted.onto(answer));
     }
     let embedder = match state.embedders.get(&model_id).await {
