@@ -74,7 +74,7 @@ def stream(base, model, prompt, max_tokens):
     return text, (first - sent) * 1e3 if first else None, tps, tokens
 
 
-def concurrent(base, model, n, max_tokens):
+def at_once(base, model, n, max_tokens):
     """Total generated tok/s of n streams at once."""
     began = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(n) as pool:
@@ -113,7 +113,7 @@ models = ["{a.model}"]
         many = {k: [] for k in routes}
         for _ in range(3):
             for name, (base, model) in routes.items():
-                many[name].append(concurrent(base, model, a.streams, a.max_tokens))
+                many[name].append(at_once(base, model, a.streams, a.max_tokens))
     finally:
         front.kill()
         remote.kill()
