@@ -19,11 +19,10 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speculative import lantern_bin  # noqa: E402
+from speculative import lantern_bin, stream  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,41 +44,12 @@ def serve(name, model, threads, settings=""):
     return proc, line.split("listening on ")[1].strip().removesuffix("/v1")
 
 
-def stream(base, model, prompt, max_tokens):
-    """(text, time to first token, decode tok/s, completion tokens) of one greedy stream."""
-    body = json.dumps({
-        "model": model, "stream": True, "temperature": 0, "max_tokens": max_tokens,
-        "stream_options": {"include_usage": True},
-        "messages": [{"role": "user", "content": prompt}],
-    }).encode()
-    req = urllib.request.Request(f"{base}/v1/chat/completions", body,
-                                 {"Content-Type": "application/json", "Cache-Control": "no-store"})
-    sent = time.perf_counter()
-    text, first, last, tokens = "", None, None, 0
-    with urllib.request.urlopen(req) as r:
-        for raw in r:
-            line = raw.decode().strip()
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            for c in chunk.get("choices", []):
-                if c["delta"].get("content"):
-                    now = time.perf_counter()
-                    first = first or now
-                    last = now
-                    text += c["delta"]["content"]
-    tps = (tokens - 1) / (last - first) if last and last > first else 0.0
-    return text, (first - sent) * 1e3 if first else None, tps, tokens
-
-
 def at_once(base, model, n, max_tokens):
     """Total generated tok/s of n streams at once."""
     began = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(n) as pool:
-        runs = list(pool.map(lambda i: stream(base, model, f"Count from {i} to {i + 40}.", max_tokens), range(n)))
-    return sum(r[3] for r in runs) / (time.perf_counter() - began)
+        runs = list(pool.map(lambda i: stream((base,), model, f"Count from {i} to {i + 40}.", max_tokens), range(n)))
+    return sum(r[1] for r in runs) / (time.perf_counter() - began)
 
 
 def main():
@@ -105,7 +75,7 @@ models = ["{a.model}"]
     try:
         for rep in range(a.reps + 1):
             for name, (base, model) in routes.items():
-                text, ttft, tps, _ = stream(base, model, prompt, a.max_tokens)
+                text, _, tps, ttft = stream((base,), model, prompt, a.max_tokens)
                 answers.setdefault(name, text)
                 if rep > 0:  # the first is a warm-up
                     single[name]["ttft_ms"].append(ttft)

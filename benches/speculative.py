@@ -78,6 +78,7 @@ def serve(model, threads, lookup):
 
 
 def stream(server, model, prompt, max_tokens):
+    """(text, completion tokens, decode tok/s, time to first token in ms) of one greedy stream."""
     base = server[0]
     body = json.dumps({
         "model": model, "stream": True, "temperature": 0, "max_tokens": max_tokens,
@@ -85,7 +86,8 @@ def stream(server, model, prompt, max_tokens):
         "messages": [{"role": "user", "content": prompt}],
     }).encode()
     req = urllib.request.Request(f"{base}/v1/chat/completions", body,
-                                 {"Content-Type": "application/json"})
+                                 {"Content-Type": "application/json", "Cache-Control": "no-store"})
+    sent = time.perf_counter()
     text, first, last, tokens = "", None, None, 0
     with urllib.request.urlopen(req) as r:
         for raw in r:
@@ -101,7 +103,8 @@ def stream(server, model, prompt, max_tokens):
                     first = first or now
                     last = now
                     text += c["delta"]["content"]
-    return text, tokens, (tokens - 1) / (last - first) if last and last > first else 0.0
+    tps = (tokens - 1) / (last - first) if last and last > first else 0.0
+    return text, tokens, tps, (first - sent) * 1e3 if first else None
 
 
 def engine_figures(server):
@@ -129,7 +132,7 @@ def main():
             before = engine_figures(servers[True][1])
             for rep in range(a.reps + 1):
                 for flag in (False, True):
-                    text, tokens, tps = stream(servers[flag][1], a.model, prompt, a.max_tokens)
+                    text, tokens, tps, _ = stream(servers[flag][1], a.model, prompt, a.max_tokens)
                     answers.setdefault(flag, text)
                     if answers[flag] != text:
                         sys.exit(f"{name}: greedy answers differ between repetitions")

@@ -51,6 +51,11 @@ fn unavailable(name: &str, what: impl std::fmt::Display, code: &'static str) -> 
     }
 }
 
+fn timed_out(name: &str, limit: Duration) -> InferError {
+    let what = format!("did not answer within {:.1} s", limit.as_secs_f64());
+    unavailable(name, what, "backend_timeout")
+}
+
 /// A non-2xx answer as this server's error: the client's own mistakes (400, 422) are passed on
 /// as such; anything else is the backend failing, which a chain may answer elsewhere.
 fn status_error(name: &str, status: reqwest::StatusCode, body: &str) -> InferError {
@@ -236,13 +241,7 @@ impl Remote {
                 .map_err(|e| unavailable(name, format!("sent no JSON: {e}"), "backend_error"))
         })
         .await
-        .map_err(|_| {
-            unavailable(
-                name,
-                format!("did not answer within {:.1} s", limit.as_secs_f64()),
-                "backend_timeout",
-            )
-        })??;
+        .map_err(|_| timed_out(name, limit))??;
         let mut data: Vec<(u64, Vec<f32>)> = answer["data"]
             .as_array()
             .into_iter()
@@ -316,13 +315,7 @@ impl Remote {
             }
         })
         .await
-        .map_err(|_| {
-            unavailable(
-                name,
-                format!("did not answer within {:.1} s", limit.as_secs_f64()),
-                "backend_timeout",
-            )
-        })??;
+        .map_err(|_| timed_out(name, limit))??;
         let (mut bytes, mut frames, got) = first;
         let (txs, rxs): (Vec<_>, Vec<_>) =
             (0..out.choices).map(|_| mpsc::unbounded_channel()).unzip();
