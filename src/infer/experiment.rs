@@ -61,6 +61,45 @@ pub fn record_change(monitor: &Monitor, experiment: (i64, &str), change: Change,
 }
 
 impl Infer {
+    /// Make `e`'s canary live at its last stored change; a canary never started is started
+    /// now, at its first step, and that is stored too.
+    pub async fn take_up_canary(
+        &self,
+        e: &crate::store::experiments::Experiment,
+    ) -> Result<(), InferError> {
+        let Some(canary) = &e.spec.canary else {
+            return Ok(());
+        };
+        if self.canaries.is_live(&e.name, canary) {
+            return Ok(());
+        }
+        let store = self
+            .monitor
+            .store()
+            .ok_or_else(|| InferError::Unavailable {
+                message: "Experiments need the database, which could not be opened".into(),
+                code: "no_database",
+            })?;
+        let changes = store
+            .canary_changes(e.id)
+            .await
+            .map_err(InferError::internal)?;
+        self.canaries.ensure(&e.name, canary, changes.last());
+        if changes.is_empty() {
+            let start = Change {
+                at: crate::clock::unix_seconds(),
+                share: canary.steps[0],
+                status: crate::lab::canary::Status::Running,
+                reason: format!("started at {:.0}% of traffic", canary.steps[0] * 100.0),
+            };
+            store
+                .canary_change_put(e.id, &start)
+                .await
+                .map_err(InferError::internal)?;
+        }
+        Ok(())
+    }
+
     /// For `model: "experiment:NAME"`: the variant this request runs.
     pub(super) async fn route(
         &self,
@@ -90,22 +129,7 @@ impl Infer {
                 observer: None,
             }));
         };
-        if !self.canaries.is_live(&e.name, canary) {
-            let changes = store
-                .canary_changes(e.id)
-                .await
-                .map_err(InferError::internal)?;
-            self.canaries.ensure(&e.name, canary, changes.last());
-            if changes.is_empty() {
-                let start = Change {
-                    at: crate::clock::unix_seconds(),
-                    share: canary.steps[0],
-                    status: crate::lab::canary::Status::Running,
-                    reason: format!("started at {:.0}% of traffic", canary.steps[0] * 100.0),
-                };
-                record_change(&self.monitor, (e.id, &e.name), start, false);
-            }
-        }
+        self.take_up_canary(&e).await?;
         let on_canary = self.canaries.pick(&e.name);
         let v = if on_canary {
             e.spec.variants.iter().find(|v| v.name == canary.variant)

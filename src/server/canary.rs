@@ -15,7 +15,7 @@ use crate::store::experiments::Experiment;
 /// The experiment's canary, taken up from its stored changes when no request has yet.
 async fn live(state: &AppState, key: &str) -> Result<Experiment, ApiError> {
     let e = experiment(state, key).await?;
-    let Some(spec) = &e.spec.canary else {
+    if e.spec.canary.is_none() {
         return Err(ApiError::invalid(
             format!(
                 "experiment `{}` releases no canary (its spec has no `canary`)",
@@ -24,14 +24,7 @@ async fn live(state: &AppState, key: &str) -> Result<Experiment, ApiError> {
             "canary",
         ));
     };
-    let canaries = &state.infer.canaries;
-    if !canaries.is_live(&e.name, spec) {
-        let changes = store(state)?
-            .canary_changes(e.id)
-            .await
-            .map_err(ApiError::internal)?;
-        canaries.ensure(&e.name, spec, changes.last());
-    }
+    state.infer.take_up_canary(&e).await?;
     Ok(e)
 }
 

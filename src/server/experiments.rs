@@ -76,6 +76,11 @@ pub async fn create(State(state): State<AppState>, body: Body) -> Result<Respons
                 "name",
             )
         })?;
+    // A canary starts now, at its first step (stored with that reason).
+    if spec.canary.is_some() {
+        let e = experiment(&state, &spec.name).await?;
+        state.infer.take_up_canary(&e).await?;
+    }
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": id, "name": spec.name})),

@@ -172,6 +172,7 @@ test("models adds a remote backend and compare releases it as a canary, then rol
   await page.getByTestId("canary-start").click();
   const canary = page.getByTestId("canary-e2e-release");
   await expect(canary).toContainText("running");
+  await expect(canary).toContainText("started at 5% of traffic");
   for (let i = 0; i < 3; i++) {
     const r = await request.post("/v1/chat/completions", {
       data: { model: "experiment:e2e-release", messages: [{ role: "user", content: "Hi" }], max_tokens: 2 },
