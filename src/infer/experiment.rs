@@ -61,6 +61,14 @@ pub fn record_change(monitor: &Monitor, experiment: (i64, &str), change: Change,
 }
 
 impl Infer {
+    /// The database experiments live in; without it there are none.
+    fn experiment_store(&self) -> Result<&crate::store::Store, InferError> {
+        self.monitor.store().ok_or_else(|| InferError::Unavailable {
+            message: "Experiments need the database, which could not be opened".into(),
+            code: "no_database",
+        })
+    }
+
     /// Make `e`'s canary live at its last stored change; a canary never started is started
     /// now, at its first step, and that is stored too.
     pub async fn take_up_canary(
@@ -73,13 +81,7 @@ impl Infer {
         if self.canaries.is_live(&e.name, canary) {
             return Ok(());
         }
-        let store = self
-            .monitor
-            .store()
-            .ok_or_else(|| InferError::Unavailable {
-                message: "Experiments need the database, which could not be opened".into(),
-                code: "no_database",
-            })?;
+        let store = self.experiment_store()?;
         let changes = store
             .canary_changes(e.id)
             .await
@@ -109,13 +111,7 @@ impl Infer {
         let Some(name) = model.strip_prefix("experiment:") else {
             return Ok(None);
         };
-        let store = self
-            .monitor
-            .store()
-            .ok_or_else(|| InferError::Unavailable {
-                message: "Experiments need the database, which could not be opened".into(),
-                code: "no_database",
-            })?;
+        let store = self.experiment_store()?;
         let e = store
             .experiment_get(name)
             .await
