@@ -1,6 +1,9 @@
 //! Gemma 3: sandwich norms (before and after attention and MLP), per-head query/key norms, GELU,
 //! embeddings scaled by √d, and sliding-window attention on five layers of six with their own
-//! rotary base. Norm weights in GGUF already include Gemma's `1 +` offset.
+//! rotary base. Norm weights in GGUF already include Gemma's `1 +` offset. Keys as llama.cpp
+//! reads them: the window is optional (none: every layer global), `rope.freq_base_swa` is the
+//! windowed layers' base (10 000 by default), `attention.sliding_window_pattern` may name the
+//! layers, and a `final_logit_softcapping` is honoured.
 
 use std::sync::Arc;
 
@@ -9,8 +12,8 @@ use candle_core::{Device, Tensor};
 use super::layers::{Activation, Attention, GatedMlp, QkNorm, RmsNorm, Rope, RopeStyle, SeqSpan};
 use super::llama::MAX_CONTEXT;
 use super::{
-    attention_weights, embedding_and_head, gated_mlp, norm, Block, Dims, Meta, ModelError,
-    ModelInfo, Transformer,
+    attention_weights, embedding_and_head, gated_mlp, norm, Block, Dims, LogitAdjust, Meta,
+    ModelError, ModelInfo, Transformer,
 };
 use crate::engine::gguf::GgufFile;
 use crate::engine::host_ops::add;
@@ -18,17 +21,62 @@ use crate::engine::kv::KvCache;
 
 /// Every sixth layer attends globally; the others within the sliding window.
 const SLIDING_WINDOW_PATTERN: usize = 6;
+/// The 27B models' depth (Gemma 3: 62 layers, Gemma 2: 46), whose queries are scaled by
+/// `1/√(d_model/heads)` rather than `1/√head_dim`.
+pub(super) const LAYERS_OF_27B: [usize; 2] = [46, 62];
 
-struct GemmaBlock {
-    attn_norm: RmsNorm,
-    attn: Attention,
-    post_attn_norm: RmsNorm,
-    ffn_norm: RmsNorm,
-    mlp: GatedMlp,
-    post_ffn_norm: RmsNorm,
+/// Gemma's block: norms before and after both attention and the MLP (Gemma 2 and 3).
+pub(super) struct SandwichBlock {
+    pub attn_norm: RmsNorm,
+    pub attn: Attention,
+    pub post_attn_norm: RmsNorm,
+    pub ffn_norm: RmsNorm,
+    pub mlp: GatedMlp,
+    pub post_ffn_norm: RmsNorm,
 }
 
-impl Block for GemmaBlock {
+impl SandwichBlock {
+    /// Layer `i`'s norms and MLP around `attn`, as both Gemmas name them.
+    pub fn load(
+        gguf: &GgufFile,
+        i: usize,
+        dims: &Dims,
+        attn: Attention,
+        eps: f64,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let p = |name: &str| format!("blk.{i}.{name}");
+        Ok(Self {
+            attn_norm: norm(gguf, &p("attn_norm.weight"), eps, device)?,
+            attn,
+            post_attn_norm: norm(gguf, &p("post_attention_norm.weight"), eps, device)?,
+            ffn_norm: norm(gguf, &p("ffn_norm.weight"), eps, device)?,
+            mlp: gated_mlp(gguf, i, dims, Activation::Gelu, device)?,
+            post_ffn_norm: norm(gguf, &p("post_ffw_norm.weight"), eps, device)?,
+        })
+    }
+}
+
+/// Queries' scale: `1/√(d_model/heads)` for the 27B models, else `1/√head_dim`.
+pub(super) fn query_scale(n_layers: usize, d_model: usize, n_heads: usize, head_dim: usize) -> f64 {
+    let width = if LAYERS_OF_27B.contains(&n_layers) {
+        d_model / n_heads
+    } else {
+        head_dim
+    };
+    1.0 / (width as f64).sqrt()
+}
+
+/// `cap · tanh(logit / cap)` on the logits where the file sets a positive cap.
+pub(super) fn capped(model: Transformer, cap: f64) -> Transformer {
+    if cap > 0.0 {
+        model.with_logit_adjust(LogitAdjust::SoftCap(cap))
+    } else {
+        model
+    }
+}
+
+impl Block for SandwichBlock {
     fn forward(
         &self,
         x: &Tensor,
@@ -62,7 +110,14 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
         )));
     }
     let eps = meta.f64_or("attention.layer_norm_rms_epsilon", 1e-6);
-    let window = meta.usize("attention.sliding_window")?;
+    let window = meta
+        .usize("attention.sliding_window")
+        .ok()
+        .filter(|&w| w > 0);
+    let sliding = match window {
+        Some(_) => meta.sliding_layers(n_layers, SLIDING_WINDOW_PATTERN),
+        None => vec![false; n_layers],
+    };
     let context_length = meta
         .usize("context_length")
         .unwrap_or(32_768)
@@ -78,7 +133,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
         )
     };
     let global_rope = Arc::new(rope(meta.f64_or("rope.freq_base", 1_000_000.0))?);
-    let local_rope = Arc::new(rope(meta.f64_or("rope.local_freq_base", 10_000.0))?);
+    let local_rope = Arc::new(rope(meta.f64_or("rope.freq_base_swa", 10_000.0))?);
 
     let (embedding, head) =
         embedding_and_head(gguf, d_model, Some((d_model as f64).sqrt()), device)?;
@@ -91,9 +146,9 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
         ffn,
     };
     let mut blocks: Vec<Box<dyn Block>> = Vec::with_capacity(n_layers);
-    for i in 0..n_layers {
+    let scale = query_scale(n_layers, d_model, n_heads, head_dim);
+    for (i, &local) in sliding.iter().enumerate() {
         let p = |name: &str| format!("blk.{i}.{name}");
-        let global = (i + 1) % SLIDING_WINDOW_PATTERN == 0;
         let (qkv, wo) = attention_weights(gguf, i, &dims, device)?;
         let attn = Attention {
             qkv,
@@ -106,23 +161,18 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             n_heads,
             n_kv_heads,
             head_dim,
-            scale: 1.0 / (head_dim as f64).sqrt(),
-            window: (!global).then_some(window),
-            rope: Some(if global {
-                global_rope.clone()
-            } else {
+            scale,
+            window: window.filter(|_| local),
+            softcap: None,
+            rope: Some(if local {
                 local_rope.clone()
+            } else {
+                global_rope.clone()
             }),
         };
-        let mlp = gated_mlp(gguf, i, &dims, Activation::Gelu, device)?;
-        blocks.push(Box::new(GemmaBlock {
-            attn_norm: norm(gguf, &p("attn_norm.weight"), eps, device)?,
-            attn,
-            post_attn_norm: norm(gguf, &p("post_attention_norm.weight"), eps, device)?,
-            ffn_norm: norm(gguf, &p("ffn_norm.weight"), eps, device)?,
-            mlp,
-            post_ffn_norm: norm(gguf, &p("post_ffw_norm.weight"), eps, device)?,
-        }));
+        blocks.push(Box::new(SandwichBlock::load(
+            gguf, i, &dims, attn, eps, device,
+        )?));
     }
     let info = ModelInfo {
         architecture: "gemma3".into(),
@@ -135,7 +185,6 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
         vocab_size,
     };
     let out_norm = norm(gguf, "output_norm.weight", eps, device)?;
-    Ok(Transformer::assemble(
-        info, embedding, blocks, out_norm, head, device,
-    ))
+    let model = Transformer::assemble(info, embedding, blocks, out_norm, head, device);
+    Ok(capped(model, meta.f64_or("final_logit_softcapping", 0.0)))
 }

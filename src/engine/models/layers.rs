@@ -261,6 +261,8 @@ pub struct Attention {
     pub head_dim: usize,
     pub scale: f64,
     pub window: Option<usize>,
+    /// Gemma 2's soft cap on the scaled scores: `cap · tanh(score / cap)`.
+    pub softcap: Option<f64>,
     /// Shared by the layers that use the same base (Gemma 3 has a local and a global one);
     /// None for layers without positions (SmolLM3's NoPE layers).
     pub rope: Option<Arc<Rope>>,
@@ -369,6 +371,7 @@ impl Attention {
             head_dim: hd,
             scale: self.scale as f32,
             window: self.window,
+            softcap: self.softcap.map(|c| c as f32),
         };
         let Some(out) = host_attention::attend_rows(&q, spans, &history, shape) else {
             candle_core::bail!("one pass over KV caches of different types");
@@ -386,6 +389,10 @@ impl Attention {
         // head: (kv_heads, group * t, dim) · (kv_heads, dim, total).
         let q = q.reshape((self.n_kv_heads, group * t, self.head_dim))?;
         let scores = (q.matmul(&k.t()?)? * self.scale)?;
+        let scores = match self.softcap {
+            Some(cap) => ((scores / cap)?.tanh()? * cap)?,
+            None => scores,
+        };
         let scores = match attention_mask(t, span.pos, self.window, q.device())? {
             None => scores,
             Some(mask) => scores

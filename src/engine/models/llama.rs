@@ -3,16 +3,20 @@
 //! each query and key head before the rotary, half-split rotary), SmolLM3 (every fourth layer
 //! without rotary, "NoPE") and Granite (scaled embeddings, residual branches, attention and
 //! logits, by its `*_scale` keys) and Phi-3 (fused QKV and gate-and-up weights, half-split
-//! rotary; LongRoPE's per-frequency factors are refused, not run wrong). Pre-norm blocks:
-//! `h = x + s·attn(norm(x)); y = h + s·mlp(norm(h))`, with s = 1 but for Granite.
+//! rotary; LongRoPE's per-frequency factors are refused, not run wrong). Their mixture-of-experts
+//! kin share the block with experts for the MLP (`moe`): Mixtral (a `llama` file with experts),
+//! Qwen3-MoE, Granite-MoE, and OLMoE (RMS norms over the whole query and key projections).
+//! Pre-norm blocks: `h = x + s·attn(norm(x)); y = h + s·mlp(norm(h))`, with s = 1 but for
+//! Granite.
 
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use super::layers::{Activation, Attention, GatedMlp, QkNorm, RmsNorm, Rope, RopeStyle, SeqSpan};
+use super::layers::{Activation, Attention, QkNorm, RmsNorm, Rope, RopeStyle, SeqSpan};
+use super::moe::{self, ExpertShape, ExpertWeights, Mlp};
 use super::{
-    attention_weights, embedding_and_head, gated_mlp, norm, Block, Dims, Meta, ModelError,
+    attention_weights, embedding_and_head, norm, Block, Dims, LogitAdjust, Meta, ModelError,
     ModelInfo, Transformer,
 };
 use crate::engine::gguf::GgufFile;
@@ -26,7 +30,7 @@ struct LlamaBlock {
     attn_norm: RmsNorm,
     attn: Attention,
     ffn_norm: RmsNorm,
-    mlp: GatedMlp,
+    mlp: Mlp,
     /// Granite's `residual_scale`: each branch is scaled before it joins the residual stream.
     residual_scale: Option<f64>,
 }
@@ -64,7 +68,19 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
     let d_model = meta.usize("embedding_length")?;
     let n_heads = meta.usize("attention.head_count")?;
     let n_kv_heads = meta.usize("attention.head_count_kv").unwrap_or(n_heads);
-    let ffn = meta.usize("feed_forward_length")?;
+    let dense_ffn = meta.usize("feed_forward_length");
+    let experts = ExpertShape::read(&meta, *dense_ffn.as_ref().unwrap_or(&0))?;
+    let ffn = match (dense_ffn, experts) {
+        (Ok(ffn), _) => ffn,
+        (Err(_), Some(e)) => e.ffn,
+        (Err(e), None) => return Err(e.into()),
+    };
+    // Qwen3-MoE and Mixtral renormalise the chosen experts' weights; OLMoE does not.
+    let expert_weights = if arch == "olmoe" {
+        ExpertWeights::Raw
+    } else {
+        ExpertWeights::Normalized
+    };
     if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || d_model % n_heads != 0 {
         return Err(ModelError::Inconsistent(format!(
             "{n_heads} heads, {n_kv_heads} KV heads, d_model {d_model}"
@@ -83,7 +99,10 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             "phi3 with LongRoPE scaling (Phi-3.5, Phi-4-mini)".into(),
         ));
     }
-    let style = if matches!(arch.as_str(), "qwen2" | "qwen3" | "phi3") {
+    let style = if matches!(
+        arch.as_str(),
+        "qwen2" | "qwen3" | "qwen3moe" | "phi3" | "olmoe"
+    ) {
         RopeStyle::Halves
     } else {
         RopeStyle::Interleaved
@@ -134,11 +153,18 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             None
         };
         let (qkv, wo) = attention_weights(gguf, i, &dims, device)?;
+        // Per head (Qwen3) or over the whole projection (OLMoE), by the norm's width.
         let qk_norm = if gguf.has_tensor(&p("attn_q_norm.weight")) {
-            Some(QkNorm::PerHead(
+            let (q, k) = (
                 norm(gguf, &p("attn_q_norm.weight"), eps, device)?,
                 norm(gguf, &p("attn_k_norm.weight"), eps, device)?,
-            ))
+            );
+            let (info, _) = gguf.tensor_bytes(&p("attn_q_norm.weight"))?;
+            Some(if info.shape.iter().product::<usize>() == head_dim {
+                QkNorm::PerHead(q, k)
+            } else {
+                QkNorm::Whole(q, k)
+            })
         } else {
             None
         };
@@ -152,9 +178,18 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             head_dim,
             scale: attention_scale.unwrap_or(1.0 / (head_dim as f64).sqrt()),
             window: None,
+            softcap: None,
             rope: (arch != "smollm3" || (i + 1) % SMOLLM3_NO_ROPE_EVERY != 0).then(|| rope.clone()),
         };
-        let mlp = gated_mlp(gguf, i, &dims, Activation::Silu, device)?;
+        let mlp = moe::mlp(
+            gguf,
+            i,
+            &dims,
+            experts,
+            expert_weights,
+            Activation::Silu,
+            device,
+        )?;
         blocks.push(Box::new(LlamaBlock {
             attn_norm: norm(gguf, &p("attn_norm.weight"), eps, device)?,
             attn,
@@ -176,7 +211,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
     let out_norm = norm(gguf, "output_norm.weight", eps, device)?;
     let model = Transformer::assemble(info, embedding, blocks, out_norm, head, device);
     Ok(match logit_scale {
-        Some(s) => model.with_logit_divisor(s),
+        Some(s) => model.with_logit_adjust(LogitAdjust::Divide(s)),
         None => model,
     })
 }

@@ -3,12 +3,15 @@
 
 mod activation;
 pub mod bert;
+pub mod gemma2;
 pub mod gemma3;
 pub mod host_attention;
 pub mod layers;
 pub mod llama;
+pub mod moe;
 pub mod olmo2;
 pub mod span;
+mod weights;
 
 use std::sync::Arc;
 
@@ -17,9 +20,9 @@ use candle_core::{Device, Tensor};
 use super::gguf::{GgufError, GgufFile};
 use super::kv::KvCache;
 use super::kv_rows::KvType;
-use crate::engine::qmatmul::{LinearGroup, QLinear};
-use candle_core::quantized::QTensor;
+use crate::engine::qmatmul::QLinear;
 use layers::{Embedding, RmsNorm, SeqSpan};
+pub(crate) use weights::{attention_weights, embedding_and_head, gated_mlp, norm, Dims};
 
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +31,7 @@ pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
     /// No model code for this `general.architecture`.
-    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2, qwen3, smollm3, granite, phi3, olmo2, gemma3)")]
+    #[error("unsupported architecture `{0}` (supported: llama, mistral, mixtral, qwen2, qwen3, qwen3moe, smollm3, granite, granitemoe, phi3, olmo2, olmoe, gemma2, gemma3)")]
     Unsupported(String),
     /// A tensor has a shape the metadata does not explain.
     #[error("inconsistent model: {0}")]
@@ -86,8 +89,8 @@ pub struct Transformer {
     blocks: Vec<Box<dyn Block>>,
     norm: RmsNorm,
     head: Arc<QLinear>,
-    /// Logits are divided by this (Granite's `logit_scale`).
-    logit_divisor: Option<f64>,
+    /// What the architecture does to the raw logits, if anything.
+    logit_adjust: Option<LogitAdjust>,
     device: Device,
 }
 
@@ -95,9 +98,9 @@ impl Transformer {
     /// Open the right architecture for a GGUF file.
     pub fn load(gguf: &GgufFile, device: &Device) -> Result<Self, ModelError> {
         match gguf.architecture()? {
-            "llama" | "mistral" | "qwen2" | "qwen3" | "smollm3" | "granite" | "phi3" => {
-                llama::load(gguf, device)
-            }
+            "llama" | "mistral" | "qwen2" | "qwen3" | "qwen3moe" | "smollm3" | "granite"
+            | "granitemoe" | "phi3" | "olmoe" => llama::load(gguf, device),
+            "gemma2" => gemma2::load(gguf, device),
             "gemma3" => gemma3::load(gguf, device),
             "olmo2" => olmo2::load(gguf, device),
             other => Err(ModelError::Unsupported(other.to_string())),
@@ -173,8 +176,9 @@ impl Transformer {
         let rows = layers::output_rows(&spans, &all, &self.device)?;
         let x = layers::select_rows(&x, &rows)?;
         let logits = layers::lm_head(&self.norm, &self.head, &x)?;
-        Ok(match self.logit_divisor {
-            Some(d) => (logits / d)?,
+        Ok(match self.logit_adjust {
+            Some(LogitAdjust::Divide(d)) => (logits / d)?,
+            Some(LogitAdjust::SoftCap(cap)) => ((logits / cap)?.tanh()? * cap)?,
             None => logits,
         })
     }
@@ -196,229 +200,33 @@ impl Meta<'_> {
     pub fn f64_or(&self, key: &str, default: f64) -> f64 {
         self.f64(key).unwrap_or(default)
     }
-}
 
-/// A named weight, checked to have the expected (out, in) shape.
-fn weight(
-    gguf: &GgufFile,
-    name: &str,
-    shape: (usize, usize),
-    device: &Device,
-) -> Result<QTensor, ModelError> {
-    let t = gguf.qtensor(name, device)?;
-    if t.shape().dims() != [shape.0, shape.1] {
-        return Err(ModelError::Inconsistent(format!(
-            "{name} has shape {:?}, expected {shape:?}",
-            t.shape().dims()
-        )));
-    }
-    Ok(t)
-}
-
-/// A named (out, in) linear layer. On the CPU, for the types Lantern's kernels cover, it is
-/// repacked straight from the map, whose pages go back as it goes: the layer is then the only
-/// copy of those weights in memory.
-pub(crate) fn linear(
-    gguf: &GgufFile,
-    name: &str,
-    shape: (usize, usize),
-    device: &Device,
-) -> Result<QLinear, ModelError> {
-    let (info, bytes) = gguf.tensor_bytes(name)?;
-    if info.shape != [shape.0, shape.1] {
-        return Err(ModelError::Inconsistent(format!(
-            "{name} has shape {:?}, expected {shape:?}",
-            info.shape
-        )));
-    }
-    let repacked = if device.is_cpu() {
-        QLinear::from_gguf_rows(info.dtype, bytes, shape, |upto| gguf.release(name, upto))
-    } else {
-        None
-    };
-    let layer = match repacked {
-        Some(layer) => layer,
-        None => QLinear::new(weight(gguf, name, shape, device)?)?,
-    };
-    gguf.release(name, usize::MAX);
-    Ok(layer)
-}
-
-/// Consecutive row ranges of one (out, in) weight as their own layers: Phi-3's fused
-/// `attn_qkv` and gate-and-up `ffn_up`. GGUF rows are contiguous, so each part is a byte range.
-pub(crate) fn split_rows(
-    gguf: &GgufFile,
-    name: &str,
-    parts: &[usize],
-    cols: usize,
-    device: &Device,
-) -> Result<Vec<QLinear>, ModelError> {
-    let rows: usize = parts.iter().sum();
-    let (info, bytes) = gguf.tensor_bytes(name)?;
-    if info.shape != [rows, cols] {
-        return Err(ModelError::Inconsistent(format!(
-            "{name} has shape {:?}, expected {:?}",
-            info.shape,
-            [rows, cols]
-        )));
-    }
-    let row_bytes = cols / info.dtype.block_size() * info.dtype.type_size();
-    let mut out = Vec::with_capacity(parts.len());
-    let mut start = 0;
-    for &n in parts {
-        let part = &bytes[start * row_bytes..(start + n) * row_bytes];
-        let layer = match device
-            .is_cpu()
-            .then(|| QLinear::from_gguf_rows(info.dtype, part, (n, cols), |_| {}))
-            .flatten()
+    /// Which layers attend within the sliding window, as llama.cpp's `load_swa_pattern` reads
+    /// them: `attention.sliding_window_pattern` as one flag per layer, or as a period (layer `i`
+    /// is windowed unless `i % period == period - 1`; 0 means every layer), else `period`.
+    pub fn sliding_layers(&self, n_layers: usize, period: usize) -> Vec<bool> {
+        let key = format!("{}.attention.sliding_window_pattern", self.prefix);
+        if let Some(super::gguf::Value::Array(super::gguf::Array::Values(flags))) =
+            self.gguf.get(&key)
         {
-            Some(layer) => layer,
-            None => {
-                let whole = gguf.qtensor(name, device)?.dequantize(device)?;
-                let rows = whole.narrow(0, start, n)?.contiguous()?;
-                QLinear::new(QTensor::quantize(&rows, info.dtype)?)?
+            let flags: Vec<bool> = flags
+                .iter()
+                .filter_map(|f| match f {
+                    super::gguf::Value::Bool(b) => Some(*b),
+                    other => other.as_u64().map(|n| n != 0),
+                })
+                .collect();
+            if flags.len() == n_layers {
+                return flags;
             }
-        };
-        out.push(layer);
-        start += n;
-    }
-    gguf.release(name, usize::MAX);
-    Ok(out)
-}
-
-/// Linear layers over the same input, fused where the weights allow.
-pub(crate) fn group(
-    gguf: &GgufFile,
-    parts: &[(&str, (usize, usize))],
-    device: &Device,
-) -> Result<LinearGroup, ModelError> {
-    let layers = parts
-        .iter()
-        .map(|(name, shape)| linear(gguf, name, *shape, device))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(LinearGroup::new(layers))
-}
-
-pub(crate) fn norm(
-    gguf: &GgufFile,
-    name: &str,
-    eps: f64,
-    device: &Device,
-) -> Result<RmsNorm, ModelError> {
-    Ok(RmsNorm::new(gguf.qtensor(name, device)?, eps, device)?)
-}
-
-/// The sizes every block of a model shares.
-pub(crate) struct Dims {
-    pub d_model: usize,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-    pub ffn: usize,
-}
-
-/// Layer `i`'s fused Q/K/V projections and output projection, as every architecture names them.
-pub(crate) fn attention_weights(
-    gguf: &GgufFile,
-    i: usize,
-    d: &Dims,
-    device: &Device,
-) -> Result<(LinearGroup, QLinear), ModelError> {
-    let p = |name: &str| format!("blk.{i}.{name}");
-    let (q, kv) = (d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
-    // One fused `attn_qkv` (Phi-3) or three.
-    let qkv = if gguf.has_tensor(&p("attn_qkv.weight")) {
-        LinearGroup::new(split_rows(
-            gguf,
-            &p("attn_qkv.weight"),
-            &[q, kv, kv],
-            d.d_model,
-            device,
-        )?)
-    } else {
-        group(
-            gguf,
-            &[
-                (&p("attn_q.weight"), (q, d.d_model)),
-                (&p("attn_k.weight"), (kv, d.d_model)),
-                (&p("attn_v.weight"), (kv, d.d_model)),
-            ],
-            device,
-        )?
-    };
-    let wo = linear(
-        gguf,
-        &p("attn_output.weight"),
-        (d.d_model, d.n_heads * d.head_dim),
-        device,
-    )?;
-    Ok((qkv, wo))
-}
-
-/// Layer `i`'s gated MLP.
-pub(crate) fn gated_mlp(
-    gguf: &GgufFile,
-    i: usize,
-    d: &Dims,
-    activation: layers::Activation,
-    device: &Device,
-) -> Result<layers::GatedMlp, ModelError> {
-    let p = |name: &str| format!("blk.{i}.{name}");
-    // Without `ffn_gate`, `ffn_up` holds the gate rows and then the up rows (Phi-3).
-    let gate_up = if gguf.has_tensor(&p("ffn_gate.weight")) {
-        group(
-            gguf,
-            &[
-                (&p("ffn_gate.weight"), (d.ffn, d.d_model)),
-                (&p("ffn_up.weight"), (d.ffn, d.d_model)),
-            ],
-            device,
-        )?
-    } else {
-        LinearGroup::new(split_rows(
-            gguf,
-            &p("ffn_up.weight"),
-            &[d.ffn, d.ffn],
-            d.d_model,
-            device,
-        )?)
-    };
-    Ok(layers::GatedMlp {
-        gate_up,
-        down: linear(gguf, &p("ffn_down.weight"), (d.d_model, d.ffn), device)?,
-        activation,
-    })
-}
-
-/// The token embedding and the output head (`output.weight`, or the embedding table when the
-/// model ties them). A tied table is held once, in the head's repacked layout.
-pub(crate) fn embedding_and_head(
-    gguf: &GgufFile,
-    d_model: usize,
-    scale: Option<f64>,
-    device: &Device,
-) -> Result<(Embedding, Arc<QLinear>), ModelError> {
-    const TABLE: &str = "token_embd.weight";
-    let (info, _) = gguf.tensor_bytes(TABLE)?;
-    let vocab = match info.shape.as_slice() {
-        [vocab, d] if *d == d_model => *vocab,
-        shape => {
-            return Err(ModelError::Inconsistent(format!(
-                "{TABLE} has shape {shape:?}, expected (vocab, {d_model})"
-            )))
         }
-    };
-    if gguf.has_tensor("output.weight") {
-        let head = linear(gguf, "output.weight", (vocab, d_model), device)?;
-        let embedding = Embedding::new(gguf.qtensor(TABLE, device)?, scale)?;
-        return Ok((embedding, Arc::new(head)));
+        let period = self
+            .usize("attention.sliding_window_pattern")
+            .unwrap_or(period);
+        (0..n_layers)
+            .map(|i| period == 0 || i % period < period - 1)
+            .collect()
     }
-    let head = Arc::new(linear(gguf, TABLE, (vocab, d_model), device)?);
-    let embedding = match Embedding::tied(&head, scale) {
-        Some(e) => e,
-        None => Embedding::new(gguf.qtensor(TABLE, device)?, scale)?,
-    };
-    Ok((embedding, head))
 }
 
 impl Transformer {
@@ -436,14 +244,22 @@ impl Transformer {
             blocks,
             norm,
             head,
-            logit_divisor: None,
+            logit_adjust: None,
             device: device.clone(),
         }
     }
 
-    /// Divide the logits by `d` (Granite's `logit_scale`).
-    pub(crate) fn with_logit_divisor(mut self, d: f64) -> Self {
-        self.logit_divisor = Some(d);
+    pub(crate) fn with_logit_adjust(mut self, adjust: LogitAdjust) -> Self {
+        self.logit_adjust = Some(adjust);
         self
     }
+}
+
+/// A last step on the logits some architectures take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LogitAdjust {
+    /// Divide by this (Granite's `logit_scale`).
+    Divide(f64),
+    /// `cap · tanh(logit / cap)` (Gemma 2's final soft cap).
+    SoftCap(f64),
 }

@@ -97,6 +97,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             head_dim,
             scale: 1.0 / (head_dim as f64).sqrt(),
             window: None,
+            softcap: None,
             rope: Some(rope.clone()),
         };
         blocks.push(Box::new(Olmo2Block {

@@ -31,6 +31,8 @@ pub struct Shape {
     pub scale: f32,
     /// Sliding window: a query at position p sees keys p - window + 1 ..= p.
     pub window: Option<usize>,
+    /// Gemma 2's soft cap on the scaled scores: `cap · tanh(score / cap)` before the softmax.
+    pub softcap: Option<f32>,
 }
 
 #[inline]
@@ -110,6 +112,7 @@ pub fn attend<R: Rows>(q: &[f32], spans: &[SeqSpan], history: &[(R, R)], shape: 
         head_dim: hd,
         scale,
         window,
+        softcap,
     } = shape;
     let group = n_heads / n_kv_heads;
     let q_row = n_heads * hd;
@@ -152,6 +155,9 @@ pub fn attend<R: Rows>(q: &[f32], spans: &[SeqSpan], history: &[(R, R)], shape: 
                 let o = &mut out[n * group * hd..(n + 1) * group * hd];
                 for g in 0..group {
                     let sc = &mut scores[g * visible..g * visible + count];
+                    if let Some(cap) = softcap {
+                        sc.iter_mut().for_each(|s| *s = cap * (*s / cap).tanh());
+                    }
                     let max = sc.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                     let mut sum = 0f32;
                     for s in sc.iter_mut() {
@@ -188,10 +194,12 @@ mod tests {
         pos: usize,
         hd: usize,
         window: Option<usize>,
+        softcap: Option<f32>,
     ) -> Vec<f32> {
         let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let scores: Vec<f64> = (first..=pos)
             .map(|j| (0..hd).map(|d| (q[d] * k[j * hd + d]) as f64).sum::<f64>() * 0.125)
+            .map(|s| softcap.map_or(s, |c| c as f64 * (s / c as f64).tanh()))
             .collect();
         let max = scores.iter().cloned().fold(f64::MIN, f64::max);
         let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
@@ -216,13 +224,14 @@ mod tests {
         let v: Vec<f32> = (0..n * hd).map(|i| f16_rounded(val(i + 11))).collect();
         let halves = |x: &[f32]| x.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>();
         let (k16, v16) = (halves(&k), halves(&v));
-        for window in [None, Some(5)] {
+        for (window, softcap) in [(None, None), (Some(5), None), (None, Some(0.3))] {
             let shape = Shape {
                 n_heads: 1,
                 n_kv_heads: 1,
                 head_dim: hd,
                 scale: 0.125,
                 window,
+                softcap,
             };
             let whole = attend(
                 &q,
@@ -235,7 +244,7 @@ mod tests {
                 shape,
             );
             for pos in [0, 1, 17, 39] {
-                let expect = naive(&q[pos * hd..], &k, &v, pos, hd, window);
+                let expect = naive(&q[pos * hd..], &k, &v, pos, hd, window, softcap);
                 let got = &whole[pos * hd..(pos + 1) * hd];
                 for (a, b) in got.iter().zip(&expect) {
                     // Softmax weights are f16-rounded: about three decimal digits.
