@@ -108,25 +108,38 @@ impl ChatModel {
 
     /// `chat_prompt` for a conversation that may call `tools` or carry earlier calls and their
     /// results: the template renders them itself when it knows how, else Hermes's convention
-    /// is written into the conversation (`tools::inline_tools`).
+    /// is written into the conversation (`tools::inline_tools`). `enable_thinking` reaches the
+    /// template when the caller set it. Also returns the rendered prompt, whose end says whether
+    /// the answer starts inside a `<think>`.
     pub fn chat_prompt_with_tools(
         &self,
         messages: Vec<ChatMessage>,
         tools: &[tools::ToolSpec],
-    ) -> Result<Vec<u32>, LoadError> {
+        enable_thinking: Option<bool>,
+    ) -> Result<(Vec<u32>, String), LoadError> {
         let text = if self.template.renders_tools() {
             let specs: Vec<serde_json::Value> =
                 tools.iter().map(tools::ToolSpec::to_json).collect();
-            self.template.render_with_tools(
+            self.template.render_chat(
                 &messages,
                 (!specs.is_empty()).then_some(&specs[..]),
                 true,
+                enable_thinking,
             )?
         } else {
-            self.template
-                .render(&tools::inline_tools(messages, tools), true)?
+            self.template.render_chat(
+                &tools::inline_tools(messages, tools),
+                None,
+                true,
+                enable_thinking,
+            )?
         };
-        self.prompt_ids(&text)
+        Ok((self.prompt_ids(&text)?, text))
+    }
+
+    /// The chat template's source (what it knows: tools, thinking).
+    pub fn template_source(&self) -> &str {
+        self.template.source()
     }
 
     /// How this model writes tool calls, as its template shows.

@@ -262,6 +262,23 @@ impl ChatTemplate {
         tools: Option<&[serde_json::Value]>,
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
+        self.render_chat(messages, tools, add_generation_prompt, None)
+    }
+
+    /// `render_with_tools`, with `enable_thinking` set when the caller chose (Qwen3's templates
+    /// read it: false writes an empty `<think></think>` so the model answers at once). Unset,
+    /// a template sees it undefined, as in Hugging Face's `apply_chat_template`.
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+        enable_thinking: Option<bool>,
+    ) -> Result<String, TemplateError> {
+        let thinking = match enable_thinking {
+            Some(on) => context! { enable_thinking => on },
+            None => context! {},
+        };
         let tmpl = self
             .env
             .get_template("chat")
@@ -274,6 +291,7 @@ impl ChatTemplate {
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token.as_str(),
                 eos_token => self.eos_token.as_str(),
+                ..thinking
             },
             &mut out,
         )

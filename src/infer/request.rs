@@ -156,6 +156,9 @@ pub struct Request {
     pub logprobs: Option<i64>,
     pub sampling: Sampling,
     pub caller: Caller,
+    /// The template's `enable_thinking` (`chat_template_kwargs`, Ollama's `think`, Anthropic's
+    /// `thinking`), when the client chose.
+    pub enable_thinking: Option<bool>,
 }
 
 impl Request {
@@ -173,6 +176,7 @@ impl Request {
             logprobs: None,
             sampling: Sampling::default(),
             caller,
+            enable_thinking: None,
         }
     }
 }

@@ -214,6 +214,8 @@ impl Infer {
             tools: None,
             stops: false,
             from_cache,
+            // A remote engine splits its own reasoning out (vLLM's reasoning parsers).
+            thinking: Default::default(),
         };
         let events = self.launch(streams, account, shape, None, req.caller.timeout);
         Ok(Run {

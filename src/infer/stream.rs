@@ -13,6 +13,7 @@ use super::backend::{Backend, Generation};
 use super::cache::{recording, replay, response_key};
 use super::error::InferError;
 use super::plan::{Admission, Infer, Plan};
+use super::reasoning::{Piece, ThinkSplit, Thinking};
 use super::tools::CallHold;
 use super::validate::Applied;
 use crate::cache::responses::ResponseKey;
@@ -45,8 +46,10 @@ pub enum Finish {
 /// whole request; or an error that ends it.
 #[derive(Debug)]
 pub enum Event {
-    /// Text of choice `choice` (never held-back call markup), with its tokens when
-    /// log-probabilities were asked for.
+    /// Reasoning of choice `choice`: a thinking model's `<think>` text, without the tags.
+    Reasoning { choice: usize, text: String },
+    /// Text of choice `choice` (never held-back call markup, never reasoning), with its tokens
+    /// when log-probabilities were asked for.
     Text {
         choice: usize,
         text: String,
@@ -94,6 +97,8 @@ pub struct Run {
 #[derive(Debug)]
 pub struct ChoiceAnswer {
     pub text: String,
+    /// A thinking model's reasoning (empty for others).
+    pub reasoning: String,
     pub logprobs: Vec<TokenLogprob>,
     pub calls: Vec<ToolCall>,
     pub finish: Finish,
@@ -123,9 +128,16 @@ impl Run {
     /// Wait for the whole answer (within the request's time limit, which the loop owns).
     pub async fn collect(&mut self) -> Result<Answer, InferError> {
         let mut texts: Vec<(String, Vec<TokenLogprob>)> = Vec::new();
+        let mut reasoning: Vec<String> = Vec::new();
         let mut choices = Vec::new();
         while let Some(event) = self.events.recv().await {
             match event {
+                Event::Reasoning { choice, text } => {
+                    if reasoning.len() <= choice {
+                        reasoning.resize_with(choice + 1, Default::default);
+                    }
+                    reasoning[choice].push_str(&text);
+                }
                 Event::Text {
                     choice,
                     text,
@@ -151,6 +163,10 @@ impl Run {
                     logprobs.extend(rest);
                     choices.push(ChoiceAnswer {
                         text,
+                        reasoning: reasoning
+                            .get_mut(choice)
+                            .map(std::mem::take)
+                            .unwrap_or_default(),
                         logprobs,
                         calls,
                         finish,
@@ -179,6 +195,8 @@ pub(super) struct Shape {
     pub tools: Option<super::tools::ToolsRequest>,
     pub stops: bool,
     pub from_cache: bool,
+    /// Where a thinking model's answer starts (Off: no reasoning to split out).
+    pub thinking: Thinking,
 }
 
 /// Where the loop sends, and what it knows of the request.
@@ -243,6 +261,7 @@ impl Infer {
             tools: validated.tools.clone(),
             stops,
             from_cache,
+            thinking: validated.thinking,
         };
         let events = self.launch(streams, account, shape, Some(backend), caller.timeout);
         Ok(Run {
@@ -352,6 +371,7 @@ impl Loop {
             let mut streamed = 0;
             let mut pending = Vec::new();
             let mut hold = CallHold::new(self.shape.tools.is_some());
+            let mut split = ThinkSplit::new(self.shape.thinking);
             let mut read_by_engine = Vec::new();
             loop {
                 // The client going away is noticed at once, also while text is held.
@@ -389,11 +409,15 @@ impl Loop {
                         read_by_engine = calls;
                         continue;
                     }
-                    GenEvent::Text(text) => match hold.push(text) {
-                        Some(text) => self.text(choice, text, &mut pending).await,
-                        None => continue,
-                    },
+                    GenEvent::Text(text) => {
+                        let pieces = split.push(&text);
+                        self.pieces(choice, pieces, &mut hold, &mut pending).await
+                    }
                     GenEvent::Done(usage) => {
+                        let pieces = split.finish();
+                        if !self.pieces(choice, pieces, &mut hold, &mut pending).await {
+                            return self.gone(totals, streamed, Some(&usage));
+                        }
                         let (content, mut calls) =
                             read_calls(hold.finish(), self.shape.tools.as_ref());
                         calls.append(&mut read_by_engine);
@@ -465,6 +489,34 @@ impl Loop {
             logprob,
             top: top.into_iter().map(|(t, l)| (name(t), l)).collect(),
         }
+    }
+
+    /// Send reasoning as it comes, and answer text through the call hold; false when the client
+    /// is gone.
+    async fn pieces(
+        &self,
+        choice: usize,
+        pieces: Vec<Piece>,
+        hold: &mut CallHold,
+        pending: &mut Vec<TokenLogprob>,
+    ) -> bool {
+        for piece in pieces {
+            let sent = match piece {
+                Piece::Reasoning(text) => self
+                    .tx
+                    .send(Event::Reasoning { choice, text })
+                    .await
+                    .is_ok(),
+                Piece::Answer(text) => match hold.push(text) {
+                    Some(text) => self.text(choice, text, pending).await,
+                    None => true,
+                },
+            };
+            if !sent {
+                return false;
+            }
+        }
+        true
     }
 
     /// Send text with the tokens it came from; false when the client is gone.

@@ -32,6 +32,8 @@ pub struct Validated {
     pub grammar_key: Option<String>,
     /// Chat (through the template) or prompts as written: part of the response cache's key.
     pub chat: bool,
+    /// Where a thinking model's answer starts, as the rendered prompt leaves it.
+    pub thinking: super::reasoning::Thinking,
 }
 
 /// A compression that was applied: what was asked and what it did.
@@ -291,12 +293,22 @@ pub fn validate(engine: &EngineHandle, req: Request) -> Result<Validated, InferE
     let keep_alive = req.sampling.keep_alive()?;
     let cache_prompt = req.sampling.cache_prompt.unwrap_or(true);
     let chat = matches!(req.input, Input::Chat(_));
+    refuse_thinking(engine, api, &req.model, req.enable_thinking)?;
+    let mut thinking = super::reasoning::Thinking::Off;
     let prompts = match req.input {
         Input::Chat(messages) => {
             check_roles(&messages)?;
             let specs = tools.as_ref().map(|t| &t.specs[..]).unwrap_or_default();
-            let prompt = blocking(|| engine.model.chat_prompt_with_tools(messages, specs))
-                .map_err(|e| InferError::invalid(e.to_string(), "messages"))?;
+            let (prompt, text) = blocking(|| {
+                engine
+                    .model
+                    .chat_prompt_with_tools(messages, specs, req.enable_thinking)
+            })
+            .map_err(|e| InferError::invalid(e.to_string(), "messages"))?;
+            // Under a grammar the output is the grammar's, tags and all.
+            if constraint.is_none() {
+                thinking = super::reasoning::Thinking::of(engine.model.template_source(), &text);
+            }
             vec![prompt]
         }
         Input::Prompts(texts) => prompt_ids(engine, texts)?,
@@ -326,7 +338,31 @@ pub fn validate(engine: &EngineHandle, req: Request) -> Result<Validated, InferE
         grammar_key: grammar.as_ref().map(|g| g.key()),
         tools: tools.filter(|t| t.parses()),
         chat,
+        thinking,
     })
+}
+
+/// Asked to think, a model whose template knows no thinking says so on the APIs whose own
+/// servers do (Ollama's `think`, Anthropic's `thinking`); `chat_template_kwargs` are only the
+/// template's variables, as in llama-server and vLLM.
+fn refuse_thinking(
+    engine: &EngineHandle,
+    api: Api,
+    model: &str,
+    enable_thinking: Option<bool>,
+) -> Result<(), InferError> {
+    if enable_thinking != Some(true) || engine.model.template_source().contains("<think>") {
+        return Ok(());
+    }
+    let param = match api {
+        Api::OllamaChat | Api::OllamaGenerate => "think",
+        Api::Messages => "thinking",
+        _ => return Ok(()),
+    };
+    Err(InferError::invalid(
+        format!("\"{model}\" does not support thinking"),
+        param,
+    ))
 }
 
 /// Prompts as written, as token ids.

@@ -70,6 +70,10 @@ pub async fn messages(
     } else {
         let (choice, totals) = run.collect_one().await?;
         let mut content = Vec::new();
+        if !choice.reasoning.is_empty() {
+            content
+                .push(json!({"type": "thinking", "thinking": choice.reasoning, "signature": ""}));
+        }
         if !choice.text.is_empty() {
             content.push(json!({"type": "text", "text": choice.text}));
         }

@@ -38,12 +38,39 @@ pub(super) fn events(mut run: Run, model: String) -> Response {
         if !out.send("message_start", start).await || !out.send("ping", json!({})).await {
             return;
         }
-        // The open text block's index, and the next block's.
+        // The open thinking and text blocks' indices, and the next block's.
         let (mut open_text, mut next) = (None::<usize>, 0usize);
+        let mut open_thinking = None::<usize>;
         let mut ended = None;
         while let Some(event) = run.events.recv().await {
             match event {
+                Event::Reasoning { text, .. } => {
+                    let index = match open_thinking {
+                        Some(i) => i,
+                        None => {
+                            let block = json!({"index": next, "content_block": {"type": "thinking", "thinking": "", "signature": ""}});
+                            if !out.send("content_block_start", block).await {
+                                return;
+                            }
+                            open_thinking = Some(next);
+                            next += 1;
+                            next - 1
+                        }
+                    };
+                    let delta = json!({"index": index, "delta": {"type": "thinking_delta", "thinking": text}});
+                    if !out.send("content_block_delta", delta).await {
+                        return;
+                    }
+                }
                 Event::Text { text, .. } => {
+                    if let Some(index) = open_thinking.take() {
+                        if !out
+                            .send("content_block_stop", json!({"index": index}))
+                            .await
+                        {
+                            return;
+                        }
+                    }
                     let index = match open_text {
                         Some(i) => i,
                         None => {
@@ -63,7 +90,7 @@ pub(super) fn events(mut run: Run, model: String) -> Response {
                     }
                 }
                 Event::Done { calls, finish, .. } => {
-                    if let Some(index) = open_text.take() {
+                    if let Some(index) = open_thinking.take().or(open_text.take()) {
                         out.send("content_block_stop", json!({"index": index}))
                             .await;
                     }

@@ -210,19 +210,19 @@ impl MessagesBody {
 
     /// The typed request. `counting`: for `count_tokens`, which needs no `max_tokens`.
     pub fn into_request(mut self, caller: Caller, counting: bool) -> Result<Request, ApiError> {
-        if self
-            .thinking
-            .as_ref()
-            .is_some_and(|t| t["type"] == "enabled")
-        {
-            return Err(invalid(
-                format!(
-                    "`{}` does not support extended thinking; leave `thinking` out",
-                    self.model
-                ),
-                "thinking",
-            ));
-        }
+        // Extended thinking is the template's `enable_thinking`; a model without it answers
+        // without thinking blocks. The budget is not enforced apart from `max_tokens`.
+        let enable_thinking = match self.thinking.as_ref().map(|t| &t["type"]) {
+            None => None,
+            Some(t) if t == "enabled" => Some(true),
+            Some(t) if t == "disabled" => Some(false),
+            Some(other) => {
+                return Err(invalid(
+                    format!("`thinking.type` must be \"enabled\" or \"disabled\", got {other}"),
+                    "thinking",
+                ))
+            }
+        };
         let max_tokens = match self.max_tokens {
             Some(n) => Some(n),
             None if counting => None,
@@ -237,6 +237,7 @@ impl MessagesBody {
         let messages = self.conversation()?;
         let (tool_choice, parallel) = choice(self.tool_choice.as_ref())?;
         let mut req = Request::new(Api::Messages, self.model, Input::Chat(messages), caller);
+        req.enable_thinking = enable_thinking;
         req.tools = tool_specs(self.tools)?;
         req.tool_choice = tool_choice;
         req.parallel_tool_calls = parallel;
@@ -328,7 +329,7 @@ mod tests {
                 "server tools",
             ),
             (
-                json!({"model": "m", "max_tokens": 5, "thinking": {"type": "enabled", "budget_tokens": 1024}, "messages": [{"role": "user", "content": "x"}]}),
+                json!({"model": "m", "max_tokens": 5, "thinking": {"type": "sometimes"}, "messages": [{"role": "user", "content": "x"}]}),
                 "thinking",
             ),
         ] {

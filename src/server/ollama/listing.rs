@@ -131,13 +131,18 @@ pub async fn show(
     let special = &engine.tokenizer.special;
     model_info.insert("tokenizer.ggml.bos_token_id".into(), json!(special.bos));
     model_info.insert("lantern.stop_token_ids".into(), json!(special.stop_ids));
+    // Ollama names a model that thinks `thinking`: its template knows `<think>`.
+    let mut capabilities = vec!["completion", "tools"];
+    if engine.model.template_source().contains("<think>") {
+        capabilities.push("thinking");
+    }
     Ok(Json(json!({
         "modelfile": "",
         "parameters": "",
         "template": engine.model.template.source(),
         "details": details(arch, &m.quantization, "gguf"),
         "model_info": model_info,
-        "capabilities": ["completion", "tools"],
+        "capabilities": capabilities,
         "modified_at": rfc3339(m.created as f64),
     }))
     .into_response())

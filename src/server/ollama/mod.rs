@@ -13,7 +13,7 @@ mod listing;
 mod request;
 
 pub use listing::{ps, show, tags, version};
-use request::{apply_options, messages, refuse_think};
+use request::{apply_options, messages, think_flag};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -163,10 +163,23 @@ fn with_text(mut v: Value, chat: bool, text: &str) -> Value {
     v
 }
 
+/// A thinking model's reasoning, where Ollama puts it: `message.thinking` or `thinking`.
+fn with_thinking(mut v: Value, chat: bool, reasoning: &str) -> Value {
+    if chat {
+        v["message"]["thinking"] = json!(reasoning);
+    } else {
+        v["thinking"] = json!(reasoning);
+    }
+    v
+}
+
 /// The whole answer as one object.
 async fn answer(mut run: Run, chat: bool, model: &str) -> Result<Response, OllamaError> {
     let (choice, _) = run.collect_one().await?;
     let mut body = with_text(object(model, true), chat, &choice.text);
+    if !choice.reasoning.is_empty() {
+        body = with_thinking(body, chat, &choice.reasoning);
+    }
     if chat && !choice.calls.is_empty() {
         body["message"]["tool_calls"] = ollama_calls(&choice.calls);
     }
@@ -185,6 +198,9 @@ fn stream_ndjson(mut run: Run, chat: bool, model: String) -> Response {
         while let Some(event) = run.events.recv().await {
             let piece = match event {
                 Event::Text { text, .. } => with_text(object(&model, false), chat, &text),
+                Event::Reasoning { text, .. } => {
+                    with_thinking(with_text(object(&model, false), chat, ""), chat, &text)
+                }
                 Event::Done {
                     calls,
                     finish,
@@ -246,7 +262,7 @@ pub async fn chat(
 ) -> Result<Response, OllamaError> {
     let req: ChatBody = parse_body(body, state.body_limit)?;
     let model = model_name(&req.model).to_string();
-    refuse_think(&req.think, &model)?;
+    let think = think_flag(&req.think)?;
     if req.messages.is_empty() {
         return load_or_unload(&state, &model, req.keep_alive.as_ref(), true).await;
     }
@@ -257,6 +273,7 @@ pub async fn chat(
         Input::Chat(messages(req.messages)?),
         caller,
     );
+    request.enable_thinking = think;
     if let Some(tools) = req.tools.filter(|t| !t.is_null()) {
         let tools: Vec<super::tools::WireTool> =
             serde_json::from_value(tools).map_err(|e| invalid(format!("`tools`: {e}"), "tools"))?;
@@ -277,7 +294,7 @@ pub async fn generate(
 ) -> Result<Response, OllamaError> {
     let req: GenerateBody = parse_body(body, state.body_limit)?;
     let model = model_name(&req.model).to_string();
-    refuse_think(&req.think, &model)?;
+    let think = think_flag(&req.think)?;
     for (field, given) in [
         (
             "suffix",
@@ -315,6 +332,7 @@ pub async fn generate(
     };
     let caller = super::caller::caller(&state, &headers, None);
     let mut request = Request::new(Api::OllamaGenerate, model, input, caller);
+    request.enable_thinking = think;
     request.output = apply_options(&mut request.sampling, req.options, req.format)?;
     request.output_param = "format";
     request.sampling.keep_alive = req.keep_alive;

@@ -96,12 +96,18 @@ pub(super) fn apply_options(
     )?)
 }
 
-/// A model without thinking says so, as Ollama does, rather than ignoring `think`.
-pub(super) fn refuse_think(think: &Option<Value>, model: &str) -> Result<(), OllamaError> {
+/// Ollama's `think`: true, false, or a level (`"high"`, `"medium"`, `"low"`), which a template
+/// with `enable_thinking` takes as on. Whether the model thinks at all is checked with its
+/// template (a model without thinking refuses `think`, as Ollama does).
+pub(super) fn think_flag(think: &Option<Value>) -> Result<Option<bool>, OllamaError> {
     match think {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(()),
-        Some(_) => Err(invalid(
-            format!("\"{model}\" does not support thinking"),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(Value::String(level)) if matches!(level.as_str(), "high" | "medium" | "low") => {
+            Ok(Some(true))
+        }
+        Some(other) => Err(invalid(
+            format!("`think` must be true, false, \"high\", \"medium\" or \"low\", got {other}"),
             "think",
         )),
     }

@@ -114,6 +114,9 @@ pub fn complete(run: &Run, answer: Answer, api: Api) -> Response {
                 message["content"] = if c.text.is_empty() { Value::Null } else { json!(c.text) };
                 message["tool_calls"] = calls_json(&c.calls);
             }
+            if !c.reasoning.is_empty() {
+                message["reasoning_content"] = json!(c.reasoning);
+            }
             json!({"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish})
         })
         .collect();
@@ -196,6 +199,18 @@ pub fn stream(mut run: Run, api: Api, include_usage: bool) -> Response {
                 }
             };
             match event {
+                // llama-server's and vLLM's `reasoning_content`; a prompt completion has none.
+                Event::Reasoning { choice, text } => {
+                    if chat {
+                        open(choice, &mut out);
+                        out.push(chunk(piece(
+                            choice,
+                            json!({"reasoning_content": text}),
+                            Value::Null,
+                            Value::Null,
+                        )));
+                    }
+                }
                 Event::Text {
                     choice,
                     text,

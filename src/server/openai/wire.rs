@@ -76,6 +76,9 @@ pub struct ChatRequest {
     #[serde(default)]
     pub logprobs: bool,
     pub top_logprobs: Option<i64>,
+    /// Variables for the chat template (llama-server's and vLLM's extension); Lantern's
+    /// templates read `enable_thinking` (Qwen3's switch).
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(flatten)]
     pub delivery: Delivery,
     #[serde(flatten)]
@@ -217,6 +220,22 @@ impl ChatRequest {
         req.output = output(self.response_format.as_ref(), self.grammar, self.regex)?;
         req.logprobs = logprobs;
         req.sampling = self.sampling;
+        req.enable_thinking = match self
+            .chat_template_kwargs
+            .as_ref()
+            .and_then(|k| k.get("enable_thinking"))
+        {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Bool(on)) => Some(*on),
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    format!(
+                        "`chat_template_kwargs.enable_thinking` must be true or false, got {other}"
+                    ),
+                    "chat_template_kwargs",
+                ))
+            }
+        };
         Ok(req)
     }
 }

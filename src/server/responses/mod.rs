@@ -9,12 +9,10 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
 use super::body::parse_body;
 use super::errors::ApiError;
@@ -23,7 +21,10 @@ use super::AppState;
 use crate::engine::template::ChatMessage;
 use crate::engine::tools::ToolCall;
 use crate::infer::accounting::Totals;
-use crate::infer::{Api, Event, Finish, Input, Request};
+use crate::infer::{Api, Finish, Input, Request};
+
+mod stream;
+use stream::stream;
 
 #[derive(Debug, Deserialize)]
 struct ResponsesBody {
@@ -293,10 +294,25 @@ fn call_items(calls: &[ToolCall]) -> Vec<Value> {
         .collect()
 }
 
-/// The output items of an answer: its text as a message (when it has text, or no calls), then
-/// its calls.
-fn output_items(text: &str, calls: &[ToolCall]) -> Vec<Value> {
+/// A thinking model's reasoning as a `reasoning` item (its text whole, as gpt-oss servers give
+/// it; no summary).
+fn reasoning_item(id: &str, text: &str) -> Value {
+    json!({
+        "type": "reasoning",
+        "id": id,
+        "status": "completed",
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}],
+    })
+}
+
+/// The output items of an answer: its reasoning when it has any, its text as a message (when
+/// it has text, or no calls), then its calls.
+fn output_items(reasoning: &str, text: &str, calls: &[ToolCall]) -> Vec<Value> {
     let mut items = Vec::new();
+    if !reasoning.is_empty() {
+        items.push(reasoning_item(&new_id("rs"), reasoning));
+    }
     if !text.is_empty() || calls.is_empty() {
         items.push(message_item(&new_id("msg"), text));
     }
@@ -364,166 +380,11 @@ pub async fn responses(
         stream(run, echo, id)
     } else {
         let (choice, totals) = run.collect_one().await?;
-        let output = output_items(&choice.text, &choice.calls);
+        let output = output_items(&choice.reasoning, &choice.text, &choice.calls);
         let status = status_of(&choice.finish);
         Json(echo.response(&id, now(), status, json!(output), usage_json(&totals))).into_response()
     };
     Ok(admitted.onto(response))
-}
-
-/// Named SSE events, each with its `type` and a rising `sequence_number`.
-struct Events {
-    tx: mpsc::Sender<SseEvent>,
-    sequence: u64,
-}
-
-impl Events {
-    async fn send(&mut self, kind: &str, mut data: Value) -> bool {
-        data["type"] = json!(kind);
-        data["sequence_number"] = json!(self.sequence);
-        self.sequence += 1;
-        self.tx
-            .send(SseEvent::default().event(kind).data(data.to_string()))
-            .await
-            .is_ok()
-    }
-}
-
-/// The answer as Responses events. The message item opens with the first text; calls follow as
-/// whole items; the last event carries the whole response. Returning drops the run: a client
-/// that went away cancels the generation.
-fn stream(mut run: crate::infer::Run, echo: Echo, id: String) -> Response {
-    let (tx, rx) = mpsc::channel::<SseEvent>(64);
-    let created = now();
-    tokio::spawn(async move {
-        let mut out = Events { tx, sequence: 0 };
-        let shell = echo.response(&id, created, "in_progress", json!([]), Value::Null);
-        if !out
-            .send("response.created", json!({"response": shell}))
-            .await
-            || !out
-                .send("response.in_progress", json!({"response": shell}))
-                .await
-        {
-            return;
-        }
-        let (mut text, mut opened) = (String::new(), false);
-        let msg_id = new_id("msg");
-        let mut ended: Option<(&'static str, Vec<Value>)> = None;
-        while let Some(event) = run.events.recv().await {
-            match event {
-                Event::Text { text: piece, .. } => {
-                    if !opened {
-                        opened = true;
-                        let item = json!({"type": "message", "id": msg_id, "status": "in_progress", "role": "assistant", "content": []});
-                        let part = json!({"type": "output_text", "text": "", "annotations": []});
-                        if !out.send("response.output_item.added", json!({"output_index": 0, "item": item})).await
-                            || !out.send("response.content_part.added", json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "part": part})).await
-                        {
-                            return;
-                        }
-                    }
-                    text.push_str(&piece);
-                    let delta = json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "delta": piece, "logprobs": []});
-                    if !out.send("response.output_text.delta", delta).await {
-                        return;
-                    }
-                }
-                Event::Done { calls, finish, .. } => {
-                    let mut items = Vec::new();
-                    if opened {
-                        let item = message_item(&msg_id, &text);
-                        let part = json!({"type": "output_text", "text": text, "annotations": []});
-                        out.send("response.output_text.done", json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "text": text, "logprobs": []})).await;
-                        out.send("response.content_part.done", json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "part": part})).await;
-                        out.send(
-                            "response.output_item.done",
-                            json!({"output_index": 0, "item": item}),
-                        )
-                        .await;
-                        items.push(item);
-                    } else if calls.is_empty() {
-                        items.push(message_item(&msg_id, ""));
-                        announce(&mut out, 0, &items[0]).await;
-                    }
-                    for item in call_items(&calls) {
-                        announce(&mut out, items.len(), &item).await;
-                        items.push(item);
-                    }
-                    ended = Some((status_of(&finish), items));
-                }
-                Event::End { totals, .. } => {
-                    let (status, items) = ended.take().unwrap_or(("completed", Vec::new()));
-                    let whole =
-                        echo.response(&id, created, status, json!(items), usage_json(&totals));
-                    let kind = if status == "completed" {
-                        "response.completed"
-                    } else {
-                        "response.incomplete"
-                    };
-                    out.send(kind, json!({"response": whole})).await;
-                    return;
-                }
-                Event::Error(e) => {
-                    let body = ApiError::from(e).body();
-                    let e = &body["error"];
-                    let code = e["code"].as_str().unwrap_or("server_error");
-                    out.send(
-                        "error",
-                        json!({"code": code, "message": e["message"], "param": e["param"]}),
-                    )
-                    .await;
-                    return;
-                }
-            }
-        }
-    });
-    super::sse::events(rx)
-}
-
-/// A finished item streamed whole: added, its arguments or text, done.
-async fn announce(out: &mut Events, index: usize, item: &Value) {
-    let id = item["id"].clone();
-    if item["type"] == "function_call" {
-        let mut opening = item.clone();
-        opening["arguments"] = json!("");
-        opening["status"] = json!("in_progress");
-        out.send(
-            "response.output_item.added",
-            json!({"output_index": index, "item": opening}),
-        )
-        .await;
-        out.send(
-            "response.function_call_arguments.delta",
-            json!({"item_id": id, "output_index": index, "delta": item["arguments"]}),
-        )
-        .await;
-        out.send("response.function_call_arguments.done", json!({"item_id": id, "output_index": index, "name": item["name"], "arguments": item["arguments"]})).await;
-    } else {
-        let text = item["content"][0]["text"].clone();
-        let mut opening = item.clone();
-        opening["content"] = json!([]);
-        opening["status"] = json!("in_progress");
-        let part = json!({"type": "output_text", "text": text, "annotations": []});
-        out.send(
-            "response.output_item.added",
-            json!({"output_index": index, "item": opening}),
-        )
-        .await;
-        out.send("response.content_part.added", json!({"item_id": id, "output_index": index, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}})).await;
-        out.send("response.output_text.delta", json!({"item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": []})).await;
-        out.send("response.output_text.done", json!({"item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": []})).await;
-        out.send(
-            "response.content_part.done",
-            json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
-        )
-        .await;
-    }
-    out.send(
-        "response.output_item.done",
-        json!({"output_index": index, "item": item}),
-    )
-    .await;
 }
 
 #[cfg(test)]
