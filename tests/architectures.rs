@@ -5,10 +5,12 @@
 //! forced through llama.cpp's greedy tokens, Lantern's top-1 must agree wherever llama.cpp's
 //! margin is decisive, and the log-probability of its top token must stay close on average.
 //! The models cover every architecture Lantern runs, mixture-of-experts ones included, in f32,
-//! f16 and Q8_0, with head sizes, GQA ratios and layer counts varied. A position llama-server
+//! f16, Q8_0 and the K-quants (written ones requantized by `lantern quantize`'s code), with head
+//! sizes, GQA ratios and layer counts varied. A position llama-server
 //! withholds probabilities for (its token ends inside a UTF-8 character) is `null` and skipped;
-//! the token ids themselves are all there. OLMo 2's positions are also judged against a float64
-//! forward pass (`exact_top2`).
+//! the token ids themselves are all there. OLMo 2's and Qwen3-MoE's positions are also judged
+//! against a float64 forward pass (`exact_top2`, `exact_forward.py`): held to the same bounds,
+//! and against llama.cpp the mean bound widens by llama.cpp's own distance from that pass.
 //!
 //! The writer needs Python with the `gguf` package: `$LANTERN_PYTHON`, else `.venv/bin/python`
 //! (`make test` installs it there), else `python3`.
@@ -16,6 +18,7 @@
 mod common;
 
 use candle_core::Device;
+use lantern::engine::quant::{parse_target, requantize};
 use lantern::engine::sampler::{argmax, log_softmax};
 use lantern::ChatModel;
 use serde_json::Value;
@@ -46,6 +49,22 @@ fn agreement(rows: &[Vec<f32>], reference: &[Value]) -> (usize, usize, f64) {
         }
     }
     (agree, decisive, sum / judged.max(1) as f64)
+}
+
+/// Mean |Δ log-prob| of llama.cpp's top-5 against the float64 pass's top token, where
+/// llama.cpp's top 5 holds it.
+fn reference_distance(llama: &[Value], exact: &[Value]) -> f64 {
+    let (mut sum, mut n) = (0f64, 0usize);
+    for (l, e) in llama.iter().zip(exact) {
+        let (Some(l), Some(best)) = (l.as_array(), e[0].as_array()) else {
+            continue;
+        };
+        if let Some(hit) = l.iter().find(|x| x[0] == best[0]) {
+            sum += (hit[1].as_f64().unwrap() - best[1].as_f64().unwrap()).abs();
+            n += 1;
+        }
+    }
+    sum / n.max(1) as f64
 }
 
 fn python() -> String {
@@ -87,16 +106,24 @@ fn synthetic_models_of_each_architecture_agree_with_llama_cpp() {
     for entry in fixture["models"].as_array().unwrap() {
         let name = entry["name"].as_str().unwrap();
         let file = dir.path().join(entry["file"].as_str().unwrap());
+        // The K-quant models: a written model requantized as `lantern quantize` does.
+        if let Some(q) = entry.get("requantized") {
+            let from = dir.path().join(q["from"].as_str().unwrap());
+            let to = parse_target(q["to"].as_str().unwrap()).unwrap();
+            requantize(&from, &file, to, &mut |_, _| true).unwrap();
+        }
         let sha = format!("{:x}", Sha256::digest(std::fs::read(&file).unwrap()));
         assert_eq!(sha, entry["sha256"], "{name}: the writer made another file");
         let model = ChatModel::load(&file, &Device::Cpu).unwrap();
-        let (mut llama, mut exact) = (Vec::new(), Vec::new());
+        let (mut llama, mut exact, mut llama_vs_exact) = (Vec::new(), Vec::new(), Vec::new());
         for c in entry["completions"].as_array().unwrap() {
             let greedy = ids(&c["greedy_ids"]);
             let rows = common::forced_logits(&model.transformer, &ids(&c["prompt_ids"]), &greedy);
-            llama.push(agreement(&rows, c["top5_logprobs"].as_array().unwrap()));
+            let top5 = c["top5_logprobs"].as_array().unwrap();
+            llama.push(agreement(&rows, top5));
             if let Some(e) = c["exact_top2"].as_array() {
                 exact.push(agreement(&rows, e));
+                llama_vs_exact.push(reference_distance(top5, e));
             }
         }
         let total = |runs: &[(usize, usize, f64)]| {
@@ -108,9 +135,20 @@ fn synthetic_models_of_each_architecture_agree_with_llama_cpp() {
         if !exact.is_empty() {
             judged.push(("float64", total(&exact)));
         }
+        // Where the float64 pass is there, llama.cpp's own distance from it widens the bound on
+        // Lantern's distance from llama.cpp (their errors need not point the same way); the
+        // float64 pass itself holds Lantern to the plain bound.
+        let llama_error = llama_vs_exact.iter().sum::<f64>() / llama_vs_exact.len().max(1) as f64;
+        if !llama_vs_exact.is_empty() {
+            eprintln!("{name}: llama.cpp vs float64: mean |Δ logprob| {llama_error:.4}");
+        }
         for (oracle, (agree, decisive, mean)) in judged {
             eprintln!("{name} vs {oracle}: top-1 {agree}/{decisive} where decisive; mean |Δ logprob| {mean:.4}");
-            if agree != decisive || mean > MEAN_LOGPROB_ERROR {
+            let bound = match oracle {
+                "llama.cpp" => MEAN_LOGPROB_ERROR + llama_error,
+                _ => MEAN_LOGPROB_ERROR,
+            };
+            if agree != decisive || mean > bound {
                 failures.push(format!(
                     "{name} vs {oracle}: top-1 {agree}/{decisive}, mean |Δ| {mean:.4}"
                 ));

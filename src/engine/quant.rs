@@ -128,7 +128,9 @@ pub fn requantize(
         };
         let q = gguf.qtensor(name, &Device::Cpu)?;
         let dims = q.shape().dims().to_vec();
-        let target = if dims.len() < 2 {
+        // Vectors, and mixture-of-experts routers, stay as they are, as llama.cpp's quantize
+        // keeps them: a router's scores pick the experts, and a small error there flips a pick.
+        let target = if dims.len() < 2 || name.contains("ffn_gate_inp") {
             None
         } else if dims[dims.len() - 1] % to.block_size() == 0 {
             Some(to)
