@@ -100,6 +100,7 @@ def main():
     ap.add_argument("--synthetic", default="", help="a synthetic shape (1b) to add, per type")
     ap.add_argument("--synthetic-types", default="q4_k,q5_k,q6_k,q4_0")
     ap.add_argument("--synthetic-threads", default="2")
+    ap.add_argument("--name", default="", help="the results' name (default: types-MODEL)")
     ap.add_argument("--rows", nargs="*", default=[],
                     help="render these logged result rows (one JSON object a line) as well: a "
                          "run cut short keeps its figures")
@@ -182,7 +183,7 @@ def main():
                                              capture_output=True, text=True).stdout.strip(),
             "llamacpp": "llama-cpp-python 0.3.36 sdist, llama-bench, GGML_NATIVE (build.sh)",
             "command": "python3 benches/weight_types.py " + " ".join(sys.argv[1:])}
-    base = ROOT / "benches/results" / f"{stamp:%Y-%m-%d}-types-{args.model}"
+    base = ROOT / "benches/results" / f"{stamp:%Y-%m-%d}-{args.name or 'types-' + args.model}"
     base.with_suffix(".json").write_text(json.dumps({**meta, "results": results}, indent=1) + "\n")
     lines = [f"# Weight types — Lantern vs llama.cpp, same run ({meta['date']})", "",
              f"CPU: {meta['cpu']}, {meta['cores']} cores; mean ± sd of {args.reps} runs, "

@@ -9,7 +9,7 @@ use lantern::Config;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// An installed model (name or .gguf path), or synthetic:tiny|1b|3b|8b.
+    /// An installed model (name or .gguf path), or synthetic:tiny|1b|3b|8b|30b-a3b|30b-a3b-12 (Qwen3-30B-A3B, all or 12 of its layers).
     model: String,
     /// Weight type of a synthetic model: q4_k (default), q8_0, q4_0, q6_k, f16, …
     #[arg(long)]

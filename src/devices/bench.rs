@@ -175,16 +175,24 @@ pub trait Observer {
     fn cancelled(&self) -> bool;
 }
 
-/// What the weights cost per token, from the file's tensor table.
+/// What the weights cost per token, from the file's tensor table. Of a mixture-of-experts
+/// file's stacked experts (`*_exps`), a token reads only the share its experts make up.
 fn facts(name: &str, gguf: &GgufFile) -> ModelFacts {
     let tied = !gguf.has_tensor("output.weight");
     let (mut params, mut bytes) = (0u64, 0u64);
+    let arch = gguf.architecture().unwrap_or("unknown");
+    let count = |key: &str| gguf.get_usize(&format!("{arch}.{key}")).unwrap_or(0) as u64;
+    let (experts, used) = (count("expert_count"), count("expert_used_count"));
     for (tensor, info) in &gguf.tensors {
         let is_embedding = tensor == "token_embd.weight";
         if is_embedding && !tied {
             continue; // only one row of it is read per token
         }
-        bytes += info.size as u64;
+        if tensor.contains("_exps.") && experts > 0 {
+            bytes += info.size as u64 * used.min(experts) / experts;
+        } else {
+            bytes += info.size as u64;
+        }
         if info.shape.len() >= 2 {
             params += info.shape.iter().product::<usize>() as u64;
         }

@@ -1,7 +1,9 @@
-//! Synthetic models: real llama shapes (1B, 3B, 8B, and a tiny one for tests) with random weights
-//! in any quantization, written as a GGUF on the fly, so a device can be benchmarked at sizes
-//! nobody has downloaded. Every row of a matrix repeats one random quantized row: the bytes read
-//! per token, and so the speed, are those of a real model of that shape.
+//! Synthetic models: real llama shapes (1B, 3B, 8B, and a tiny one for tests) and Qwen3-30B-A3B's
+//! mixture-of-experts shape, with random weights in any quantization, written as a GGUF on the
+//! fly, so a device can be benchmarked at sizes nobody has downloaded. Every row of a matrix
+//! repeats one random quantized row: the bytes read per token, and so the speed, are those of a
+//! real model of that shape. A mixture-of-experts model's embedding rows and router are random
+//! in full, so each token picks its own experts, as in a real model.
 
 use std::path::{Path, PathBuf};
 
@@ -21,50 +23,67 @@ pub struct Shape {
     pub vocab: usize,
     /// The output head reuses the embedding table (Llama 3.2 1B and 3B do).
     pub tied: bool,
+    /// Each head's width (Qwen3-MoE's 128 with 32 heads exceeds d_model / heads).
+    pub head_dim: usize,
+    /// Experts: (count, used per token, each one's width); None for a dense llama.
+    pub experts: Option<(usize, usize, usize)>,
 }
 
-/// The shapes `synthetic:NAME` knows: Llama 3.2 1B and 3B, Llama 3.1 8B, and a tiny one.
-pub const SHAPES: [Shape; 4] = [
-    Shape {
-        name: "tiny",
-        layers: 4,
-        d_model: 256,
-        heads: 4,
-        kv_heads: 2,
-        ffn: 768,
-        vocab: 4096,
-        tied: true,
-    },
-    Shape {
-        name: "1b",
-        layers: 16,
-        d_model: 2048,
-        heads: 32,
-        kv_heads: 8,
-        ffn: 8192,
-        vocab: 128_256,
-        tied: true,
-    },
-    Shape {
-        name: "3b",
-        layers: 28,
-        d_model: 3072,
-        heads: 24,
-        kv_heads: 8,
-        ffn: 8192,
-        vocab: 128_256,
-        tied: true,
-    },
-    Shape {
-        name: "8b",
-        layers: 32,
-        d_model: 4096,
-        heads: 32,
-        kv_heads: 8,
-        ffn: 14_336,
-        vocab: 128_256,
-        tied: false,
-    },
+impl Shape {
+    const fn dense(
+        name: &'static str,
+        (layers, d_model, heads, kv_heads, ffn, vocab): (usize, usize, usize, usize, usize, usize),
+        tied: bool,
+    ) -> Self {
+        Shape {
+            name,
+            layers,
+            d_model,
+            heads,
+            kv_heads,
+            ffn,
+            vocab,
+            tied,
+            head_dim: d_model / heads,
+            experts: None,
+        }
+    }
+
+    /// Qwen3-30B-A3B's shape (128 experts of width 768, 8 per token), with `layers` of its 48.
+    const fn qwen3_30b_a3b(name: &'static str, layers: usize) -> Self {
+        Shape {
+            name,
+            layers,
+            d_model: 2048,
+            heads: 32,
+            kv_heads: 4,
+            ffn: 6144,
+            vocab: 49_152,
+            tied: false,
+            head_dim: 128,
+            experts: Some((128, 8, 768)),
+        }
+    }
+
+    fn architecture(&self) -> &'static str {
+        if self.experts.is_some() {
+            "qwen3moe"
+        } else {
+            "llama"
+        }
+    }
+}
+
+/// The shapes `synthetic:NAME` knows: Llama 3.2 1B and 3B, Llama 3.1 8B, a tiny one, and
+/// Qwen3-30B-A3B (`30b-a3b`; `30b-a3b-12`: its first 12 layers, for machines without the 17 GB
+/// its Q4_K takes).
+pub const SHAPES: [Shape; 6] = [
+    Shape::dense("tiny", (4, 256, 4, 2, 768, 4096), true),
+    Shape::dense("1b", (16, 2048, 32, 8, 8192, 128_256), true),
+    Shape::dense("3b", (28, 3072, 24, 8, 8192, 128_256), true),
+    Shape::dense("8b", (32, 4096, 32, 8, 14_336, 128_256), false),
+    Shape::qwen3_30b_a3b("30b-a3b", 48),
+    Shape::qwen3_30b_a3b("30b-a3b-12", 12),
 ];
 
 pub fn shape(name: &str) -> Option<Shape> {
@@ -92,6 +111,15 @@ pub fn parse_dtype(name: &str) -> Option<GgmlDType> {
     })
 }
 
+/// A `dims` tensor of `dtype` random in every value.
+fn random(dims: &[usize], dtype: GgmlDType, seed: u64) -> candle_core::Result<QTensor> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n: usize = dims.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-0.05f32..0.05)).collect();
+    QTensor::quantize(&Tensor::from_vec(v, dims, &Device::Cpu)?, dtype)
+}
+
 /// An `(rows, cols)` matrix of `dtype` whose rows all repeat one random row.
 fn matrix(rows: usize, cols: usize, dtype: GgmlDType, seed: u64) -> candle_core::Result<QTensor> {
     let row: Vec<f32> = {
@@ -113,6 +141,25 @@ fn matrix(rows: usize, cols: usize, dtype: GgmlDType, seed: u64) -> candle_core:
     )
 }
 
+/// `n` stacked experts' `(rows, cols)` matrices, each repeating one random row.
+fn experts(
+    n: usize,
+    rows: usize,
+    cols: usize,
+    dtype: GgmlDType,
+    seed: u64,
+) -> candle_core::Result<QTensor> {
+    let one = matrix(rows, cols, dtype, seed)?.data()?.into_owned();
+    let mut data = Vec::with_capacity(one.len() * n);
+    for _ in 0..n {
+        data.extend_from_slice(&one);
+    }
+    QTensor::new(
+        QStorage::from_data(std::borrow::Cow::Owned(data), &Device::Cpu, dtype)?,
+        (n, rows, cols),
+    )
+}
+
 fn ones(n: usize) -> candle_core::Result<QTensor> {
     QTensor::quantize(
         &Tensor::ones(n, candle_core::DType::F32, &Device::Cpu)?,
@@ -123,8 +170,9 @@ fn ones(n: usize) -> candle_core::Result<QTensor> {
 /// Write `shape` with `dtype` weights as a GGUF in `dir`; returns its path.
 pub fn write(shape: &Shape, dtype: GgmlDType, dir: &Path) -> anyhow::Result<PathBuf> {
     let block = dtype.block_size();
-    let hd = shape.d_model / shape.heads;
-    for (what, n) in [("d_model", shape.d_model), ("ffn", shape.ffn)] {
+    let hd = shape.head_dim;
+    let expert_ffn = shape.experts.map_or(shape.ffn, |e| e.2);
+    for (what, n) in [("d_model", shape.d_model), ("ffn", expert_ffn)] {
         anyhow::ensure!(
             n % block == 0,
             "{what} {n} of shape {} is not a multiple of {dtype:?}'s block of {block}",
@@ -132,11 +180,13 @@ pub fn write(shape: &Shape, dtype: GgmlDType, dir: &Path) -> anyhow::Result<Path
         );
     }
     let (d, ffn) = (shape.d_model, shape.ffn);
+    let embedding = match shape.experts {
+        // Tokens that differ from the start, so that each picks its own experts.
+        Some(_) => random(&[shape.vocab, d], dtype, 1)?,
+        None => matrix(shape.vocab, d, dtype, 1)?,
+    };
     let mut tensors: Vec<(String, QTensor)> = vec![
-        (
-            "token_embd.weight".into(),
-            matrix(shape.vocab, d, dtype, 1)?,
-        ),
+        ("token_embd.weight".into(), embedding),
         ("output_norm.weight".into(), ones(d)?),
     ];
     if !shape.tied {
@@ -160,9 +210,25 @@ pub fn write(shape: &Shape, dtype: GgmlDType, dir: &Path) -> anyhow::Result<Path
             matrix(d, shape.heads * hd, dtype, seed + 3)?,
         ));
         tensors.push((p("ffn_norm"), ones(d)?));
-        tensors.push((p("ffn_gate"), matrix(ffn, d, dtype, seed + 4)?));
-        tensors.push((p("ffn_up"), matrix(ffn, d, dtype, seed + 5)?));
-        tensors.push((p("ffn_down"), matrix(d, ffn, dtype, seed + 6)?));
+        match shape.experts {
+            Some((n, _, w)) => {
+                tensors.push((p("attn_q_norm"), ones(hd)?));
+                tensors.push((p("attn_k_norm"), ones(hd)?));
+                // The router stays f32, as llama.cpp's quantize keeps it.
+                tensors.push((
+                    p("ffn_gate_inp"),
+                    random(&[n, d], GgmlDType::F32, seed + 7)?,
+                ));
+                tensors.push((p("ffn_gate_exps"), experts(n, w, d, dtype, seed + 4)?));
+                tensors.push((p("ffn_up_exps"), experts(n, w, d, dtype, seed + 5)?));
+                tensors.push((p("ffn_down_exps"), experts(n, d, w, dtype, seed + 6)?));
+            }
+            None => {
+                tensors.push((p("ffn_gate"), matrix(ffn, d, dtype, seed + 4)?));
+                tensors.push((p("ffn_up"), matrix(ffn, d, dtype, seed + 5)?));
+                tensors.push((p("ffn_down"), matrix(d, ffn, dtype, seed + 6)?));
+            }
+        }
     }
     use gguf_file::Value;
     let name = format!(
@@ -170,26 +236,40 @@ pub fn write(shape: &Shape, dtype: GgmlDType, dir: &Path) -> anyhow::Result<Path
         shape.name,
         format!("{dtype:?}").to_lowercase()
     );
-    let metadata: Vec<(&str, Value)> = vec![
-        ("general.architecture", Value::String("llama".into())),
-        ("general.name", Value::String(name.clone())),
-        ("llama.block_count", Value::U32(shape.layers as u32)),
-        ("llama.embedding_length", Value::U32(d as u32)),
-        ("llama.attention.head_count", Value::U32(shape.heads as u32)),
+    let arch = shape.architecture();
+    let key = |k: &str| format!("{arch}.{k}");
+    let mut metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        ("general.name".into(), Value::String(name.clone())),
+        (key("block_count"), Value::U32(shape.layers as u32)),
+        (key("embedding_length"), Value::U32(d as u32)),
+        (key("attention.head_count"), Value::U32(shape.heads as u32)),
         (
-            "llama.attention.head_count_kv",
+            key("attention.head_count_kv"),
             Value::U32(shape.kv_heads as u32),
         ),
-        ("llama.feed_forward_length", Value::U32(ffn as u32)),
-        ("llama.context_length", Value::U32(4096)),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
-        ("llama.rope.freq_base", Value::F32(500_000.0)),
+        (key("attention.key_length"), Value::U32(hd as u32)),
+        (key("attention.value_length"), Value::U32(hd as u32)),
+        (key("feed_forward_length"), Value::U32(ffn as u32)),
+        (key("context_length"), Value::U32(4096)),
+        (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (key("rope.freq_base"), Value::F32(500_000.0)),
+        // No vocabulary but its size: llama.cpp's loader then takes the file (dummy tokens).
+        ("tokenizer.ggml.model".into(), Value::String("none".into())),
+        (key("vocab_size"), Value::U32(shape.vocab as u32)),
     ];
+    if let Some((n, used, w)) = shape.experts {
+        metadata.extend([
+            (key("expert_count"), Value::U32(n as u32)),
+            (key("expert_used_count"), Value::U32(used as u32)),
+            (key("expert_feed_forward_length"), Value::U32(w as u32)),
+        ]);
+    }
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("{name}.gguf"));
     let tmp = path.with_extension("gguf.partial");
     let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     gguf_file::write(&mut file, &meta, &refs)?;
     use std::io::Write;
@@ -222,6 +302,34 @@ mod tests {
             .unwrap();
         assert_eq!(logits.dims(), [1, 4096]);
         assert_eq!(cache.len(), 3);
+    }
+
+    #[test]
+    fn a_mixture_of_experts_shape_loads_and_routes_its_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = Shape {
+            name: "tiny-moe",
+            layers: 2,
+            experts: Some((8, 2, 256)),
+            head_dim: 32,
+            ..shape("tiny").unwrap()
+        };
+        let path = write(&shape, GgmlDType::Q8_0, dir.path()).unwrap();
+        let gguf = GgufFile::open(&path).unwrap();
+        assert_eq!(gguf.architecture().unwrap(), "qwen3moe");
+        let model = Transformer::load(&gguf, &Device::Cpu).unwrap();
+        let mut cache = model.new_cache();
+        let logits = model
+            .forward(&mut [SeqInput {
+                tokens: &[1, 2, 3, 4],
+                cache: &mut cache,
+                all_logits: true,
+            }])
+            .unwrap();
+        assert_eq!(logits.dims(), [4, 4096]);
+        // Random embeddings: different tokens, different answers.
+        let rows = logits.to_vec2::<f32>().unwrap();
+        assert_ne!(rows[0], rows[1]);
     }
 
     #[test]
