@@ -9,6 +9,7 @@
 mod common;
 
 use candle_core::quantized::gguf_file;
+use common::server::post;
 use serde_json::{json, Value};
 
 const TEMPLATE: &str = "{%- for message in messages -%}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- if enable_thinking is defined and enable_thinking is false -%}{{ '<think>\n\n</think>\n\n' }}{%- else -%}{{ '<think>\n' }}{%- endif -%}{%- endif -%}";
@@ -56,19 +57,8 @@ fn server() -> common::server::Server {
     common::server::started(child, &home, Some(data))
 }
 
-async fn post(s: &common::server::Server, path: &str, body: Value) -> (u16, Value) {
-    let r = s
-        .client()
-        .post(format!("{}{path}", s.base))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-/// The `data:` payloads of an SSE or NDJSON body, parsed.
+/// The JSON objects of a streamed body: SSE's `data:` payloads or NDJSON's lines (the common
+/// helper reads SSE only).
 async fn stream(s: &common::server::Server, path: &str, body: Value) -> Vec<Value> {
     let text = s
         .client()
@@ -98,7 +88,7 @@ async fn reasoning_comes_apart_from_the_answer_on_every_api() {
         json!({"model": "thinker", "messages": user(ask), "max_tokens": 12, "temperature": 0});
 
     // OpenAI chat: `reasoning_content`, whole and streamed, the same text.
-    let (status, whole) = post(&s, "/v1/chat/completions", greedy.clone()).await;
+    let (status, whole) = post(&s, "/v1/chat/completions", &greedy).await;
     assert_eq!(status, 200, "{whole}");
     let message = &whole["choices"][0]["message"];
     let reasoning = message["reasoning_content"].as_str().unwrap().to_string();
@@ -123,7 +113,7 @@ async fn reasoning_comes_apart_from_the_answer_on_every_api() {
     // Thinking off through the template's switch: a plain answer, no reasoning.
     let mut off = greedy.clone();
     off["chat_template_kwargs"] = json!({"enable_thinking": false});
-    let (status, plain) = post(&s, "/v1/chat/completions", off).await;
+    let (status, plain) = post(&s, "/v1/chat/completions", &off).await;
     assert_eq!(status, 200, "{plain}");
     assert!(
         plain["choices"][0]["message"]
@@ -137,13 +127,13 @@ async fn reasoning_comes_apart_from_the_answer_on_every_api() {
         .is_empty());
     let mut bad = greedy.clone();
     bad["chat_template_kwargs"] = json!({"enable_thinking": "yes"});
-    let (status, error) = post(&s, "/v1/chat/completions", bad).await;
+    let (status, error) = post(&s, "/v1/chat/completions", &bad).await;
     assert_eq!(status, 400, "{error}");
 
     // Ollama: `thinking` beside the message's content; `think: false` turns it off.
     let body = json!({"model": "thinker", "messages": user(ask), "stream": false,
         "options": {"temperature": 0, "num_predict": 12}});
-    let (status, ollama) = post(&s, "/api/chat", body.clone()).await;
+    let (status, ollama) = post(&s, "/api/chat", &body).await;
     assert_eq!(status, 200, "{ollama}");
     assert_eq!(
         ollama["message"]["thinking"],
@@ -160,14 +150,14 @@ async fn reasoning_comes_apart_from_the_answer_on_every_api() {
     assert_eq!(joined, reasoning);
     let mut off = body.clone();
     off["think"] = json!(false);
-    let (_, plain) = post(&s, "/api/chat", off).await;
+    let (_, plain) = post(&s, "/api/chat", &off).await;
     assert!(plain["message"].get("thinking").is_none(), "{plain}");
     assert!(!plain["message"]["content"].as_str().unwrap().is_empty());
 
     // Anthropic: a thinking block before any text, whole and streamed.
     let body = json!({"model": "thinker", "max_tokens": 12, "temperature": 0,
         "thinking": {"type": "enabled", "budget_tokens": 1024}, "messages": user(ask)});
-    let (status, msg) = post(&s, "/v1/messages", body.clone()).await;
+    let (status, msg) = post(&s, "/v1/messages", &body).await;
     assert_eq!(status, 200, "{msg}");
     assert_eq!(msg["content"][0]["type"], "thinking", "{msg}");
     assert_eq!(msg["content"][0]["thinking"], reasoning.as_str());
@@ -183,14 +173,14 @@ async fn reasoning_comes_apart_from_the_answer_on_every_api() {
 
     // Responses: a reasoning item first.
     let body = json!({"model": "thinker", "input": ask, "max_output_tokens": 12, "temperature": 0});
-    let (status, resp) = post(&s, "/v1/responses", body).await;
+    let (status, resp) = post(&s, "/v1/responses", &body).await;
     assert_eq!(status, 200, "{resp}");
     assert_eq!(resp["output"][0]["type"], "reasoning", "{resp}");
     assert_eq!(resp["output"][0]["content"][0]["text"], reasoning.as_str());
 
     // Ollama's `show` names the capability; a model whose template has no thinking lacks it
     // and says so when asked to think, as Ollama does.
-    let (_, shown) = post(&s, "/api/show", json!({"model": "thinker"})).await;
+    let (_, shown) = post(&s, "/api/show", &json!({"model": "thinker"})).await;
     assert!(
         shown["capabilities"]
             .as_array()
@@ -198,13 +188,13 @@ async fn reasoning_comes_apart_from_the_answer_on_every_api() {
             .contains(&json!("thinking")),
         "{shown}"
     );
-    let (_, shown) = post(&s, "/api/show", json!({"model": "smollm2"})).await;
+    let (_, shown) = post(&s, "/api/show", &json!({"model": "smollm2"})).await;
     assert!(!shown["capabilities"]
         .as_array()
         .unwrap()
         .contains(&json!("thinking")));
     let body = json!({"model": "smollm2", "messages": user(ask), "stream": false, "think": true});
-    let (status, error) = post(&s, "/api/chat", body).await;
+    let (status, error) = post(&s, "/api/chat", &body).await;
     assert_eq!(status, 400, "{error}");
     assert!(error["error"]
         .as_str()
