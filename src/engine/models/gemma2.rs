@@ -10,8 +10,7 @@ use super::gemma3::{capped, query_scale, SandwichBlock};
 use super::layers::{Attention, Rope, RopeStyle};
 use super::llama::MAX_CONTEXT;
 use super::{
-    attention_weights, embedding_and_head, norm, Block, Dims, Meta, ModelError, ModelInfo,
-    Transformer,
+    attention_weights, embedding_and_head, norm, Block, Dims, Heads, Meta, ModelError, Transformer,
 };
 use crate::engine::gguf::GgufFile;
 
@@ -23,18 +22,14 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
         gguf,
         prefix: "gemma2".into(),
     };
-    let n_layers = meta.usize("block_count")?;
-    let d_model = meta.usize("embedding_length")?;
-    let n_heads = meta.usize("attention.head_count")?;
-    let n_kv_heads = meta.usize("attention.head_count_kv").unwrap_or(n_heads);
-    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-        return Err(ModelError::Inconsistent(format!(
-            "{n_heads} heads, {n_kv_heads} KV heads"
-        )));
-    }
-    let head_dim = meta
-        .usize("attention.key_length")
-        .unwrap_or(d_model / n_heads);
+    let heads = meta.heads()?;
+    let Heads {
+        n_layers,
+        d_model,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    } = heads;
     let ffn = meta.usize("feed_forward_length")?;
     let eps = meta.f64_or("attention.layer_norm_rms_epsilon", 1e-6);
     let window = meta.usize("attention.sliding_window").unwrap_or(4096);
@@ -97,16 +92,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             gguf, i, &dims, attn, eps, device,
         )?));
     }
-    let info = ModelInfo {
-        architecture: "gemma2".into(),
-        n_layers,
-        d_model,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        context_length,
-        vocab_size,
-    };
+    let info = heads.info("gemma2", context_length, vocab_size);
     let out_norm = norm(gguf, "output_norm.weight", eps, device)?;
     let model = Transformer::assemble(info, embedding, blocks, out_norm, head, device);
     Ok(capped(model, final_cap))

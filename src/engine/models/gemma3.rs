@@ -12,8 +12,8 @@ use candle_core::{Device, Tensor};
 use super::layers::{Activation, Attention, GatedMlp, QkNorm, RmsNorm, Rope, RopeStyle, SeqSpan};
 use super::llama::MAX_CONTEXT;
 use super::{
-    attention_weights, embedding_and_head, gated_mlp, norm, Block, Dims, LogitAdjust, Meta,
-    ModelError, ModelInfo, Transformer,
+    attention_weights, embedding_and_head, gated_mlp, norm, Block, Dims, Heads, LogitAdjust, Meta,
+    ModelError, Transformer,
 };
 use crate::engine::gguf::GgufFile;
 use crate::engine::host_ops::add;
@@ -98,17 +98,15 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
         gguf,
         prefix: "gemma3".into(),
     };
-    let n_layers = meta.usize("block_count")?;
-    let d_model = meta.usize("embedding_length")?;
-    let n_heads = meta.usize("attention.head_count")?;
-    let n_kv_heads = meta.usize("attention.head_count_kv")?;
-    let head_dim = meta.usize("attention.key_length")?;
+    let heads = meta.heads()?;
+    let Heads {
+        n_layers,
+        d_model,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    } = heads;
     let ffn = meta.usize("feed_forward_length")?;
-    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-        return Err(ModelError::Inconsistent(format!(
-            "{n_heads} heads, {n_kv_heads} KV heads"
-        )));
-    }
     let eps = meta.f64_or("attention.layer_norm_rms_epsilon", 1e-6);
     let window = meta
         .usize("attention.sliding_window")
@@ -174,16 +172,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             gguf, i, &dims, attn, eps, device,
         )?));
     }
-    let info = ModelInfo {
-        architecture: "gemma3".into(),
-        n_layers,
-        d_model,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        context_length,
-        vocab_size,
-    };
+    let info = heads.info("gemma3", context_length, vocab_size);
     let out_norm = norm(gguf, "output_norm.weight", eps, device)?;
     let model = Transformer::assemble(info, embedding, blocks, out_norm, head, device);
     Ok(capped(model, meta.f64_or("final_logit_softcapping", 0.0)))

@@ -16,8 +16,8 @@ use candle_core::{Device, Tensor};
 use super::layers::{Activation, Attention, QkNorm, RmsNorm, Rope, RopeStyle, SeqSpan};
 use super::moe::{self, ExpertShape, ExpertWeights, Mlp};
 use super::{
-    attention_weights, embedding_and_head, norm, Block, Dims, LogitAdjust, Meta, ModelError,
-    ModelInfo, Transformer,
+    attention_weights, embedding_and_head, norm, Block, Dims, Heads, LogitAdjust, Meta, ModelError,
+    Transformer,
 };
 use crate::engine::gguf::GgufFile;
 use crate::engine::host_ops::add;
@@ -64,10 +64,14 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
         gguf,
         prefix: arch.clone(),
     };
-    let n_layers = meta.usize("block_count")?;
-    let d_model = meta.usize("embedding_length")?;
-    let n_heads = meta.usize("attention.head_count")?;
-    let n_kv_heads = meta.usize("attention.head_count_kv").unwrap_or(n_heads);
+    let heads = meta.heads()?;
+    let Heads {
+        n_layers,
+        d_model,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    } = heads;
     let dense_ffn = meta.usize("feed_forward_length");
     let experts = ExpertShape::read(&meta, *dense_ffn.as_ref().unwrap_or(&0))?;
     let ffn = match (dense_ffn, experts) {
@@ -81,14 +85,6 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
     } else {
         ExpertWeights::Normalized
     };
-    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || d_model % n_heads != 0 {
-        return Err(ModelError::Inconsistent(format!(
-            "{n_heads} heads, {n_kv_heads} KV heads, d_model {d_model}"
-        )));
-    }
-    let head_dim = meta
-        .usize("attention.key_length")
-        .unwrap_or(d_model / n_heads);
     let eps = meta.f64_or("attention.layer_norm_rms_epsilon", 1e-5);
     let context_length = meta
         .usize("context_length")
@@ -198,16 +194,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             residual_scale,
         }));
     }
-    let info = ModelInfo {
-        architecture: arch,
-        n_layers,
-        d_model,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        context_length,
-        vocab_size,
-    };
+    let info = heads.info(&arch, context_length, vocab_size);
     let out_norm = norm(gguf, "output_norm.weight", eps, device)?;
     let model = Transformer::assemble(info, embedding, blocks, out_norm, head, device);
     Ok(match logit_scale {

@@ -201,6 +201,32 @@ impl Meta<'_> {
         self.f64(key).unwrap_or(default)
     }
 
+    /// The attention sizes every architecture reads alike (llama.cpp's keys): KV heads default
+    /// to the heads, the head width to `d_model / heads`; checked to group and divide.
+    pub fn heads(&self) -> Result<Heads, ModelError> {
+        let n_layers = self.usize("block_count")?;
+        let d_model = self.usize("embedding_length")?;
+        let n_heads = self.usize("attention.head_count")?;
+        let n_kv_heads = self.usize("attention.head_count_kv").unwrap_or(n_heads);
+        let key_length = self.usize("attention.key_length").ok();
+        if n_heads == 0
+            || n_kv_heads == 0
+            || n_heads % n_kv_heads != 0
+            || (key_length.is_none() && d_model % n_heads != 0)
+        {
+            return Err(ModelError::Inconsistent(format!(
+                "{n_heads} heads, {n_kv_heads} KV heads, d_model {d_model}"
+            )));
+        }
+        Ok(Heads {
+            n_layers,
+            d_model,
+            n_heads,
+            n_kv_heads,
+            head_dim: key_length.unwrap_or(d_model / n_heads),
+        })
+    }
+
     /// Which layers attend within the sliding window, as llama.cpp's `load_swa_pattern` reads
     /// them: `attention.sliding_window_pattern` as one flag per layer, or as a period (layer `i`
     /// is windowed unless `i % period == period - 1`; 0 means every layer), else `period`.
@@ -252,6 +278,32 @@ impl Transformer {
     pub(crate) fn with_logit_adjust(mut self, adjust: LogitAdjust) -> Self {
         self.logit_adjust = Some(adjust);
         self
+    }
+}
+
+/// The sizes `Meta::heads` reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Heads {
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Heads {
+    /// What users see of a model with these sizes.
+    pub fn info(self, architecture: &str, context_length: usize, vocab_size: usize) -> ModelInfo {
+        ModelInfo {
+            architecture: architecture.to_string(),
+            n_layers: self.n_layers,
+            d_model: self.d_model,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            context_length,
+            vocab_size,
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use candle_core::{Device, Tensor};
 use super::layers::{Activation, Attention, GatedMlp, QkNorm, RmsNorm, Rope, RopeStyle, SeqSpan};
 use super::llama::MAX_CONTEXT;
 use super::{
-    attention_weights, embedding_and_head, gated_mlp, norm, Block, Dims, Meta, ModelError,
-    ModelInfo, Transformer,
+    attention_weights, embedding_and_head, gated_mlp, norm, Block, Dims, Heads, Meta, ModelError,
+    Transformer,
 };
 use crate::engine::gguf::GgufFile;
 use crate::engine::host_ops::add;
@@ -42,22 +42,20 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
         gguf,
         prefix: "olmo2".into(),
     };
-    let n_layers = meta.usize("block_count")?;
-    let d_model = meta.usize("embedding_length")?;
-    let n_heads = meta.usize("attention.head_count")?;
-    let n_kv_heads = meta.usize("attention.head_count_kv").unwrap_or(n_heads);
+    let heads = meta.heads()?;
+    let Heads {
+        n_layers,
+        d_model,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    } = heads;
     let ffn = meta.usize("feed_forward_length")?;
-    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || d_model % n_heads != 0 {
-        return Err(ModelError::Inconsistent(format!(
-            "{n_heads} heads, {n_kv_heads} KV heads, d_model {d_model}"
-        )));
-    }
     if meta.usize("attention.sliding_window").is_ok() {
         return Err(ModelError::Unsupported(
             "olmo2 with sliding-window layers (OLMo 3)".into(),
         ));
     }
-    let head_dim = d_model / n_heads;
     let eps = meta.f64_or("attention.layer_norm_rms_epsilon", 1e-6);
     let context_length = meta
         .usize("context_length")
@@ -107,16 +105,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             post_ffn_norm: norm(gguf, &p("post_ffw_norm.weight"), eps, device)?,
         }));
     }
-    let info = ModelInfo {
-        architecture: "olmo2".into(),
-        n_layers,
-        d_model,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        context_length,
-        vocab_size,
-    };
+    let info = heads.info("olmo2", context_length, vocab_size);
     let out_norm = norm(gguf, "output_norm.weight", eps, device)?;
     Ok(Transformer::assemble(
         info, embedding, blocks, out_norm, head, device,
