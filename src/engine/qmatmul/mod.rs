@@ -73,6 +73,8 @@ pub struct QLinear {
 /// (other devices, types the kernels do not cover). The GGUF bytes are not kept beside them.
 enum Weights {
     Lantern(CpuWeights),
+    /// f16 and bf16 rows as the file holds them (`float`).
+    Float(FloatWeights),
     Candle(QMatMul),
 }
 
@@ -90,13 +92,20 @@ impl QLinear {
     pub fn new(qtensor: QTensor) -> Result<Self> {
         let (out_features, in_features) = qtensor.shape().dims2()?;
         let dtype = qtensor.dtype();
-        let repacked = if qtensor.device().is_cpu() && supported(dtype) {
+        let on_cpu = qtensor.device().is_cpu();
+        let repacked = if on_cpu && supported(dtype) {
             CpuWeights::repack(dtype, &qtensor.data()?, out_features, in_features)
+                .map(Weights::Lantern)
+        } else if let (true, Some(kind)) = (on_cpu, Half::of(dtype)) {
+            Some(Weights::Float(FloatWeights::from_bytes(
+                kind,
+                &qtensor.data()?,
+            )))
         } else {
             None
         };
         let weights = match repacked {
-            Some(w) => Weights::Lantern(w),
+            Some(w) => w,
             None => Weights::Candle(QMatMul::from_qtensor(qtensor)?),
         };
         Ok(Self {
@@ -114,8 +123,18 @@ impl QLinear {
         dtype: GgmlDType,
         bytes: &[u8],
         (n, k): (usize, usize),
-        done: impl FnMut(usize),
+        mut done: impl FnMut(usize),
     ) -> Option<Self> {
+        if let Some(kind) = Half::of(dtype) {
+            let weights = Weights::Float(FloatWeights::from_bytes(kind, bytes));
+            done(bytes.len());
+            return Some(Self {
+                weights,
+                dtype,
+                out_features: n,
+                in_features: k,
+            });
+        }
         if !supported(dtype) {
             return None;
         }
@@ -149,7 +168,7 @@ impl QLinear {
     /// Whether Lantern's kernels run this layer (false: candle's matmul on a device, or a type
     /// they do not cover).
     pub fn on_lantern_kernels(&self) -> bool {
-        matches!(self.weights, Weights::Lantern(_))
+        matches!(self.weights, Weights::Lantern(_) | Weights::Float(_))
     }
 
     /// Row `row` of `W` dequantized with ggml's formulas, when the weights are in Lantern's
@@ -157,6 +176,7 @@ impl QLinear {
     pub fn row(&self, row: usize) -> Option<Vec<f32>> {
         match &self.weights {
             Weights::Lantern(w) if row < self.out_features => Some(w.row(row, self.in_features)),
+            Weights::Float(w) if row < self.out_features => Some(w.row(row, self.in_features)),
             _ => None,
         }
     }
@@ -170,7 +190,9 @@ impl QLinear {
             }
             None => match &self.weights {
                 Weights::Candle(m) => m.forward(x),
-                Weights::Lantern(_) => unreachable!("forward_host runs Lantern's weights"),
+                Weights::Lantern(_) | Weights::Float(_) => {
+                    unreachable!("forward_host runs Lantern's weights")
+                }
             },
         }
     }
@@ -178,18 +200,21 @@ impl QLinear {
     /// On Lantern's kernels: the (rows, out_features) result as plain f32 rows, for callers
     /// that go on working on the CPU; None for candle's weights.
     pub fn forward_host(&self, x: &Tensor) -> Result<Option<Vec<f32>>> {
-        let Weights::Lantern(w) = &self.weights else {
-            return Ok(None);
-        };
         let rows = x.dim(0)?;
-        let mut out = vec![0f32; rows * self.out_features];
         let (k, n) = (self.in_features, self.out_features);
+        let run = |input: &[f32], out: &mut [f32]| match &self.weights {
+            Weights::Lantern(w) => matmul_cpu(w, input, rows, k, n, out),
+            Weights::Float(w) => w.matmul(input, rows, k, n, out),
+            Weights::Candle(_) => unreachable!("checked below"),
+        };
+        if matches!(self.weights, Weights::Candle(_)) {
+            return Ok(None);
+        }
+        let mut out = vec![0f32; rows * n];
         // Read in place when the input is plain CPU f32 rows: a copy is a serial pass.
-        if crate::engine::host_ops::with_f32(x, |input| matmul_cpu(w, input, rows, k, n, &mut out))
-            .is_none()
-        {
+        if crate::engine::host_ops::with_f32(x, |input| run(input, &mut out)).is_none() {
             let input = x.to_dtype(DType::F32)?.contiguous()?.flatten_all()?;
-            matmul_cpu(w, &input.to_vec1::<f32>()?, rows, k, n, &mut out);
+            run(&input.to_vec1::<f32>()?, &mut out);
         }
         Ok(Some(out))
     }
@@ -225,11 +250,11 @@ impl LinearGroup {
             return Self::Separate(Vec::new());
         };
         for part in parts {
-            let (Weights::Lantern(all), Weights::Lantern(w)) = (&mut linear.weights, part.weights)
-            else {
-                unreachable!("checked: every part is on Lantern's kernels");
+            let appended = match (&mut linear.weights, part.weights) {
+                (Weights::Lantern(all), Weights::Lantern(w)) => all.append(w),
+                (Weights::Float(all), Weights::Float(w)) => all.append(w),
+                _ => unreachable!("checked: every part is on Lantern's kernels, of one type"),
             };
-            let appended = all.append(w);
             debug_assert!(appended, "checked: one weight type");
             linear.out_features += part.out_features;
         }
@@ -386,11 +411,13 @@ fn group_rows<'a, const NR: usize>(
     }
 }
 
+mod float;
 mod kernels;
 mod tiles;
 mod unpack;
 mod weights;
 
+use float::{FloatWeights, Half};
 use weights::CpuWeights;
 
 use kernels::{select_kernel, Out};
