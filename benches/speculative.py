@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""Prompt lookup (speculative decoding with drafts from the prompt): decode speed with and
-without, on an answer that repeats its prompt (a code edit) and on free-form text.
+"""Speculative decoding: decode speed without it, with prompt lookup (drafts from the prompt)
+and, given `--draft DRAFT`, with a draft model (alone and beside prompt lookup), on an answer
+that repeats its prompt (a code edit) and on free-form text.
 
-Two `lantern serve` processes on loopback, one with `--prompt-lookup false`, the same model and
-threads; the requests alternate between them (one at a time, greedy, streamed), so a noisy
-neighbour slows both alike. Decode tok/s is (completion tokens - 1) over the time from the first
-streamed token to the last. The answers must be identical: prompt lookup changes the speed only.
-Writes benches/results/<date>-speculative-<model>.json and .md.
+One `lantern serve` process on loopback per setting, the same model and threads; the requests
+go round them (one at a time, greedy, streamed), so a noisy neighbour slows all alike. Decode
+tok/s is (completion tokens - 1) over the time from the first streamed token to the last. The
+answers must be identical: speculative decoding changes the speed only. Writes
+benches/results/<date>-speculative-<model>.json and .md.
 
-  python3 benches/speculative.py [MODEL] [--threads 2] [--reps 5] [--max-tokens 192]
+  python3 benches/speculative.py [MODEL] [--draft DRAFT] [--threads 2] [--reps 5]
+      [--max-tokens 192]
+
+MODEL and DRAFT: installed names or .gguf paths (a pair that shares a tokenizer, for example
+`lantern quantize smollm2 --to f16`'s file drafted by smollm2).
 
 Binary: $LANTERN_BIN or target/release/lantern ($CARGO_TARGET_DIR respected); never built here.
 """
@@ -55,15 +60,14 @@ def lantern_bin():
     return str(Path(target) / "release" / "lantern")
 
 
-def serve(model, threads, lookup):
-    home = Path(f"/tmp/lantern-spec-bench-{lookup}")
+def serve(model, threads, setting, flags):
+    home = Path(f"/tmp/lantern-spec-bench-{setting.replace(' ', '-').replace('+', '-')}")
     home.mkdir(exist_ok=True)
     models = Path(os.environ.get("LANTERN_HOME", Path.home() / ".local/share/lantern")) / "models"
     if not (home / "models").exists():
         (home / "models").symlink_to(models)
     args = [lantern_bin(), "serve", model, "--home", str(home), "--port", "0",
-            "--threads", str(threads), "--response-cache-mib", "0",
-            "--prompt-lookup", "true" if lookup else "false"]
+            "--threads", str(threads), "--response-cache-mib", "0", *flags]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     for line in proc.stdout:
@@ -118,59 +122,72 @@ def engine_figures(server):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model", nargs="?", default="smollm2")
+    ap.add_argument("--draft", help="a draft model for MODEL (same tokenizer)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=192)
     ap.add_argument("--out-dir", default=str(ROOT / "benches" / "results"))
     a = ap.parse_args()
-    servers = {flag: serve(a.model, a.threads, flag) for flag in (False, True)}
+    settings = {"plain": ["--prompt-lookup", "false"], "prompt lookup": ["--prompt-lookup", "true"]}
+    if a.draft:
+        settings["draft model"] = ["--prompt-lookup", "false", "--draft", a.draft]
+        settings["both"] = ["--prompt-lookup", "true", "--draft", a.draft]
+    servers = {name: serve(a.model, a.threads, name, flags) for name, flags in settings.items()}
+    served = Path(a.model).stem if a.model.endswith(".gguf") else a.model
     results = {}
     try:
         for name, prompt in PROMPTS.items():
-            runs = {False: [], True: []}
+            runs = {s: [] for s in settings}
             answers = {}
-            before = engine_figures(servers[True][1])
+            before = {s: engine_figures(servers[s][1]) for s in settings}
             for rep in range(a.reps + 1):
-                for flag in (False, True):
-                    text, tokens, tps, _ = stream(servers[flag][1], a.model, prompt, a.max_tokens)
-                    answers.setdefault(flag, text)
-                    if answers[flag] != text:
+                for s in settings:
+                    text, tokens, tps, _ = stream(servers[s][1], served, prompt, a.max_tokens)
+                    answers.setdefault(s, text)
+                    if answers[s] != text:
                         sys.exit(f"{name}: greedy answers differ between repetitions")
                     if rep > 0:  # the first is a warm-up
-                        runs[flag].append(tps)
-            after = engine_figures(servers[True][1])
-            drafted = after["drafted_tokens"] - before["drafted_tokens"]
-            accepted = after["accepted_tokens"] - before["accepted_tokens"]
-            plain, drafting = statistics.median(runs[False]), statistics.median(runs[True])
-            results[name] = {
-                "identical_answers": answers[False] == answers[True],
-                "completion_tokens": tokens,
-                "plain_tok_s": runs[False], "prompt_lookup_tok_s": runs[True],
-                "median_plain": plain, "median_prompt_lookup": drafting,
-                "speedup": drafting / plain if plain else None,
-                "drafted_tokens": drafted, "accepted_tokens": accepted,
-                "acceptance": accepted / drafted if drafted else None,
-            }
-            print(f"{name}: {plain:.1f} -> {drafting:.1f} tok/s ({drafting / plain:.2f}x), "
-                  f"drafted {drafted}, accepted {accepted}, "
-                  f"identical {answers[False] == answers[True]}", flush=True)
+                        runs[s].append(tps)
+            plain = statistics.median(runs["plain"])
+            row = {"completion_tokens": tokens, "median_plain": plain, "settings": {}}
+            for s in settings:
+                after = engine_figures(servers[s][1])
+                drafted = after["drafted_tokens"] - before[s]["drafted_tokens"]
+                accepted = after["accepted_tokens"] - before[s]["accepted_tokens"]
+                median = statistics.median(runs[s])
+                row["settings"][s] = {
+                    "identical_answer": answers[s] == answers["plain"],
+                    "tok_s": runs[s], "median": median,
+                    "speedup": median / plain if plain else None,
+                    "drafted_tokens": drafted, "accepted_tokens": accepted,
+                    "acceptance": accepted / drafted if drafted else None,
+                }
+                print(f"{name} / {s}: {median:.1f} tok/s ({median / plain:.2f}x), drafted "
+                      f"{drafted}, accepted {accepted}, same answer "
+                      f"{answers[s] == answers['plain']}", flush=True)
+            results[name] = row
     finally:
         for proc, _ in servers.values():
             proc.kill()
     stamp = datetime.date.today().isoformat()
-    out = Path(a.out_dir) / f"{stamp}-speculative-{a.model}"
-    meta = {"model": a.model, "threads": a.threads, "reps": a.reps,
+    label = (Path(a.model).stem if a.model.endswith(".gguf") else a.model).replace(".", "-")
+    if a.draft:
+        label += "-draft-" + (Path(a.draft).stem if a.draft.endswith(".gguf") else a.draft)
+    out = Path(a.out_dir) / f"{stamp}-speculative-{label.replace('.', '-')}"
+    meta = {"model": a.model, "draft": a.draft, "threads": a.threads, "reps": a.reps,
             "max_tokens": a.max_tokens, "results": results}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-    lines = [f"# Prompt lookup on {a.model}, {a.threads} threads, greedy, "
-             f"median of {a.reps} (`python3 benches/speculative.py {a.model} "
+    draft = f" --draft {a.draft}" if a.draft else ""
+    lines = [f"# Speculative decoding on {label}, {a.threads} threads, greedy, decode tok/s, "
+             f"median of {a.reps} (`python3 benches/speculative.py {a.model}{draft} "
              f"--threads {a.threads} --reps {a.reps}`)", "",
-             "| prompt | plain tok/s | prompt lookup tok/s | speed-up | drafted | accepted "
-             "| same answer |", "|---|---:|---:|---:|---:|---:|---|"]
+             "| prompt | setting | tok/s | speed-up | drafted | accepted | same answer |",
+             "|---|---|---:|---:|---:|---:|---|"]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['median_plain']:.1f} | {r['median_prompt_lookup']:.1f} "
-                     f"| {r['speedup']:.2f}x | {r['drafted_tokens']} | {r['accepted_tokens']} "
-                     f"| {'yes' if r['identical_answers'] else 'NO'} |")
+        for s, v in r["settings"].items():
+            lines.append(f"| {name} | {s} | {v['median']:.1f} | {v['speedup']:.2f}x "
+                         f"| {v['drafted_tokens']} | {v['accepted_tokens']} "
+                         f"| {'yes' if v['identical_answer'] else 'NO'} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(out.with_suffix(".md").read_text())
 

@@ -71,6 +71,13 @@ async fn settings_are_validated_saved_applied_and_read_at_the_next_start() {
     assert_eq!(status, 400);
     assert_eq!(body["error"]["param"], "keep_alive", "{body}");
 
+    bad["keep_alive"] = json!("5m");
+    bad["draft"] = json!("not-installed");
+    let (status, body) = put(&s, &bad, None).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["param"], "draft", "{body}");
+    assert!(!home.path().join("settings.toml").exists());
+
     let mut open = first["settings"].clone();
     open["host"] = json!("0.0.0.0");
     let (status, body) = put(&s, &open, None).await;

@@ -1,10 +1,10 @@
-//! Prompt lookup (speculative decoding with drafts from the prompt): the same answers as plain
-//! decoding, token for token and log-probability for log-probability, alone and batched, greedy
-//! and seeded; and drafts are made and confirmed where the answer repeats the prompt.
+//! Speculative decoding, by prompt lookup (drafts from the prompt) and by a draft model: the same
+//! answers as plain decoding, token for token and log-probability for log-probability, alone and
+//! batched, greedy and seeded; and drafts are made and confirmed.
 
 mod common;
 
-use common::server::{chat, engine_of, post, start, Server};
+use common::server::{chat, data_dir, engine_of, post, spawn_with_log, start, Server};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
@@ -16,6 +16,10 @@ return area(x) * factor + perimeter(x) * factor\n```";
 /// The requests compared: a code edit (the answer repeats the prompt) and free-form text,
 /// greedy with log-probabilities and seeded at a temperature.
 fn requests() -> Vec<Value> {
+    requests_to("smollm2")
+}
+
+fn requests_to(model: &str) -> Vec<Value> {
     let mut out = Vec::new();
     for prompt in [CODE, "Write a short story about a lighthouse keeper."] {
         out.push(chat(
@@ -26,6 +30,9 @@ fn requests() -> Vec<Value> {
             prompt,
             json!({"temperature": 0.9, "top_p": 0.95, "seed": 7, "max_tokens": 64}),
         ));
+    }
+    for body in &mut out {
+        body["model"] = json!(model);
     }
     out
 }
@@ -48,8 +55,12 @@ async fn answer_of(s: &Server, body: &Value) -> Value {
 }
 
 async fn answers_alone(s: &Server) -> Vec<Value> {
+    answers_alone_to(s, "smollm2").await
+}
+
+async fn answers_alone_to(s: &Server, model: &str) -> Vec<Value> {
     let mut out = Vec::new();
-    for body in requests() {
+    for body in requests_to(model) {
         let (status, r) = post(s, "/v1/chat/completions", &body).await;
         assert_eq!(status, 200, "{r}");
         out.push(answer(&r));
@@ -119,4 +130,92 @@ async fn drafts_change_the_speed_never_the_answer() {
     assert!(accepted <= drafted, "{figures}");
     let off = engine_of(&plain, "smollm2").await.expect("loaded");
     assert_eq!(off["drafted_tokens"], 0, "{off}");
+}
+
+/// SmolLM2 in f16, as `lantern quantize smollm2 --to f16` writes it: served with the installed
+/// Q4_1 file as its draft model, the pair a user gets from one download.
+fn f16_smollm2(dir: &std::path::Path) -> std::path::PathBuf {
+    use lantern::engine::quant::{parse_target, requantize};
+    let file = dir.join("smollm2-f16.gguf");
+    let source = common::model_path("smollm2");
+    requantize(&source, &file, parse_target("f16").unwrap(), &mut |_, _| {
+        true
+    })
+    .unwrap();
+    file
+}
+
+#[tokio::test]
+async fn a_draft_model_changes_the_speed_never_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = f16_smollm2(dir.path());
+    let target = target.to_str().unwrap();
+    // Prompt lookup off on both sides: every draft comes from the draft model.
+    let common = ["--prompt-lookup", "false", "--response-cache-mib", "0"];
+    let plain = start(&[&[target][..], &common].concat());
+    let drafting = start(&[&[target, "--draft", "smollm2"][..], &common].concat());
+    let model = "smollm2-f16";
+    let expected = answers_alone_to(&plain, model).await;
+    assert_eq!(answers_alone_to(&drafting, model).await, expected, "alone");
+    let bodies: Vec<Value> = requests_to(model)
+        .into_iter()
+        .chain(requests_to(model))
+        .collect();
+    let together = join_all(
+        bodies
+            .iter()
+            .map(|b| post(&drafting, "/v1/chat/completions", b)),
+    )
+    .await;
+    for (i, (status, r)) in together.iter().enumerate() {
+        assert_eq!(*status, 200, "{r}");
+        assert_eq!(
+            answer(r),
+            expected[i % expected.len()],
+            "batched request {i}"
+        );
+    }
+    // A second turn: the draft model catches up on a prompt whose KV the prefix cache held.
+    let said = expected[0]["text"].as_str().unwrap();
+    let mut next = requests_to(model)[0].clone();
+    next["messages"] = json!([
+        {"role": "user", "content": CODE},
+        {"role": "assistant", "content": said},
+        {"role": "user", "content": "Now rename value to side."},
+    ]);
+    assert_eq!(
+        answer_of(&drafting, &next).await,
+        answer_of(&plain, &next).await,
+        "{next}"
+    );
+
+    let figures = engine_of(&drafting, model).await.expect("loaded");
+    let by_model = &figures["draft_model"];
+    assert_eq!(by_model["name"], "smollm2", "{figures}");
+    let (drafted, accepted) = (
+        by_model["drafted_tokens"].as_u64().unwrap(),
+        by_model["accepted_tokens"].as_u64().unwrap(),
+    );
+    assert!(drafted > 0 && accepted > 0, "{figures}");
+    assert!(accepted <= drafted, "{figures}");
+    assert_eq!(
+        figures["drafted_tokens"], drafted,
+        "every draft was the model's"
+    );
+    let off = engine_of(&plain, model).await.expect("loaded");
+    assert!(off["draft_model"].is_null(), "{off}");
+}
+
+#[test]
+fn a_draft_model_with_another_vocabulary_is_refused_at_start() {
+    let data = data_dir();
+    let log = std::process::Stdio::piped();
+    let child = spawn_with_log(data.path(), &["--draft", "gemma3"], &[], log);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the draft model `gemma3`") && err.contains("tokenizer"),
+        "{err}"
+    );
 }

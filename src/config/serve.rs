@@ -43,6 +43,9 @@ pub struct ServerSettings {
     /// Speculative decoding by prompt lookup: drafts copied from the prompt and the answer so
     /// far, checked in one pass; the output is the same, faster when the answer repeats.
     pub prompt_lookup: bool,
+    /// Speculative decoding with a draft model: a smaller model with the same tokenizer that
+    /// drafts tokens for the default model (`model`); the output is the default model's.
+    pub draft: Option<String>,
     /// How the KV cache stores keys and values on the CPU: `f16`, or `q8_0` (about half the
     /// memory, for long contexts; models whose head width is not a multiple of 32 keep f16).
     pub kv_type: KvType,
@@ -106,6 +109,7 @@ impl Default for ServerSettings {
             max_step_tokens: 512,
             prefill_chunk: 256,
             prompt_lookup: true,
+            draft: None,
             kv_type: KvType::F16,
             kv_memory_mib: 1024,
             prefix_cache_mib: 512,
@@ -156,7 +160,7 @@ pub const APPLIED_LIVE: [&str; 19] = [
 ];
 
 /// Every setting's name, as the file and the API spell it.
-pub const FIELDS: [&str; 34] = [
+pub const FIELDS: [&str; 35] = [
     "model",
     "host",
     "port",
@@ -168,6 +172,7 @@ pub const FIELDS: [&str; 34] = [
     "max_step_tokens",
     "prefill_chunk",
     "prompt_lookup",
+    "draft",
     "kv_type",
     "kv_memory_mib",
     "prefix_cache_mib",
@@ -264,6 +269,9 @@ impl ServerSettings {
         let bad = |m: String| Err(SettingsError::Invalid(m));
         if self.model.trim().is_empty() {
             return bad("model: give a model name".into());
+        }
+        if self.draft.as_ref().is_some_and(|d| d.trim().is_empty()) {
+            return bad("draft: give a model name or leave it out".into());
         }
         // A network address without any key is refused where key files are known too
         // (`Launch::start`, `PUT /api/settings`).
@@ -444,6 +452,11 @@ pub struct ServeFlags {
     #[arg(long, env = "LANTERN_PROMPT_LOOKUP")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_lookup: Option<bool>,
+    /// A smaller model with the same tokenizer that drafts tokens for MODEL (speculative
+    /// decoding; the output is MODEL's): an installed name or a .gguf path.
+    #[arg(long, env = "LANTERN_DRAFT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draft: Option<String>,
     /// KV cache storage on the CPU: f16 or q8_0 (about half the memory) [default: f16].
     #[arg(long, env = "LANTERN_KV_TYPE", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -8,12 +8,14 @@
 //!
 //! - `batch`: which sequences run in the next step (plain data, unit-tested without threads)
 //! - `prefix`: KV caches of finished sequences, reused by prompts that start the same way
+//! - `speculate`, `draft_model`: drafts of the next tokens, by prompt lookup or a draft model
 //! - `job`: what the engine thread is handed (a request, or work needing the model to itself)
 //! - `queue`: admission (bounded, 429 when full) and the handle handlers hold
 //! - `worker`: the engine thread: warmup, step loop, sampling, events, status
 //! - `registry`: which models are loaded: on demand, warm set, keep-alive, LRU, memory check
 
 pub mod batch;
+pub mod draft_model;
 pub mod embedder;
 mod job;
 pub mod prefix;

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::draft_model::DraftModel;
 use super::job::{Generate, Job};
 use super::worker::{self, EngineConfig, EngineStatus, Shared};
 use super::{GenEvent, ValidatedRequest};
@@ -46,18 +47,32 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Start the engine thread for a loaded (and warmed) model.
     pub fn start(model_id: &str, model: ChatModel, config: EngineConfig) -> Self {
+        Self::start_with_draft(model_id, model, None, config)
+    }
+
+    /// Start the engine thread for a model and the draft model that speeds up its decoding.
+    pub fn start_with_draft(
+        model_id: &str,
+        model: ChatModel,
+        draft: Option<DraftModel>,
+        config: EngineConfig,
+    ) -> Self {
         let model = Arc::new(model);
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let capacity = config.budgets.max_seqs + config.max_waiting;
         let shared = Arc::new(Shared {
             in_flight: AtomicUsize::new(0),
-            status: Mutex::new(EngineStatus::new(&config, &model)),
+            status: Mutex::new(EngineStatus::new(
+                &config,
+                &model,
+                draft.as_ref().map(|d| d.name.as_str()),
+            )),
         });
         let worker_model = model.clone();
         let worker_shared = shared.clone();
         std::thread::Builder::new()
             .name(format!("engine-{model_id}"))
-            .spawn(move || worker::run(worker_model, config, rx, worker_shared))
+            .spawn(move || worker::run(worker_model, draft, config, rx, worker_shared))
             .expect("the engine thread starts");
         Self {
             jobs,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use candle_core::Device;
 use serde::Serialize;
 
+use super::draft_model::DraftModel;
 use super::worker::{EngineConfig, EngineStatus};
 use super::{EngineHandle, KeepAlive};
 use crate::engine::generate::warm_up;
@@ -142,6 +143,8 @@ struct Inner {
     config: Mutex<RegistryConfig>,
     /// Names served from a file path given at start.
     aliases: Mutex<HashMap<String, PathBuf>>,
+    /// Draft models (name and file) by the name of the model they draft for.
+    drafts: Mutex<HashMap<String, (String, PathBuf)>>,
     pinned: Mutex<HashSet<String>>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     /// One load at a time: memory checks and the loaded count stay true while it runs.
@@ -178,6 +181,7 @@ impl Registry {
                 library,
                 config: Mutex::new(config),
                 aliases: Mutex::default(),
+                drafts: Mutex::default(),
                 pinned: Mutex::default(),
                 slots: Mutex::default(),
                 loading: tokio::sync::Mutex::new(()),
@@ -205,6 +209,12 @@ impl Registry {
     /// Serve the GGUF at `path` under `name` (for `lantern serve ./file.gguf`).
     pub fn add_alias(&self, name: &str, path: &Path) {
         lock(&self.inner.aliases).insert(name.to_string(), path.to_path_buf());
+    }
+
+    /// Let the model at `draft_path` draft tokens for `name` from its next load on (`--draft`).
+    pub fn set_draft(&self, name: &str, draft: &str, draft_path: &Path) {
+        let pair = (draft.to_string(), draft_path.to_path_buf());
+        lock(&self.inner.drafts).insert(name.to_string(), pair);
     }
 
     /// Load `names` now and keep them loaded (the warm set).
@@ -269,20 +279,27 @@ impl Registry {
         let _one_at_a_time = self.inner.loading.lock().await;
         self.make_room(name)?;
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        self.check_memory(name, size)?;
-        let device = self.config().device;
+        let draft = lock(&self.inner.drafts).get(name).cloned();
+        let draft_size = draft.as_ref().map_or(0, |(_, p)| {
+            std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+        });
+        self.check_memory(name, size + draft_size)?;
+        let (device, kv_type) = (self.config().device, self.config().engine.kv_type);
         let file = path.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let model = ChatModel::load(&file, &device).map_err(|e| e.to_string())?;
             let warmup = warm_up(&model).map_err(|e| e.to_string())?;
             // Identifies the weights for the response cache (tens of ms with SHA extensions).
             let sha = crate::library::pull::sha256_file(&file).map_err(|e| e.to_string())?;
-            Ok::<_, String>((model, warmup, sha))
+            let draft = draft
+                .map(|(n, p)| DraftModel::load(&n, &p, &model, size, &device, kv_type))
+                .transpose()?;
+            Ok::<_, String>((model, warmup, sha, draft))
         })
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r);
-        let (model, warmup_time, weights_sha256) =
+        let (model, warmup_time, weights_sha256, draft) =
             loaded.map_err(|message| RegistryError::Load {
                 model: name.to_string(),
                 message,
@@ -294,7 +311,7 @@ impl Registry {
             warmup_ms = warmup_time.as_millis() as u64,
             "model ready"
         );
-        let mut handle = EngineHandle::start(name, model, self.config().engine);
+        let mut handle = EngineHandle::start_with_draft(name, model, draft, self.config().engine);
         handle.weights_sha256 = Some(weights_sha256.into());
         Ok(Loaded {
             handle,

@@ -23,7 +23,7 @@ const MIN_NGRAM: usize = 2;
 /// Time of one more verified row, as a share of a one-row decode step: the output head's
 /// rows and the arithmetic of every layer, while the weights are read once. Measured on the
 /// default models at 1 and 2 threads (0.12-0.2); the larger figure keeps drafting cautious.
-const ROW_COST: f64 = 0.2;
+pub const ROW_COST: f64 = 0.2;
 /// Weight of the past in the acceptance estimate, per verification.
 const DECAY: f64 = 0.8;
 /// A sequence that stopped drafting tries one token again after this many steps, so its
@@ -72,17 +72,29 @@ impl Default for Speculation {
 }
 
 impl Speculation {
+    /// A record that starts out expecting `acceptance` (a draft model, unlike a lookup, is
+    /// built to guess right).
+    pub fn expecting(acceptance: f64) -> Self {
+        Self {
+            accepted: 5.0 * acceptance,
+            rejected: 5.0 * (1.0 - acceptance),
+            idle_steps: 0,
+        }
+    }
+
     /// The chance that a drafted token stands, given the one before it did.
     pub fn acceptance(&self) -> f64 {
         self.accepted / (self.accepted + self.rejected)
     }
 
     /// Tokens to draft this step (0: a plain step): the count whose expected tokens per step
-    /// over its cost is highest, or one now and then as a probe when none pays.
-    pub fn draft_len(&mut self) -> usize {
+    /// over its cost is highest, or one now and then as a probe when none pays. `making`: what
+    /// drafting one token costs, as a share of a decode step (0 for prompt lookup; a draft
+    /// model's own step).
+    pub fn draft_len(&mut self, making: f64) -> usize {
         let a = self.acceptance();
         let best = (0..=MAX_DRAFT)
-            .max_by(|&x, &y| gain(a, x).total_cmp(&gain(a, y)))
+            .max_by(|&x, &y| gain(a, x, making).total_cmp(&gain(a, y, making)))
             .unwrap_or(0);
         if best > 0 {
             self.idle_steps = 0;
@@ -103,10 +115,11 @@ impl Speculation {
     }
 }
 
-/// Expected tokens per step with `k` drafted at acceptance `a`, over the step's cost.
-fn gain(a: f64, k: usize) -> f64 {
+/// Expected tokens per step with `k` drafted at acceptance `a`, over the step's cost (each
+/// drafted token costs `making` and its row in the check).
+fn gain(a: f64, k: usize, making: f64) -> f64 {
     let tokens: f64 = (0..=k as i32).map(|i| a.powi(i)).sum();
-    tokens / (1.0 + k as f64 * ROW_COST)
+    tokens / (1.0 + k as f64 * (ROW_COST + making))
 }
 
 #[cfg(test)]
@@ -133,25 +146,34 @@ mod tests {
     #[test]
     fn drafts_grow_with_acceptance_and_stop_when_they_fail() {
         let mut s = Speculation::default();
-        assert!((1..=3).contains(&s.draft_len()));
+        assert!((1..=3).contains(&s.draft_len(0.0)));
         for _ in 0..10 {
             s.record(7, 7);
         }
-        assert_eq!(s.draft_len(), MAX_DRAFT, "acceptance {}", s.acceptance());
+        assert_eq!(s.draft_len(0.0), MAX_DRAFT, "acceptance {}", s.acceptance());
         for _ in 0..20 {
             s.record(2, 0);
         }
         assert!(s.acceptance() < 0.2);
-        let drafted: Vec<usize> = (0..PROBE_EVERY).map(|_| s.draft_len()).collect();
+        let drafted: Vec<usize> = (0..PROBE_EVERY).map(|_| s.draft_len(0.0)).collect();
         assert_eq!(drafted.iter().filter(|&&k| k > 0).count(), 1, "{drafted:?}");
         assert_eq!(drafted.last(), Some(&1), "the probe comes last");
     }
 
     #[test]
     fn drafting_pays_only_above_the_row_cost() {
-        assert_eq!(gain(0.0, 0), 1.0);
-        assert!(gain(0.1, 1) < 1.0);
-        assert!(gain(0.5, 2) > 1.0);
-        assert!(gain(0.9, MAX_DRAFT) > 2.0);
+        assert_eq!(gain(0.0, 0, 0.0), 1.0);
+        assert!(gain(0.1, 1, 0.0) < 1.0);
+        assert!(gain(0.5, 2, 0.0) > 1.0);
+        assert!(gain(0.9, MAX_DRAFT, 0.0) > 2.0);
+        // A draft model half as costly as the served one pays only when it is mostly right.
+        assert!(gain(0.5, 2, 0.5) < 1.0);
+        assert!(gain(0.9, 3, 0.5) > 1.0);
+        let mut s = Speculation::default();
+        assert_eq!(
+            s.draft_len(2.0),
+            0,
+            "a draft model dearer than the served one"
+        );
     }
 }

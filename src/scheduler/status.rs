@@ -71,9 +71,12 @@ pub struct EngineStatus {
     pub cancelled: u64,
     pub failed: u64,
     pub generated_tokens: u64,
-    /// Tokens drafted by prompt lookup, and how many of them the sampler confirmed.
+    /// Tokens drafted (by prompt lookup and the draft model), and how many of them the sampler
+    /// confirmed.
     pub drafted_tokens: u64,
     pub accepted_tokens: u64,
+    /// The draft model's share of those (`--draft`); None without one.
+    pub draft_model: Option<DraftFigures>,
     pub budgets: BudgetsView,
     /// When the engine last became idle (None: busy).
     #[serde(skip)]
@@ -85,6 +88,14 @@ pub struct EngineStatus {
     pub stopped: bool,
 }
 
+/// What a draft model drafted, and how much of it stood.
+#[derive(Debug, Clone, Serialize)]
+pub struct DraftFigures {
+    pub name: String,
+    pub drafted_tokens: u64,
+    pub accepted_tokens: u64,
+}
+
 /// `Budgets` as `/api/engine` shows them.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct BudgetsView {
@@ -94,7 +105,7 @@ pub struct BudgetsView {
 }
 
 impl EngineStatus {
-    pub(crate) fn new(config: &EngineConfig, model: &ChatModel) -> Self {
+    pub(crate) fn new(config: &EngineConfig, model: &ChatModel, draft: Option<&str>) -> Self {
         let b = config.budgets;
         Self {
             running: 0,
@@ -115,6 +126,11 @@ impl EngineStatus {
             generated_tokens: 0,
             drafted_tokens: 0,
             accepted_tokens: 0,
+            draft_model: draft.map(|name| DraftFigures {
+                name: name.to_string(),
+                drafted_tokens: 0,
+                accepted_tokens: 0,
+            }),
             budgets: BudgetsView {
                 max_seqs: b.max_seqs,
                 max_step_tokens: b.max_step_tokens,

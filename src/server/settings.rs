@@ -220,6 +220,14 @@ pub async fn put_settings(
             }
         }
     }
+    if let Some(draft) = &effective.draft {
+        if state.engines.library().resolve_gguf(draft).is_err() {
+            return Err(ApiError::invalid(
+                format!("draft: the model `{draft}` is not installed"),
+                "draft",
+            ));
+        }
+    }
     new.save(&settings.path).map_err(ApiError::internal)?;
     let before = settings.effective();
     *settings.saved.lock().unwrap_or_else(|e| e.into_inner()) = new;

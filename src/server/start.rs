@@ -89,11 +89,23 @@ impl Launch {
         let library = Library::new(&config.home());
         let path = library.resolve_gguf(&s.model)?;
         let name = served_name(&s.model, &path);
+        let draft = match &s.draft {
+            Some(draft) => {
+                let draft_path = library
+                    .resolve_gguf(draft)
+                    .with_context(|| format!("the draft model `{draft}`"))?;
+                Some((served_name(draft, &draft_path), draft_path))
+            }
+            None => None,
+        };
         let embedders = crate::scheduler::embedder::Embedders::new(library.clone(), device.clone());
         let mut registry = registry_config(&s)?;
         registry.device = device;
         let engines = Registry::new(library, registry);
         engines.add_alias(&name, &path);
+        if let Some((draft, draft_path)) = &draft {
+            engines.set_draft(&name, draft, draft_path);
+        }
 
         let db_path = settings_db(&config, &settings);
         let store = match crate::store::Store::open(&db_path).await {

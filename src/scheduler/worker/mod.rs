@@ -15,10 +15,11 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::batch::{Planner, SeqId, StepPlan, Work};
+use super::batch::{Planner, SeqId, StepPlan};
+use super::draft_model::DraftModel;
 use super::job::Job;
 use super::prefix::PrefixCache;
-use super::speculate::{self, Speculation};
+use super::speculate::Speculation;
 use super::status::kv_budget;
 pub use super::status::{EngineConfig, EngineStatus};
 use super::{GenEvent, KeepAlive, Usage};
@@ -30,6 +31,8 @@ use crate::engine::models::SeqInput;
 use crate::engine::sampler::Sampler;
 use crate::engine::stops::{StopStrings, StreamDecoder};
 use crate::engine::ChatModel;
+
+mod drafting;
 
 /// What the engine thread publishes to its handles.
 pub(crate) struct Shared {
@@ -52,8 +55,10 @@ struct Sequence {
     events: UnboundedSender<GenEvent>,
     /// The grammar its output follows, if it asked for one.
     constraint: Option<Constraint>,
-    /// Prompt lookup's record for it; None when it does not draft (a grammar, or turned off).
-    speculation: Option<Speculation>,
+    /// Prompt lookup's record for it; None when it does not look up (a grammar, or turned off).
+    lookup: Option<Speculation>,
+    /// The draft model's cache and record for it; None without a draft model or with a grammar.
+    drafting: Option<drafting::ModelDrafts>,
     /// While a draft is checked: the cache rows that stood (the rest hold drafted tokens).
     checked_rows: Option<usize>,
     keep_alive: Option<KeepAlive>,
@@ -103,12 +108,15 @@ struct Worker {
     next_id: SeqId,
     shared: Arc<Shared>,
     prompt_lookup: bool,
+    /// The smaller model that drafts tokens for this one (`--draft`).
+    draft: Option<DraftModel>,
     kv_type: KvType,
 }
 
 /// The thread's body: serve until every handle is dropped and nothing is left to run.
 pub(crate) fn run(
     model: Arc<ChatModel>,
+    draft: Option<DraftModel>,
     config: EngineConfig,
     jobs: Receiver<Job>,
     shared: Arc<Shared>,
@@ -122,6 +130,7 @@ pub(crate) fn run(
         next_id: 0,
         shared: shared.clone(),
         prompt_lookup: config.prompt_lookup,
+        draft,
         kv_type: config.kv_type,
         model,
     };
@@ -209,8 +218,13 @@ impl Worker {
                 stops: StopStrings::new(request.stop),
                 cache,
                 events: job.events,
-                speculation: (self.prompt_lookup && request.constraint.is_none())
+                lookup: (self.prompt_lookup && request.constraint.is_none())
                     .then(Speculation::default),
+                drafting: self
+                    .draft
+                    .as_ref()
+                    .filter(|_| request.constraint.is_none())
+                    .map(drafting::ModelDrafts::new),
                 checked_rows: None,
                 constraint: request.constraint,
                 keep_alive: request.keep_alive,
@@ -245,6 +259,9 @@ impl Worker {
         for id in &plan.preempted {
             if let Some(seq) = self.seqs.get_mut(id) {
                 seq.cache = self.model.transformer.new_cache_of(self.kv_type);
+                if let (Some(d), Some(draft)) = (seq.drafting.as_mut(), self.draft.as_ref()) {
+                    d.forget(draft);
+                }
             }
         }
         if plan.is_empty() {
@@ -295,7 +312,7 @@ impl Worker {
                 let mut row = 0;
                 for w in &plan.work {
                     let draft = drafts.get(&w.id);
-                    let rows = 1 + draft.map_or(0, Vec::len);
+                    let rows = 1 + draft.map_or(0, |d| d.tokens.len());
                     match draft {
                         Some(draft) => self.verify(w, draft, &mut logits[row..row + rows]),
                         None if w.samples => {
@@ -322,81 +339,19 @@ impl Worker {
         self.with_status(|s| s.steps += 1);
     }
 
-    /// Prompt lookup's drafts for this step's decodes, within the step's token budget.
-    fn drafts(&mut self, plan: &StepPlan) -> HashMap<SeqId, Vec<u32>> {
-        let limit = self.model.transformer.info.context_length;
-        let mut room = self
-            .planner
-            .budgets()
-            .max_step_tokens
-            .saturating_sub(plan.tokens());
-        let mut drafts = HashMap::new();
-        for w in plan.work.iter().filter(|w| w.samples && w.tokens == 1) {
-            let Some(seq) = self.seqs.get_mut(&w.id) else {
-                continue;
-            };
-            let Some(speculation) = seq.speculation.as_mut() else {
-                continue;
-            };
-            // Room left in the answer and in the context after the token this step samples.
-            let left = (seq.max_tokens.saturating_sub(seq.completion_tokens + 1))
-                .min(limit.saturating_sub(seq.tokens.len() + 1))
-                .min(room);
-            if left == 0 {
-                continue;
-            }
-            let draft = speculate::lookup(&seq.tokens, speculation.draft_len().min(left));
-            if !draft.is_empty() {
-                room -= draft.len();
-                drafts.insert(w.id, draft);
-            }
-        }
-        drafts
-    }
-
-    /// Sample a drafting sequence's rows in order, going on while the sampler picks the drafted
-    /// token; then its cache and the planner keep what stood.
-    fn verify(&mut self, w: &Work, draft: &[u32], rows: &mut [Vec<f32>]) {
-        let mut accepted = 0;
-        for (i, logits) in rows.iter_mut().enumerate() {
-            // Should the sequence end at row i, the prefix cache keeps only the rows that
-            // stood, never one of a draft still being checked.
-            if let Some(seq) = self.seqs.get_mut(&w.id) {
-                seq.checked_rows = Some(w.start + 1 + i);
-            }
-            match self.sample(w.id, logits, None) {
-                Some(token) if draft.get(i) == Some(&token) => accepted += 1,
-                _ => break,
-            }
-        }
-        self.with_status(|s| {
-            s.drafted_tokens += draft.len() as u64;
-            s.accepted_tokens += accepted as u64;
-        });
-        if let Some(seq) = self.seqs.get_mut(&w.id) {
-            // The pending token and the drafts that stood; the rest of the pass is forgotten.
-            seq.cache.truncate(w.start + 1 + accepted);
-            seq.checked_rows = None;
-            if let Some(s) = seq.speculation.as_mut() {
-                s.record(draft.len(), accepted);
-            }
-            self.planner.advance(w.id, accepted);
-        }
-    }
-
     /// One forward pass over the plan: one row of logits per planned sequence, and one more per
     /// drafted token.
     fn forward(
         &mut self,
         plan: &StepPlan,
-        drafts: &HashMap<SeqId, Vec<u32>>,
+        drafts: &HashMap<SeqId, drafting::Draft>,
     ) -> Result<Vec<Vec<f32>>, crate::engine::models::ModelError> {
         let fed: Vec<Vec<u32>> = plan
             .work
             .iter()
             .map(|w| {
                 let tokens = &self.seqs[&w.id].tokens[w.start..w.start + w.tokens];
-                let draft = drafts.get(&w.id).map_or(&[][..], Vec::as_slice);
+                let draft = drafts.get(&w.id).map_or(&[][..], |d| d.tokens.as_slice());
                 [tokens, draft].concat()
             })
             .collect();
@@ -577,7 +532,13 @@ impl Worker {
 
     /// Publish the live figures for `/api/engine` and the keep-alive reaper.
     fn publish(&self) {
-        let kv_bytes = self.seqs.values().map(|s| s.cache.bytes()).sum();
+        let kv_bytes = self.seqs.values().map(|s| s.cache.bytes()).sum::<usize>()
+            + self
+                .seqs
+                .values()
+                .filter_map(|s| s.drafting.as_ref())
+                .map(drafting::ModelDrafts::bytes)
+                .sum::<usize>();
         let idle = self.planner.is_idle();
         self.with_status(|s| {
             s.running = self.planner.running();
