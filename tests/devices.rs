@@ -139,6 +139,74 @@ fn a_mixed_type_model_is_held_to_ceilings_of_its_own_kernels() {
     }
 }
 
+/// `lantern bench --speculative`: every setting answers alike (the command fails otherwise), and
+/// the figures say who drafted what.
+#[test]
+fn a_speculative_benchmark_compares_every_setting_on_the_same_answers() {
+    let _alone = alone();
+    let out = lantern()
+        .args([
+            "bench",
+            "smollm2",
+            "--speculative",
+            "--draft",
+            "smollm2",
+            "--quick",
+            "--n-gen",
+            "48",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["draft"], "smollm2", "{r}");
+    let rows = r["rows"].as_array().unwrap();
+    let settings = ["plain", "prompt lookup", "draft model", "both"];
+    assert_eq!(rows.len(), 2 * settings.len(), "{r}");
+    for row in rows {
+        let (drafted, accepted) = (
+            row["drafted_tokens"].as_u64().unwrap(),
+            row["accepted_tokens"].as_u64().unwrap(),
+        );
+        assert!(accepted <= drafted, "{row}");
+        assert!(row["tok_s"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(
+            settings.contains(&row["setting"].as_str().unwrap()),
+            "{row}"
+        );
+        if row["setting"] == "plain" {
+            assert_eq!(
+                (drafted, row["speedup"].as_f64().unwrap()),
+                (0, 1.0),
+                "{row}"
+            );
+        }
+    }
+    // The code edit's answer repeats its prompt: prompt lookup drafts there.
+    let lookup = rows
+        .iter()
+        .find(|row| row["prompt"] == "code edit" && row["setting"] == "prompt lookup")
+        .unwrap();
+    assert!(lookup["accepted_tokens"].as_u64().unwrap() > 0, "{lookup}");
+    let refused = lantern()
+        .args([
+            "bench",
+            "smollm2",
+            "--speculative",
+            "--draft",
+            "gemma3",
+            "--quick",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("tokenizer"), "{stderr}");
+}
+
 // Each test has its own runtime: the lock only keeps the tests from overlapping.
 #[allow(clippy::await_holding_lock)]
 #[tokio::test]

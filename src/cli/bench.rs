@@ -41,6 +41,14 @@ pub struct BenchArgs {
     /// Do not store the result.
     #[arg(long)]
     no_store: bool,
+    /// Compare decoding with and without speculative decoding (prompt lookup, and the draft
+    /// model when `--draft` names one) through the engine's scheduler, instead of the
+    /// llama-bench tests: tok/s, speed-up and accepted drafts on a code edit and free-form text.
+    #[arg(long)]
+    speculative: bool,
+    /// A draft model for `--speculative` (same tokenizer as MODEL).
+    #[arg(long, requires = "speculative")]
+    draft: Option<String>,
     /// Keep a synthetic model's GGUF in this directory, reused by later runs (to measure
     /// another engine, such as llama-bench, on the same file).
     #[arg(long)]
@@ -75,6 +83,9 @@ pub fn bench(config: &Config, args: BenchArgs) -> Result<()> {
     } else {
         Some(Library::new(&config.home()).resolve_gguf(&args.model)?)
     };
+    if args.speculative {
+        return speculative(config, &args, path.as_deref(), &dev);
+    }
     let options = Options::asked(
         args.quick,
         args.reps,
@@ -119,6 +130,42 @@ pub fn bench(config: &Config, args: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print!("{}", lantern::devices::table::markdown(&result));
+    }
+    Ok(())
+}
+
+/// `--speculative`: the comparison's table (or JSON); not stored in the database.
+fn speculative(
+    config: &Config,
+    args: &BenchArgs,
+    path: Option<&std::path::Path>,
+    dev: &candle_core::Device,
+) -> Result<()> {
+    use lantern::devices::speculative;
+    let path = path.context("--speculative needs an installed model, not a synthetic one")?;
+    let draft_path = match &args.draft {
+        Some(d) => Some(Library::new(&config.home()).resolve_gguf(d)?),
+        None => None,
+    };
+    let draft = args.draft.as_deref().zip(draft_path.as_deref());
+    let reps = args.reps.unwrap_or(if args.quick { 1 } else { 3 });
+    let max_tokens = args.n_gen.unwrap_or(if args.quick { 32 } else { 160 });
+    let report = speculative::compare(
+        (&args.model, path),
+        draft,
+        dev,
+        (reps, max_tokens),
+        &mut |step| eprintln!("{step}"),
+    )?;
+    let value = serde_json::json!(report);
+    if let Some(out) = &args.json_out {
+        std::fs::write(out, serde_json::to_string_pretty(&value)? + "\n")
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    if args.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", speculative::markdown(&report));
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod ceiling;
 pub mod inventory;
 pub mod nvidia;
+pub mod speculative;
 pub mod stat;
 pub mod synthetic;
 pub mod table;

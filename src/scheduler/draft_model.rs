@@ -109,10 +109,11 @@ impl DraftModel {
     pub fn pair(
         name: &str,
         target: &ChatModel,
-        draft: ChatModel,
+        draft: impl Into<Arc<ChatModel>>,
         cost: f64,
         kv_type: KvType,
     ) -> Result<Self, PairError> {
+        let draft = draft.into();
         let (t, d) = (&target.tokenizer, &draft.tokenizer);
         let (target_vocab, draft_vocab) = (t.vocab_size(), d.vocab_size());
         if target_vocab.abs_diff(draft_vocab) > MAX_VOCAB_DIFFERENCE {
@@ -137,7 +138,7 @@ impl DraftModel {
         }
         Ok(Self {
             name: name.to_string(),
-            model: Arc::new(draft),
+            model: draft,
             cost,
             kv_type,
             target_vocab,

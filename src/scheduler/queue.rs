@@ -53,11 +53,11 @@ impl EngineHandle {
     /// Start the engine thread for a model and the draft model that speeds up its decoding.
     pub fn start_with_draft(
         model_id: &str,
-        model: ChatModel,
+        model: impl Into<Arc<ChatModel>>,
         draft: Option<DraftModel>,
         config: EngineConfig,
     ) -> Self {
-        let model = Arc::new(model);
+        let model = model.into();
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let capacity = config.budgets.max_seqs + config.max_waiting;
         let shared = Arc::new(Shared {
