@@ -125,6 +125,27 @@ async fn reasoning_comes_apart_from_the_answer_on_every_api() {
         .as_str()
         .unwrap()
         .is_empty());
+    // OpenAI's `reasoning_effort`: `none` is the same switch off, `high` leaves it on.
+    let mut none = greedy.clone();
+    none["reasoning_effort"] = json!("none");
+    let (status, by_effort) = post(&s, "/v1/chat/completions", &none).await;
+    assert_eq!(status, 200, "{by_effort}");
+    assert_eq!(
+        by_effort["choices"][0]["message"],
+        plain["choices"][0]["message"]
+    );
+    none["reasoning_effort"] = json!("high");
+    let (_, high) = post(&s, "/v1/chat/completions", &none).await;
+    assert_eq!(
+        high["choices"][0]["message"]["reasoning_content"],
+        reasoning.as_str()
+    );
+    none["reasoning_effort"] = json!("extreme");
+    let (status, error) = post(&s, "/v1/chat/completions", &none).await;
+    assert_eq!(
+        (status, &error["error"]["param"]),
+        (400, &json!("reasoning_effort"))
+    );
     let mut bad = greedy.clone();
     bad["chat_template_kwargs"] = json!({"enable_thinking": "yes"});
     let (status, error) = post(&s, "/v1/chat/completions", &bad).await;
@@ -177,6 +198,12 @@ async fn reasoning_comes_apart_from_the_answer_on_every_api() {
     assert_eq!(status, 200, "{resp}");
     assert_eq!(resp["output"][0]["type"], "reasoning", "{resp}");
     assert_eq!(resp["output"][0]["content"][0]["text"], reasoning.as_str());
+    let mut none = body.clone();
+    none["reasoning"] = json!({"effort": "none"});
+    let (status, resp) = post(&s, "/v1/responses", &none).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["output"][0]["type"], "message", "{resp}");
+    assert_eq!(resp["reasoning"]["effort"], "none", "{resp}");
 
     // Ollama's `show` names the capability; a model whose template has no thinking lacks it
     // and says so when asked to think, as Ollama does.

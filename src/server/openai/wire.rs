@@ -79,10 +79,30 @@ pub struct ChatRequest {
     /// Variables for the chat template (llama-server's and vLLM's extension); Lantern's
     /// templates read `enable_thinking` (Qwen3's switch).
     pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// OpenAI's switch for reasoning models: `none` turns thinking off, any other effort on.
+    pub reasoning_effort: Option<String>,
     #[serde(flatten)]
     pub delivery: Delivery,
     #[serde(flatten)]
     pub sampling: Sampling,
+}
+
+/// What an OpenAI `reasoning_effort` asks of a thinking model whose template has one switch
+/// (Qwen3's `enable_thinking`): `none` turns thinking off; `minimal` to `high` turn it on, as no
+/// local template grades it. None: the template's default.
+pub fn thinking_of_effort(
+    effort: Option<&str>,
+    param: &'static str,
+) -> Result<Option<bool>, ApiError> {
+    match effort {
+        None => Ok(None),
+        Some("none") => Ok(Some(false)),
+        Some("minimal" | "low" | "medium" | "high") => Ok(Some(true)),
+        Some(other) => Err(ApiError::invalid(
+            format!("`{param}` is none, minimal, low, medium or high, not `{other}`"),
+            param,
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,12 +240,14 @@ impl ChatRequest {
         req.output = output(self.response_format.as_ref(), self.grammar, self.regex)?;
         req.logprobs = logprobs;
         req.sampling = self.sampling;
+        let effort = thinking_of_effort(self.reasoning_effort.as_deref(), "reasoning_effort")?;
+        // The template's own switch, when given, wins over the effort.
         req.enable_thinking = match self
             .chat_template_kwargs
             .as_ref()
             .and_then(|k| k.get("enable_thinking"))
         {
-            None | Some(serde_json::Value::Null) => None,
+            None | Some(serde_json::Value::Null) => effort,
             Some(serde_json::Value::Bool(on)) => Some(*on),
             Some(other) => {
                 return Err(ApiError::invalid(

@@ -46,6 +46,8 @@ struct ResponsesBody {
     user: Option<String>,
     /// Lantern's extension, as on chat: a seed makes the answer repeat.
     seed: Option<i64>,
+    /// `effort`: `none` turns a thinking model's reasoning off, any other effort on.
+    reasoning: Option<Value>,
 }
 
 fn invalid(message: impl Into<String>, param: &'static str) -> ApiError {
@@ -225,6 +227,7 @@ struct Echo {
     tool_choice: Value,
     parallel_tool_calls: bool,
     metadata: Value,
+    effort: Option<String>,
 }
 
 impl Echo {
@@ -242,7 +245,7 @@ impl Echo {
             "output": output,
             "parallel_tool_calls": self.parallel_tool_calls,
             "previous_response_id": null,
-            "reasoning": {"effort": null, "summary": null},
+            "reasoning": {"effort": self.effort, "summary": null},
             "store": false,
             "temperature": self.temperature.unwrap_or(1.0),
             "text": self.text,
@@ -361,6 +364,18 @@ pub async fn responses(
     request.sampling.temperature = req.temperature;
     request.sampling.top_p = req.top_p;
     request.sampling.seed = req.seed;
+    let effort = match req.reasoning.as_ref().map(|r| &r["effort"]) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(e)) => Some(e.clone()),
+        Some(other) => {
+            return Err(invalid(
+                format!("`reasoning.effort` is a string, got {other}"),
+                "reasoning.effort",
+            ))
+        }
+    };
+    request.enable_thinking =
+        super::openai::wire::thinking_of_effort(effort.as_deref(), "reasoning.effort")?;
     let echo = Echo {
         model: req.model,
         instructions: req.instructions,
@@ -372,6 +387,7 @@ pub async fn responses(
         tool_choice: req.tool_choice.unwrap_or(json!("auto")),
         parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
         metadata: req.metadata.unwrap_or(json!({})),
+        effort,
     };
     let mut run = state.infer.start(request).await?;
     let admitted = super::budget::Admitted::of(&run);
