@@ -15,7 +15,6 @@
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor};
-use half::f16;
 use rayon::prelude::*;
 
 const QK: usize = 32;
@@ -299,34 +298,6 @@ pub fn supported(dtype: GgmlDType) -> bool {
     )
 }
 
-/// ggml's x86 `quantize_row_q8_1`: `d = max / 127` kept as f16, `s = d · Σq` kept as f16.
-/// Blocks are independent: a long input is quantized on every thread, in the same order.
-fn quantize_activations(kernel: kernels::Kernel, x: &[f32]) -> Vec<ActBlock> {
-    let block = |v: &[f32]| {
-        let (d, qs) = kernel.quantize_block(v.try_into().expect("chunks of QK"));
-        let half = |h: usize| qs[16 * h..16 * h + 16].iter().map(|&q| q as i32).sum();
-        let half = [half(0), half(1)];
-        let isum = half[0] + half[1];
-        let d16 = f16::from_f32(d).to_f32();
-        ActBlock {
-            qs,
-            d: d16,
-            s: f16::from_f32(d * isum as f32).to_f32(),
-            sum: d16 * isum as f32,
-            half,
-        }
-    };
-    if x.len() < 2 * crate::engine::host_ops::CHUNK {
-        return x.chunks_exact(QK).map(block).collect();
-    }
-    let mut out = Vec::with_capacity(x.len() / QK);
-    x.par_chunks_exact(QK)
-        .with_min_len(256)
-        .map(block)
-        .collect_into_vec(&mut out);
-    out
-}
-
 /// A raw output pointer shared by tasks that write disjoint columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -335,7 +306,12 @@ unsafe impl Sync for OutPtr {}
 
 fn matmul_cpu(w: &CpuWeights, x: &[f32], rows: usize, k: usize, n: usize, out: &mut [f32]) {
     let kernel = select_kernel();
-    let acts = quantize_activations(kernel, x);
+    // Most K-quants meet activations quantized per 256 values, as ggml's Q8_K; the rest per 32.
+    let acts = if w.takes_q8_k() {
+        activations::q8_k(x)
+    } else {
+        activations::q8_1(kernel, x)
+    };
     let kb = k / QK;
     let wb = w.blocks_per_row(k);
     let groups = n.div_ceil(LANES);
@@ -411,6 +387,7 @@ fn group_rows<'a, const NR: usize>(
     }
 }
 
+mod activations;
 mod float;
 mod kernels;
 mod tiles;

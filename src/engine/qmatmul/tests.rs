@@ -43,7 +43,11 @@ fn check(dtype: GgmlDType, rows: usize) {
     let tolerance = 0.05 * (k as f32 / 96.0).sqrt();
     assert!(d < tolerance, "{dtype:?} rows={rows}: max diff {d}");
     // Against the activations as the kernel rounded them, only the order of the float sums.
-    let acts = quantize_activations(Kernel::Scalar, &x.flatten_all().unwrap().to_vec1().unwrap());
+    let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let acts = match dtype {
+        GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q5K | GgmlDType::Q6K => activations::q8_k(&xs),
+        _ => activations::q8_1(Kernel::Scalar, &xs),
+    };
     let x8: Vec<f32> = acts
         .iter()
         .flat_map(|a| a.qs.iter().map(move |&q| q as f32 * a.d))
@@ -142,7 +146,7 @@ fn tile_values_are_ggml_values() {
 fn scalar_and_simd_tile_kernels_agree() {
     let (n, k) = (8, 512);
     let rows_x: Vec<Vec<ActBlock>> = (0..3)
-        .map(|s| quantize_activations(Kernel::Scalar, &random(k, 30 + s)))
+        .map(|s| activations::q8_1(Kernel::Scalar, &random(k, 30 + s)))
         .collect();
     let rows: Rows<3> = [&rows_x[0], &rows_x[1], &rows_x[2]];
     for dtype in TILE_TYPES {
@@ -182,8 +186,8 @@ fn scalar_and_simd_tile_kernels_agree() {
 #[test]
 fn scalar_and_simd_kernels_agree() {
     let (n, k) = (8, 64);
-    let acts = quantize_activations(Kernel::Scalar, &random(k, 4));
-    let acts2 = quantize_activations(Kernel::Scalar, &random(k, 5));
+    let acts = activations::q8_1(Kernel::Scalar, &random(k, 4));
+    let acts2 = activations::q8_1(Kernel::Scalar, &random(k, 5));
     let rows: Rows<2> = [&acts, &acts2];
     for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
         let w = Tensor::from_vec(random(n * k, 3), (n, k), &Device::Cpu).unwrap();

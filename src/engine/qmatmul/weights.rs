@@ -24,6 +24,17 @@ pub(super) enum CpuWeights {
 }
 
 impl CpuWeights {
+    /// The K-quants that meet activations quantized as ggml's Q8_K, as llama.cpp's do. Q4_K keeps
+    /// per-32 activations: with Q8_K it moved away from llama.cpp on SmolLM2 (mean |Δ logprob|
+    /// 0.051 → 0.063) and from the float64 pass on Qwen3-MoE (past 0.05), where Q3_K, Q5_K and
+    /// Q6_K moved closer (Q6_K's one disagreeing token with it).
+    pub(super) fn takes_q8_k(&self) -> bool {
+        matches!(
+            self,
+            Self::Q2K(_) | Self::Q3K(_) | Self::Q5K(_) | Self::Q6K(_)
+        )
+    }
+
     /// Lantern's layout of a CPU tensor, or None for a type its kernels do not cover.
     pub(super) fn repack(dtype: GgmlDType, bytes: &[u8], n: usize, k: usize) -> Option<Self> {
         Some(match dtype {
