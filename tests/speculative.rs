@@ -15,10 +15,6 @@ return area(x) * factor + perimeter(x) * factor\n```";
 
 /// The requests compared: a code edit (the answer repeats the prompt) and free-form text,
 /// greedy with log-probabilities and seeded at a temperature.
-fn requests() -> Vec<Value> {
-    requests_to("smollm2")
-}
-
 fn requests_to(model: &str) -> Vec<Value> {
     let mut out = Vec::new();
     for prompt in [CODE, "Write a short story about a lighthouse keeper."] {
@@ -68,21 +64,14 @@ async fn answers_alone_to(s: &Server, model: &str) -> Vec<Value> {
     out
 }
 
-#[tokio::test]
-async fn drafts_change_the_speed_never_the_answer() {
-    // The response cache would answer repeats without the engine.
-    let plain = start(&["--prompt-lookup", "false", "--response-cache-mib", "0"]);
-    let drafting = start(&["--response-cache-mib", "0"]);
-    let expected = answers_alone(&plain).await;
-    assert_eq!(answers_alone(&drafting).await, expected, "alone");
-    // Batched: every request at once, twice over, so drafts and plain decodes share passes.
-    let bodies: Vec<Value> = requests().into_iter().chain(requests()).collect();
-    let together = join_all(
-        bodies
-            .iter()
-            .map(|b| post(&drafting, "/v1/chat/completions", b)),
-    )
-    .await;
+/// Every request at once, twice over, so drafts and plain decodes share passes: each answer is
+/// still the one it gets alone.
+async fn answers_batched(s: &Server, model: &str, expected: &[Value]) {
+    let bodies: Vec<Value> = requests_to(model)
+        .into_iter()
+        .chain(requests_to(model))
+        .collect();
+    let together = join_all(bodies.iter().map(|b| post(s, "/v1/chat/completions", b))).await;
     for (i, (status, r)) in together.iter().enumerate() {
         assert_eq!(*status, 200, "{r}");
         assert_eq!(
@@ -91,6 +80,16 @@ async fn drafts_change_the_speed_never_the_answer() {
             "batched request {i}"
         );
     }
+}
+
+#[tokio::test]
+async fn drafts_change_the_speed_never_the_answer() {
+    // The response cache would answer repeats without the engine.
+    let plain = start(&["--prompt-lookup", "false", "--response-cache-mib", "0"]);
+    let drafting = start(&["--response-cache-mib", "0"]);
+    let expected = answers_alone(&plain).await;
+    assert_eq!(answers_alone(&drafting).await, expected, "alone");
+    answers_batched(&drafting, "smollm2", &expected).await;
 
     // Ends inside a run of drafts (a stop string, a token limit), then a next turn that reuses
     // the finished answer's KV from the prefix cache: no row of a draft that did not stand may
@@ -157,24 +156,7 @@ async fn a_draft_model_changes_the_speed_never_the_answer() {
     let model = "smollm2-f16";
     let expected = answers_alone_to(&plain, model).await;
     assert_eq!(answers_alone_to(&drafting, model).await, expected, "alone");
-    let bodies: Vec<Value> = requests_to(model)
-        .into_iter()
-        .chain(requests_to(model))
-        .collect();
-    let together = join_all(
-        bodies
-            .iter()
-            .map(|b| post(&drafting, "/v1/chat/completions", b)),
-    )
-    .await;
-    for (i, (status, r)) in together.iter().enumerate() {
-        assert_eq!(*status, 200, "{r}");
-        assert_eq!(
-            answer(r),
-            expected[i % expected.len()],
-            "batched request {i}"
-        );
-    }
+    answers_batched(&drafting, model, &expected).await;
     // A second turn: the draft model catches up on a prompt whose KV the prefix cache held.
     let said = expected[0]["text"].as_str().unwrap();
     let mut next = requests_to(model)[0].clone();
