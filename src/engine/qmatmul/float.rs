@@ -12,12 +12,13 @@ use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-/// Weight rows and activation rows of one tile at most (four by one, four by two, two by
-/// three, two by four: eight sums in flight at most).
-const W_ROWS: usize = 4;
-const X_ROWS: usize = 4;
-/// Weight rows read once for all activation rows: 64 rows of 4096 values take 512 KiB.
-const BLOCK: usize = 64;
+/// Weight rows interleaved in a group, and activation rows of one tile: eight sums in flight.
+const GROUP: usize = 4;
+const X_ROWS: usize = 2;
+/// Groups read once for every activation row: 64 rows of 4096 values take 512 KiB.
+const BLOCK_GROUPS: usize = 16;
+/// Values of a row in one chunk: one vector.
+const CHUNK: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) enum Half {
@@ -50,33 +51,81 @@ impl Half {
     }
 }
 
-/// `n` rows of `k` 16-bit values, as the GGUF file stores them.
+/// `n` rows of `k` 16-bit values, in groups of four rows: for each eight values along k, the
+/// four rows' eight in turn (one 64-byte line), so a tile reads one stream; rows past `n` are
+/// zeros. The last `k % 8` values of each row are kept apart.
 pub(super) struct FloatWeights {
     kind: Half,
-    bits: Vec<u16>,
+    body: Vec<u16>,
+    tail: Vec<u16>,
+    n: usize,
+    k: usize,
 }
 
 impl FloatWeights {
-    pub(super) fn from_bytes(kind: Half, bytes: &[u8]) -> Self {
-        let bits = bytes
-            .chunks_exact(2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    /// `bytes`: `n` rows of `k` values as the GGUF file stores them.
+    pub(super) fn from_bytes(kind: Half, bytes: &[u8], n: usize, k: usize) -> Self {
+        let value = |r: usize, i: usize| {
+            let at = 2 * (r * k + i);
+            u16::from_le_bytes([bytes[at], bytes[at + 1]])
+        };
+        let chunks = k / CHUNK;
+        let mut body = Vec::with_capacity(n.div_ceil(GROUP) * chunks * GROUP * CHUNK);
+        for g in 0..n.div_ceil(GROUP) {
+            for c in 0..chunks {
+                for lane in 0..GROUP {
+                    let r = g * GROUP + lane;
+                    body.extend(
+                        (0..CHUNK).map(|e| if r < n { value(r, c * CHUNK + e) } else { 0 }),
+                    );
+                }
+            }
+        }
+        let tail = (0..n)
+            .flat_map(|r| (chunks * CHUNK..k).map(move |i| (r, i)))
+            .map(|(r, i)| value(r, i))
             .collect();
-        Self { kind, bits }
+        Self {
+            kind,
+            body,
+            tail,
+            n,
+            k,
+        }
     }
 
-    /// `other`'s rows after these; false (and nothing changed) when the types differ.
+    /// `other`'s rows after these; false (and nothing changed) when the types or widths differ or
+    /// these rows do not fill their last group.
     pub(super) fn append(&mut self, other: Self) -> bool {
-        if self.kind != other.kind {
+        if self.kind != other.kind || self.k != other.k || !self.n.is_multiple_of(GROUP) {
             return false;
         }
-        self.bits.extend(other.bits);
+        self.body.extend(other.body);
+        self.tail.extend(other.tail);
+        self.n += other.n;
         true
     }
 
+    fn group(&self, g: usize) -> &[u16] {
+        let len = self.k / CHUNK * GROUP * CHUNK;
+        &self.body[g * len..(g + 1) * len]
+    }
+
+    fn tail_of(&self, row: usize) -> &[u16] {
+        let t = self.k % CHUNK;
+        let row = row.min(self.n - 1);
+        &self.tail[row * t..(row + 1) * t]
+    }
+
     pub(super) fn row(&self, row: usize, k: usize) -> Vec<f32> {
-        let bits = &self.bits[row * k..(row + 1) * k];
-        bits.iter().map(|&b| self.kind.to_f32(b)).collect()
+        let (g, lane) = (row / GROUP, row % GROUP);
+        let group = self.group(g);
+        let mut out: Vec<f32> = (0..k / CHUNK)
+            .flat_map(|c| &group[(c * GROUP + lane) * CHUNK..][..CHUNK])
+            .map(|&b| self.kind.to_f32(b))
+            .collect();
+        out.extend(self.tail_of(row).iter().map(|&b| self.kind.to_f32(b)));
+        out
     }
 
     /// `out` (rows × n) = `x` (rows × k) times the weights' transpose.
@@ -89,38 +138,40 @@ impl FloatWeights {
         };
         let dot = Dot::select(kind);
         let threads = rayon::current_num_threads().max(1);
-        let per_task = n.div_ceil(threads * 4).div_ceil(W_ROWS).max(1) * W_ROWS;
+        let groups = n.div_ceil(GROUP);
+        let per_task = groups.div_ceil(threads * 4).max(1);
         let out_ptr = super::OutPtr(out.as_mut_ptr());
-        (0..n.div_ceil(per_task)).into_par_iter().for_each(|t| {
-            let out = out_ptr;
-            let task = t * per_task..((t + 1) * per_task).min(n);
-            // A block of weight rows stays in cache while every activation row meets it.
-            for c0 in task.clone().step_by(BLOCK) {
-                let columns = c0..(c0 + BLOCK).min(task.end);
-                for r0 in (0..rows).step_by(X_ROWS) {
-                    let nx = X_ROWS.min(rows - r0);
-                    let a = |i: usize| &x[(r0 + i.min(nx - 1)) * k..][..k];
-                    // With few activation rows, more weight rows keep enough sums in flight.
-                    let nw = if nx <= 2 { W_ROWS } else { W_ROWS / 2 };
-                    for j0 in columns.clone().step_by(nw) {
-                        let w = |i: usize| &self.bits[(j0 + i).min(columns.end - 1) * k..][..k];
-                        let res = match nx {
-                            1 => dot.tile::<4, 1>([w(0), w(1), w(2), w(3)], [a(0)]),
-                            2 => dot.tile::<4, 2>([w(0), w(1), w(2), w(3)], [a(0), a(1)]),
-                            3 => dot.tile::<2, 3>([w(0), w(1)], [a(0), a(1), a(2)]),
-                            _ => dot.tile::<2, 4>([w(0), w(1)], [a(0), a(1), a(2), a(3)]),
-                        };
-                        for (wi, sums) in res.iter().enumerate().take(nw.min(columns.end - j0)) {
-                            for (xi, &v) in sums.iter().enumerate().take(nx) {
-                                // SAFETY: output columns in `columns` belong to this task alone,
-                                // and r0 + xi < rows, j0 + wi < n.
-                                unsafe { *out.0.add((r0 + xi) * n + j0 + wi) = v };
+        (0..groups.div_ceil(per_task))
+            .into_par_iter()
+            .for_each(|t| {
+                let out = out_ptr;
+                let task = t * per_task..((t + 1) * per_task).min(groups);
+                // A block of groups stays in cache while every activation row meets it.
+                for b0 in task.clone().step_by(BLOCK_GROUPS) {
+                    for r0 in (0..rows).step_by(X_ROWS) {
+                        let nx = X_ROWS.min(rows - r0);
+                        let a = |i: usize| &x[(r0 + i.min(nx - 1)) * k..][..k];
+                        for g in b0..(b0 + BLOCK_GROUPS).min(task.end) {
+                            let tails = std::array::from_fn(|l| self.tail_of(g * GROUP + l));
+                            let res = match nx {
+                                1 => dot.tile::<1>(self.group(g), tails, [a(0)]),
+                                _ => dot.tile::<2>(self.group(g), tails, [a(0), a(1)]),
+                            };
+                            for (lane, sums) in res.iter().enumerate() {
+                                let j = g * GROUP + lane;
+                                if j >= n {
+                                    break;
+                                }
+                                for (xi, &v) in sums.iter().enumerate().take(nx) {
+                                    // SAFETY: group g's columns belong to this task alone, and
+                                    // r0 + xi < rows, j < n.
+                                    unsafe { *out.0.add((r0 + xi) * n + j) = v };
+                                }
                             }
                         }
                     }
                 }
-            }
-        });
+            });
     }
 }
 
@@ -132,8 +183,9 @@ enum Dot {
     Avx2(Half),
 }
 
-/// Each weight row's sums against each activation row (as many as the pass has, up to four).
-type Tile = [[f32; X_ROWS]; W_ROWS];
+/// Each of a group's rows' sums against each activation row (one or two).
+type Tile = [[f32; X_ROWS]; GROUP];
+type Tails<'a> = [&'a [u16]; GROUP];
 
 impl Dot {
     fn select(kind: Half) -> Self {
@@ -147,38 +199,34 @@ impl Dot {
         Self::Scalar(kind)
     }
 
-    fn tile<const NW: usize, const NX: usize>(self, w: [&[u16]; NW], x: [&[f32]; NX]) -> Tile {
+    fn tile<const NX: usize>(self, group: &[u16], tails: Tails, x: [&[f32]; NX]) -> Tile {
         match self {
-            Self::Scalar(kind) => scalar_tile(kind, w, x),
+            Self::Scalar(kind) => scalar_tile(kind, group, tails, x),
             // SAFETY: selected only where the CPU has AVX2, FMA and F16C.
             #[cfg(target_arch = "x86_64")]
-            Self::Avx2(kind) => unsafe { avx2::tile::<NW, NX>(kind, w, x) },
+            Self::Avx2(kind) => unsafe { avx2::tile::<NX>(kind, group, tails, x) },
         }
     }
 }
 
 /// Eight lanes along k, the lanes summed pairwise, then the tail: the order the SIMD path keeps.
-fn scalar_tile<const NW: usize, const NX: usize>(
-    kind: Half,
-    w: [&[u16]; NW],
-    x: [&[f32]; NX],
-) -> Tile {
-    let k = x[0].len();
-    let body = k / 8 * 8;
-    let mut res = [[0f32; X_ROWS]; W_ROWS];
-    for (wi, wr) in w.iter().enumerate() {
+fn scalar_tile<const NX: usize>(kind: Half, group: &[u16], tails: Tails, x: [&[f32]; NX]) -> Tile {
+    let chunks = group.len() / (GROUP * CHUNK);
+    let mut res = [[0f32; X_ROWS]; GROUP];
+    for (lane, tail) in tails.iter().enumerate() {
         for (xi, xr) in x.iter().enumerate() {
-            let mut lanes = [0f32; 8];
-            for i in (0..body).step_by(8) {
-                for (l, lane) in lanes.iter_mut().enumerate() {
-                    *lane = kind.to_f32(wr[i + l]).mul_add(xr[i + l], *lane);
+            let mut lanes = [0f32; CHUNK];
+            for c in 0..chunks {
+                let w = &group[(c * GROUP + lane) * CHUNK..][..CHUNK];
+                for (l, acc) in lanes.iter_mut().enumerate() {
+                    *acc = kind.to_f32(w[l]).mul_add(xr[c * CHUNK + l], *acc);
                 }
             }
             let mut sum = reduce(lanes);
-            for i in body..k {
-                sum = kind.to_f32(wr[i]).mul_add(xr[i], sum);
+            for (i, &w) in tail.iter().enumerate() {
+                sum = kind.to_f32(w).mul_add(xr[chunks * CHUNK + i], sum);
             }
-            res[wi][xi] = sum;
+            res[lane][xi] = sum;
         }
     }
     res
@@ -195,7 +243,7 @@ fn reduce(l: [f32; 8]) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Half, Tile, W_ROWS, X_ROWS};
+    use super::{Half, Tails, Tile, CHUNK, GROUP, X_ROWS};
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -217,40 +265,33 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn tile<const NW: usize, const NX: usize>(
+    pub(super) unsafe fn tile<const NX: usize>(
         kind: Half,
-        w: [&[u16]; NW],
+        group: &[u16],
+        tails: Tails,
         x: [&[f32]; NX],
     ) -> Tile {
-        let k = x[0].len();
-        let body = k / 8 * 8;
-        let mut acc = [[_mm256_setzero_ps(); NX]; NW];
-        let mut i = 0;
-        while i < body {
-            if i % 32 == 0 {
-                // The same place in the next tile's rows: one line per row, a tile ahead.
-                for row in w {
-                    let ahead = row.as_ptr().wrapping_add(i + NW * k) as *const i8;
-                    _mm_prefetch::<_MM_HINT_T0>(ahead);
-                }
-            }
-            let wv: [__m256; NW] = std::array::from_fn(|wi| load(kind, w[wi].as_ptr().add(i)));
+        let chunks = group.len() / (GROUP * CHUNK);
+        let mut acc = [[_mm256_setzero_ps(); NX]; GROUP];
+        let w = group.as_ptr();
+        for c in 0..chunks {
+            let line = w.add(c * GROUP * CHUNK);
+            let wv: [__m256; GROUP] = std::array::from_fn(|l| load(kind, line.add(l * CHUNK)));
             for xi in 0..NX {
-                let xv = _mm256_loadu_ps(x[xi].as_ptr().add(i));
-                for wi in 0..NW {
-                    acc[wi][xi] = _mm256_fmadd_ps(wv[wi], xv, acc[wi][xi]);
+                let xv = _mm256_loadu_ps(x[xi].as_ptr().add(c * CHUNK));
+                for l in 0..GROUP {
+                    acc[l][xi] = _mm256_fmadd_ps(wv[l], xv, acc[l][xi]);
                 }
             }
-            i += 8;
         }
-        let mut res = [[0f32; X_ROWS]; W_ROWS];
-        for wi in 0..NW {
+        let mut res = [[0f32; X_ROWS]; GROUP];
+        for l in 0..GROUP {
             for xi in 0..NX {
-                let mut sum = reduce(acc[wi][xi]);
-                for j in body..k {
-                    sum = kind.to_f32(w[wi][j]).mul_add(x[xi][j], sum);
+                let mut sum = reduce(acc[l][xi]);
+                for (i, &t) in tails[l].iter().enumerate() {
+                    sum = kind.to_f32(t).mul_add(x[xi][chunks * CHUNK + i], sum);
                 }
-                res[wi][xi] = sum;
+                res[l][xi] = sum;
             }
         }
         res
@@ -261,27 +302,31 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    fn weights(kind: Half, n: usize, k: usize) -> (FloatWeights, Vec<f32>) {
+    fn bits(kind: Half, n: usize, k: usize, seed: usize) -> (Vec<u8>, Vec<f32>) {
         let vals: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 300.0)
+            .map(|i| (((i + seed) * 7919 % 1000) as f32 - 500.0) / 300.0)
+            .map(|v| kind.round(v))
             .collect();
-        let bits: Vec<u16> = vals
+        let bytes = vals
             .iter()
-            .map(|&v| match kind {
-                Half::F16 => f16::from_f32(v).to_bits(),
-                Half::Bf16 => bf16::from_f32(v).to_bits(),
+            .flat_map(|&v| match kind {
+                Half::F16 => f16::from_f32(v).to_bits().to_le_bytes(),
+                Half::Bf16 => bf16::from_f32(v).to_bits().to_le_bytes(),
             })
             .collect();
-        let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
-        (FloatWeights::from_bytes(kind, &bytes), vals)
+        (bytes, vals)
     }
 
     #[test]
     fn products_match_a_float64_sum_and_do_not_depend_on_the_row_count() {
         for kind in [Half::F16, Half::Bf16] {
-            // Odd sizes: a weight row without a pair, a tail past the last eight, 1-9 rows.
+            // Odd sizes: a group short of rows, a tail past the last eight, 1-9 rows.
             for (n, k) in [(7, 35), (16, 64), (5, 576)] {
-                let (w, _) = weights(kind, n, k);
+                let (bytes, vals) = bits(kind, n, k, 0);
+                let w = FloatWeights::from_bytes(kind, &bytes, n, k);
+                for j in 0..n {
+                    assert_eq!(w.row(j, k), vals[j * k..(j + 1) * k], "{kind:?} row {j}");
+                }
                 let rows = 9;
                 let x: Vec<f32> = (0..rows * k)
                     .map(|i| ((i % 13) as f32 - 6.0) / 7.0)
@@ -291,8 +336,7 @@ mod tests {
                 for r in 0..rows {
                     let xr = &x[r * k..(r + 1) * k];
                     for j in 0..n {
-                        let exact: f64 = w
-                            .row(j, k)
+                        let exact: f64 = vals[j * k..(j + 1) * k]
                             .iter()
                             .zip(xr)
                             .map(|(&a, &b)| a as f64 * kind.round(b) as f64)
@@ -307,27 +351,33 @@ mod tests {
                     w.matmul(&x[..take * k], take, k, n, &mut some);
                     assert_eq!(some, all[..take * n], "{kind:?} {take} rows");
                 }
-                let dot = Dot::select(kind);
-                let scalar = Dot::Scalar(kind);
-                let (wr, xr) = ([w.row_bits(0, k), w.row_bits(1, k)], [&x[..k]; X_ROWS]);
-                assert_eq!(
-                    dot.tile(wr, xr),
-                    scalar.tile(wr, xr),
-                    "{kind:?} paths agree"
-                );
-                let one = dot.tile([wr[1]; 4], [&x[..k]]);
-                assert_eq!(
-                    one[3][0],
-                    dot.tile(wr, xr)[1][3],
-                    "{kind:?} one row or four"
-                );
+                let tails = std::array::from_fn(|l| w.tail_of(l));
+                let xr = [&x[..k], &x[k..2 * k]];
+                let simd = Dot::select(kind).tile(w.group(0), tails, xr);
+                let scalar = Dot::Scalar(kind).tile(w.group(0), tails, xr);
+                assert_eq!(simd, scalar, "{kind:?} paths agree");
+                let one = Dot::select(kind).tile(w.group(0), tails, [&x[k..2 * k]]);
+                for l in 0..GROUP {
+                    assert_eq!(one[l][0], simd[l][1], "{kind:?} one row or two");
+                }
             }
         }
     }
 
-    impl FloatWeights {
-        fn row_bits(&self, row: usize, k: usize) -> &[u16] {
-            &self.bits[row * k..][..k]
-        }
+    #[test]
+    fn appended_parts_are_the_whole() {
+        let kind = Half::F16;
+        let (k, n) = (40, 16);
+        let (bytes, _) = bits(kind, n, k, 3);
+        let whole = FloatWeights::from_bytes(kind, &bytes, n, k);
+        let half = bytes.len() / 2;
+        let mut parts = FloatWeights::from_bytes(kind, &bytes[..half], n / 2, k);
+        assert!(parts.append(FloatWeights::from_bytes(kind, &bytes[half..], n / 2, k)));
+        assert_eq!(
+            (parts.body, parts.tail, parts.n),
+            (whole.body, whole.tail, whole.n)
+        );
+        let mut short = FloatWeights::from_bytes(kind, &bytes[..2 * k * 3], 3, k);
+        assert!(!short.append(FloatWeights::from_bytes(kind, &bytes[..2 * k], 1, k)));
     }
 }

@@ -99,6 +99,8 @@ impl QLinear {
             Some(Weights::Float(FloatWeights::from_bytes(
                 kind,
                 &qtensor.data()?,
+                out_features,
+                in_features,
             )))
         } else {
             None
@@ -125,7 +127,7 @@ impl QLinear {
         mut done: impl FnMut(usize),
     ) -> Option<Self> {
         if let Some(kind) = Half::of(dtype) {
-            let weights = Weights::Float(FloatWeights::from_bytes(kind, bytes));
+            let weights = Weights::Float(FloatWeights::from_bytes(kind, bytes, n, k));
             done(bytes.len());
             return Some(Self {
                 weights,
