@@ -12,7 +12,7 @@ use lantern::Config;
 pub struct QuantizeArgs {
     /// An installed model.
     model: String,
-    /// Target types, comma-separated: q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k, f16.
+    /// Target types, comma-separated: q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k, f16, bf16.
     #[arg(long, value_delimiter = ',', required = true)]
     to: Vec<String>,
 }

@@ -16,7 +16,7 @@ use super::gguf::{dtype_name, GgufFile};
 pub enum QuantError {
     #[error("{0}")]
     Source(#[from] super::gguf::GgufError),
-    #[error("unknown target type `{0}` (q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k, f16)")]
+    #[error("unknown target type `{0}` (q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k, f16, bf16)")]
     UnknownType(String),
     #[error("tensor {name}: {source}")]
     Tensor {
@@ -46,6 +46,7 @@ pub fn parse_target(name: &str) -> Result<GgmlDType, QuantError> {
         "q3_k" | "q3k" | "q3_k_m" => GgmlDType::Q3K,
         "q2_k" | "q2k" => GgmlDType::Q2K,
         "f16" => GgmlDType::F16,
+        "bf16" => GgmlDType::BF16,
         _ => return Err(QuantError::UnknownType(name.to_string())),
     })
 }
@@ -66,6 +67,7 @@ fn fallback(to: GgmlDType) -> GgmlDType {
 fn file_type(to: GgmlDType) -> Option<u32> {
     Some(match to {
         GgmlDType::F16 => 1,
+        GgmlDType::BF16 => 32,
         GgmlDType::Q4_0 => 2,
         GgmlDType::Q4_1 => 3,
         GgmlDType::Q8_0 => 7,
