@@ -23,7 +23,11 @@ const DECISIVE: f64 = 0.3;
 
 /// Types whose agreement is measured and printed but not yet held: Q2_K's first decisive
 /// token differs from llama.cpp's, with the K-quants' activations in ggml's Q8_K as llama.cpp's
-/// (they brought Q6_K to 55 of 55). It still loads, runs, and round-trips byte-identically.
+/// (they brought Q6_K to 55 of 55). The float64 pass (`fixtures/exact_forward.py`, which agrees
+/// with llama.cpp on 57 of 57 Q8_0 tokens) sides with llama.cpp there: " built" -2.81 over
+/// " still" -2.96, where Lantern ranks " still" first and " built" below -3.05. Lantern is the
+/// one off on this file; the cause is not found. It still loads, runs, and round-trips
+/// byte-identically.
 const NOT_YET_AGREEING: [&str; 1] = ["q2_k"];
 
 #[test]
