@@ -21,14 +21,15 @@ use sha2::{Digest, Sha256};
 /// A top-2 margin under this is a near-tie two correct engines may break either way.
 const DECISIVE: f64 = 0.3;
 
-/// Types whose agreement is measured and printed but not yet held: Q2_K's first decisive
-/// token differs from llama.cpp's, with the K-quants' activations in ggml's Q8_K as llama.cpp's
-/// (they brought Q6_K to 55 of 55). The float64 pass (`fixtures/exact_forward.py`, which agrees
-/// with llama.cpp on 57 of 57 Q8_0 tokens) sides with llama.cpp there: " built" -2.81 over
-/// " still" -2.96, where Lantern ranks " still" first and " built" below -3.05. Lantern is the
-/// one off on this file; the cause is not found. It still loads, runs, and round-trips
-/// byte-identically.
-const NOT_YET_AGREEING: [&str; 1] = ["q2_k"];
+/// Types held to a looser bound, as no exact computation does better on this file: at Q2_K,
+/// SmolLM2's tokens flip with rounding near float32's own (1e-6 relative noise on the matmul
+/// outputs moves llama.cpp's maths from 43 to 40-42 of 44 decisive tokens, and llama.cpp flips
+/// a position by batching alone). The float64 pass (`fixtures/exact_forward.py`) agrees with
+/// llama.cpp on 41 of 44 decisive tokens, mean |Δ logprob| 0.147; Lantern's Q2_K unpacking and
+/// dot products equal ggml's formulas and gguf-py's dequantizer on every `ffn_down` tensor to
+/// float32 accumulation error. So these are held where the float64 pass stands: at least 90%
+/// of decisive tokens and a mean within 0.15, and their greedy text is not compared.
+const NEAR_CHAOTIC: [&str; 1] = ["q2_k"];
 
 #[test]
 fn every_quantized_type_agrees_with_llama_cpp() {
@@ -64,7 +65,7 @@ fn every_quantized_type_agrees_with_llama_cpp() {
             let stable = (0..greedy.len())
                 .find(|&i| margin(i).is_none_or(|m| m < DECISIVE))
                 .unwrap_or(greedy.len());
-            if stable > 0 && !NOT_YET_AGREEING.contains(&name) {
+            if stable > 0 && !NEAR_CHAOTIC.contains(&name) {
                 let request = GenerateRequest {
                     prompt: prompt.clone(),
                     max_tokens: stable,
@@ -103,10 +104,15 @@ fn every_quantized_type_agrees_with_llama_cpp() {
         eprintln!("{name}: top-1 {agree}/{decisive} where llama.cpp is decisive; mean |Δ logprob| {mean:.4} over {n}");
         rates.push((name.to_string(), agree, decisive, mean));
     }
-    for (name, agree, decisive, mean) in rates
-        .iter()
-        .filter(|r| !NOT_YET_AGREEING.contains(&r.0.as_str()))
-    {
+    for (name, agree, decisive, mean) in &rates {
+        if NEAR_CHAOTIC.contains(&name.as_str()) {
+            assert!(
+                *agree as f64 >= 0.9 * *decisive as f64,
+                "{name}: top-1 {agree}/{decisive} where llama.cpp is decisive"
+            );
+            assert!(*mean <= 0.15, "{name}: mean |Δ logprob| {mean}");
+            continue;
+        }
         assert!(
             *agree == *decisive,
             "{name}: top-1 {agree}/{decisive} where llama.cpp is decisive"
