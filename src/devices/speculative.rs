@@ -105,7 +105,7 @@ pub fn compare(
     let mut rows = Vec::new();
     for (label, prompt) in PROMPTS {
         let messages = vec![ChatMessage::new("user", prompt)];
-        let (ids, _) = model.chat_prompt_with_tools(messages, &[], None)?;
+        let (ids, _) = model.chat_prompt_with_tools(messages, &[], None, false)?;
         let before: Vec<(u64, u64)> = settings.iter().map(|(_, h)| drafted(h)).collect();
         let mut runs: Vec<Vec<f64>> = vec![Vec::new(); settings.len()];
         let mut answers: Vec<Option<Vec<u32>>> = vec![None; settings.len()];

@@ -110,29 +110,30 @@ impl ChatModel {
     /// results: the template renders them itself when it knows how, else Hermes's convention
     /// is written into the conversation (`tools::inline_tools`). `enable_thinking` reaches the
     /// template when the caller set it. Also returns the rendered prompt, whose end says whether
-    /// the answer starts inside a `<think>`.
+    /// the answer starts inside a `<think>`. With `continue_final` the prompt ends inside the
+    /// last message (an assistant's answer), which the model goes on with.
     pub fn chat_prompt_with_tools(
         &self,
         messages: Vec<ChatMessage>,
         tools: &[tools::ToolSpec],
         enable_thinking: Option<bool>,
+        continue_final: bool,
     ) -> Result<(Vec<u32>, String), LoadError> {
+        let render = |messages: &[ChatMessage], specs: Option<&[serde_json::Value]>| {
+            if continue_final {
+                self.template
+                    .render_continuation(messages, specs, enable_thinking)
+            } else {
+                self.template
+                    .render_chat(messages, specs, true, enable_thinking)
+            }
+        };
         let text = if self.template.renders_tools() {
             let specs: Vec<serde_json::Value> =
                 tools.iter().map(tools::ToolSpec::to_json).collect();
-            self.template.render_chat(
-                &messages,
-                (!specs.is_empty()).then_some(&specs[..]),
-                true,
-                enable_thinking,
-            )?
+            render(&messages, (!specs.is_empty()).then_some(&specs[..]))?
         } else {
-            self.template.render_chat(
-                &tools::inline_tools(messages, tools),
-                None,
-                true,
-                enable_thinking,
-            )?
+            render(&tools::inline_tools(messages, tools), None)?
         };
         Ok((self.prompt_ids(&text)?, text))
     }

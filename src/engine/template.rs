@@ -306,6 +306,31 @@ impl ChatTemplate {
         String::from_utf8(out.0).map_err(|e| TemplateError::Render(e.to_string()))
     }
 
+    /// The conversation rendered so the model goes on with its last message (an answer cut
+    /// short): vLLM's `continue_final_message`, Anthropic's prefill. As Hugging Face's
+    /// `apply_chat_template` does it: rendered whole, then cut after that message's text.
+    pub fn render_continuation(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        enable_thinking: Option<bool>,
+    ) -> Result<String, TemplateError> {
+        let last = messages
+            .last()
+            .map(|m| m.content.trim())
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| TemplateError::Raised("the message to continue is empty".into()))?;
+        let text = self.render_chat(messages, tools, false, enable_thinking)?;
+        let at = text.rfind(last).ok_or_else(|| {
+            TemplateError::Render(
+                "the template does not write the last message's text as given, so it cannot be \
+                 continued"
+                    .into(),
+            )
+        })?;
+        Ok(text[..at + last.len()].to_string())
+    }
+
     pub fn bos_token(&self) -> &str {
         &self.bos_token
     }
@@ -324,6 +349,25 @@ mod tests {
 
     fn chatml() -> ChatTemplate {
         ChatTemplate::new(CHATML_TEMPLATE, "<s>", "</s>").unwrap()
+    }
+
+    #[test]
+    fn a_continuation_ends_inside_the_last_message() {
+        let t = chatml();
+        let messages = [
+            ChatMessage::new("user", "Count to five."),
+            ChatMessage::new("assistant", "One, two, "),
+        ];
+        let text = t.render_continuation(&messages, None, None).unwrap();
+        assert!(text.ends_with("<|im_start|>assistant\nOne, two,"), "{text}");
+        let gemma = ChatTemplate::new(GEMMA_TEMPLATE, "<bos>", "<eos>").unwrap();
+        let text = gemma.render_continuation(&messages, None, None).unwrap();
+        assert!(text.ends_with("<start_of_turn>model\nOne, two,"), "{text}");
+        let empty = [
+            ChatMessage::new("user", "hi"),
+            ChatMessage::new("assistant", " "),
+        ];
+        assert!(t.render_continuation(&empty, None, None).is_err());
     }
 
     #[test]

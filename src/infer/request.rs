@@ -159,6 +159,9 @@ pub struct Request {
     /// The template's `enable_thinking` (`chat_template_kwargs`, Ollama's `think`, Anthropic's
     /// `thinking`), when the client chose.
     pub enable_thinking: Option<bool>,
+    /// The last message is an assistant's answer to go on with, not to reply to (vLLM's
+    /// `continue_final_message`).
+    pub continue_final: bool,
 }
 
 impl Request {
@@ -177,6 +180,7 @@ impl Request {
             sampling: Sampling::default(),
             caller,
             enable_thinking: None,
+            continue_final: false,
         }
     }
 }

@@ -298,11 +298,21 @@ pub fn validate(engine: &EngineHandle, req: Request) -> Result<Validated, InferE
     let prompts = match req.input {
         Input::Chat(messages) => {
             check_roles(&messages)?;
+            let continue_final = req.continue_final;
+            if continue_final && messages.last().is_none_or(|m| m.role != "assistant") {
+                return Err(InferError::invalid(
+                    "only an assistant's message can be continued: the last message is not one",
+                    "messages",
+                ));
+            }
             let specs = tools.as_ref().map(|t| &t.specs[..]).unwrap_or_default();
             let (prompt, text) = blocking(|| {
-                engine
-                    .model
-                    .chat_prompt_with_tools(messages, specs, req.enable_thinking)
+                engine.model.chat_prompt_with_tools(
+                    messages,
+                    specs,
+                    req.enable_thinking,
+                    continue_final,
+                )
             })
             .map_err(|e| InferError::invalid(e.to_string(), "messages"))?;
             // Under a grammar the output is the grammar's, tags and all.

@@ -235,9 +235,14 @@ impl MessagesBody {
             ));
         }
         let messages = self.conversation()?;
+        // A last assistant message is a prefill: the answer goes on from its text.
+        let prefill = messages.last().is_some_and(|m| {
+            m.role == "assistant" && m.tool_calls.is_none() && !m.content.trim().is_empty()
+        });
         let (tool_choice, parallel) = choice(self.tool_choice.as_ref())?;
         let mut req = Request::new(Api::Messages, self.model, Input::Chat(messages), caller);
         req.enable_thinking = enable_thinking;
+        req.continue_final = prefill;
         req.tools = tool_specs(self.tools)?;
         req.tool_choice = tool_choice;
         req.parallel_tool_calls = parallel;

@@ -81,6 +81,10 @@ pub struct ChatRequest {
     pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     /// OpenAI's switch for reasoning models: `none` turns thinking off, any other effort on.
     pub reasoning_effort: Option<String>,
+    /// vLLM's extension: go on with the last message (an assistant's answer cut short)
+    /// instead of answering it.
+    #[serde(default)]
+    pub continue_final_message: bool,
     #[serde(flatten)]
     pub delivery: Delivery,
     #[serde(flatten)]
@@ -240,6 +244,7 @@ impl ChatRequest {
         req.output = output(self.response_format.as_ref(), self.grammar, self.regex)?;
         req.logprobs = logprobs;
         req.sampling = self.sampling;
+        req.continue_final = self.continue_final_message;
         let effort = thinking_of_effort(self.reasoning_effort.as_deref(), "reasoning_effort")?;
         // The template's own switch, when given, wins over the effort.
         req.enable_thinking = match self
