@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod budgets;
 pub mod metrics;
 pub mod recent;
+pub mod series;
 pub mod settings;
 pub mod summary;
 

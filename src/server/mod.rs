@@ -30,6 +30,9 @@ pub mod settings;
 pub mod sse;
 pub mod start;
 pub mod structured;
+pub mod thread_reply;
+pub mod thread_votes;
+pub mod threads;
 pub mod tools;
 pub mod ui;
 
@@ -135,6 +138,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/bench/compare", get(devices::compare_bench))
         .route("/api/bench/{id}", get(devices::get_bench))
         .route("/api/models/{id}/quantize", post(lab::quantize))
+        .route("/api/models/catalog", get(models::catalog))
         .route("/api/models/pull", post(models::pull))
         .route("/api/models/import", post(models::import))
         .route("/api/models/{id}/load", post(models::load))
@@ -165,12 +169,25 @@ pub fn router(state: AppState) -> Router {
             "/api/settings",
             get(settings::get_settings).put(settings::put_settings),
         )
+        .route("/api/threads", get(threads::list).post(threads::create))
+        .route(
+            "/api/threads/{id}",
+            get(threads::get)
+                .patch(threads::update)
+                .delete(threads::delete),
+        )
+        .route("/api/threads/{id}/restore", post(threads::restore))
+        .route("/api/threads/{id}/messages", post(threads::add_message))
+        .route("/api/threads/{id}/reply", post(thread_reply::reply))
+        .route("/api/threads/{id}/votes", post(thread_votes::vote))
+        .route("/api/threads/{id}/export", get(threads::export))
         .route("/api/jobs", get(jobs::list_jobs))
         .route(
             "/api/jobs/{id}",
             get(jobs::get_job).delete(jobs::cancel_job),
         )
         .route("/api/monitor/stream", get(monitoring::stream))
+        .route("/api/monitor/series", get(monitoring::series))
         .route(
             "/api/monitor/settings",
             get(monitoring::get_settings).put(monitoring::put_settings),
@@ -204,7 +221,13 @@ pub fn router(state: AppState) -> Router {
                             .contains(origin)
                     })
                 })
-                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+                .allow_methods([
+                    Method::GET,
+                    Method::POST,
+                    Method::PUT,
+                    Method::PATCH,
+                    Method::DELETE,
+                ])
                 .allow_headers([
                     header::AUTHORIZATION,
                     header::CONTENT_TYPE,

@@ -170,6 +170,27 @@ struct PullBody {
     name: Option<String>,
 }
 
+/// `GET /api/models/catalog`: the manifest's models (what `lantern pull NAME` fetches by
+/// name), each with its size and whether it is installed: the first-run screen offers them.
+pub async fn catalog(State(state): State<AppState>) -> Json<Value> {
+    let library = state.engines.library();
+    let models: Vec<Value> = crate::library::manifest::Manifest::builtin()
+        .models
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "kind": m.kind,
+                "description": m.description,
+                "size": m.files.iter().map(|f| f.size).sum::<u64>(),
+                "installed": library.resolve_gguf(&m.name).is_ok()
+                    || library.models_dir().join(&m.name).is_dir(),
+            })
+        })
+        .collect();
+    Json(json!({"models": models}))
+}
+
 /// `POST /api/models/pull`: a job downloading a GGUF from Hugging Face (or the configured
 /// mirror) into the library, with byte progress; cancelling keeps what arrived for a retry.
 pub async fn pull(

@@ -41,6 +41,37 @@ pub fn deltas(rows: &[RequestRow]) -> BTreeMap<String, SessionDelta> {
     out
 }
 
+#[derive(serde::Deserialize)]
+pub struct SeriesQuery {
+    window: Option<String>,
+}
+
+/// `GET /api/monitor/series?window=5m|1h|1d`: the request log's measures in buckets spanning
+/// exactly the window, and requests per API.
+pub async fn series(
+    State(state): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<SeriesQuery>,
+) -> Result<Json<crate::monitor::series::Series>, ApiError> {
+    use crate::monitor::series::{series, Window};
+    let name = q.window.as_deref().unwrap_or("5m");
+    let window = Window::named(name).ok_or_else(|| {
+        ApiError::invalid(
+            format!("Invalid 'window' `{name}`: use 5m, 1h or 1d"),
+            "window",
+        )
+    })?;
+    let now = unix_seconds();
+    let log = state.monitor.store().ok_or_else(|| ApiError::Unavailable {
+        message: "The charts' history needs the database, which could not be opened".into(),
+        code: "no_database",
+    })?;
+    let rows = log
+        .requests_between(now - window.seconds - window.step, f64::INFINITY, None)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(series(&rows, window, now)))
+}
+
 /// `GET /api/monitor/stream`: a `snapshot` event each second (running and waiting sequences,
 /// tokens/s, the last minute's TTFT and latency percentiles, per-session deltas, active alerts)
 /// and an `alert` event whenever an alert fires or resolves.

@@ -14,7 +14,8 @@ use super::settings::{rate_limits, registry_config, Settings};
 use super::AppState;
 use crate::config::{Config, ServeFlags, ServerSettings};
 use crate::engine::device;
-use crate::library::{served_name, Library};
+use crate::library::manifest::Manifest;
+use crate::library::{served_name, Library, LibraryError};
 use crate::scheduler::Registry;
 
 /// Settings read and checked, not yet started.
@@ -87,8 +88,22 @@ impl Launch {
             eprintln!("{note}");
         }
         let library = Library::new(&config.home());
-        let path = library.resolve_gguf(&s.model)?;
-        let name = served_name(&s.model, &path);
+        // A first run (the default is a manifest model not installed yet) starts with no model,
+        // as Ollama does: the UI offers the manifest's models to pull.
+        let path = match library.resolve_gguf(&s.model) {
+            Ok(path) => Some(path),
+            Err(e @ LibraryError::NotInstalled { .. })
+                if Manifest::builtin().get(&s.model).is_some() =>
+            {
+                eprintln!("warning: {e}; serving with no model until one is pulled");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let name = match &path {
+            Some(path) => served_name(&s.model, path),
+            None => s.model.clone(),
+        };
         let draft = match &s.draft {
             Some(draft) => {
                 let draft_path = library
@@ -102,14 +117,22 @@ impl Launch {
         let mut registry = registry_config(&s)?;
         registry.device = device;
         let engines = Registry::new(library, registry);
-        engines.add_alias(&name, &path);
-        if let Some((draft, draft_path)) = &draft {
-            engines.set_draft(&name, draft, draft_path);
+        if let Some(path) = &path {
+            engines.add_alias(&name, path);
+            if let Some((draft, draft_path)) = &draft {
+                engines.set_draft(&name, draft, draft_path);
+            }
         }
 
         let db_path = settings_db(&config, &settings);
         let store = match crate::store::Store::open(&db_path).await {
-            Ok(store) => Some(store),
+            Ok(store) => {
+                // Answers a stopped server was writing keep what arrived, marked interrupted.
+                if let Err(e) = store.messages_interrupt_streaming().await {
+                    eprintln!("warning: {e}");
+                }
+                Some(store)
+            }
             Err(e) => {
                 eprintln!(
                     "warning: {e}; running without the database (no embedding cache on disk, \
@@ -170,7 +193,7 @@ impl Launch {
             settings,
         };
         // The default model and the warm set load (and warm up) before requests are served.
-        let mut warm_set = vec![name.clone()];
+        let mut warm_set: Vec<String> = path.iter().map(|_| name.clone()).collect();
         warm_set.extend(s.preload.iter().filter(|p| **p != name).cloned());
         engines.preload(&warm_set).await?;
         for m in engines.loaded() {

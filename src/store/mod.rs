@@ -9,6 +9,7 @@ pub mod experiments;
 pub mod lab;
 pub mod requests;
 pub mod settings;
+pub mod threads;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

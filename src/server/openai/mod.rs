@@ -57,6 +57,11 @@ pub async fn completions(
     serve(&state, req.into_request(caller)?, delivery).await
 }
 
+/// A chat answer as chunks with usage, for the threads' replies.
+pub(super) fn stream_chat(run: crate::infer::Run) -> Response {
+    render::stream(run, crate::infer::Api::Chat, true)
+}
+
 /// Plan and run on the one path; answer whole or as chunks.
 async fn serve(state: &AppState, req: Request, delivery: Delivery) -> Result<Response, ApiError> {
     let api = req.api;
