@@ -1,6 +1,7 @@
 import "./lib/locale";
 import { mount } from "svelte";
 import "uplot/dist/uPlot.min.css";
+import "highlight.js/styles/github-dark.css";
 import "./app.css";
 import App from "./App.svelte";
 import { fromDesktop } from "./lib/api";
