@@ -25,6 +25,7 @@ CREATE TABLE thread_messages (
     figures    TEXT,                        -- JSON: tokens, TTFT, tok/s
     state      TEXT NOT NULL,               -- complete | streaming | interrupted | error
     error      TEXT,
+    vote       TEXT,                        -- JSON: a compare's vote (experiment, won/lost/tie)
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );

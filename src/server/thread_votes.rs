@@ -1,7 +1,8 @@
 //! `POST /api/threads/{id}/votes`: the better of two answers a Chat-page compare wrote side by
 //! side, kept as the lab's pairwise vote in the experiment of those two models
 //! (`chat-MODEL_A-vs-MODEL_B`, made on the first vote, its prompt the first compared message),
-//! so the experiment's summary counts it with the Compare page's blind votes.
+//! so the experiment's summary counts it with the Compare page's blind votes. Each answer keeps
+//! its result, and a compare is voted on once.
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -62,6 +63,24 @@ pub async fn vote(
         .map(|m| m.content.clone())
         .unwrap_or_default();
     let (experiment, spec) = experiment_for(db, &model_a, &model_b, prompt).await?;
+    let result = |side: &str| match body.winner.as_str() {
+        "tie" => "tie",
+        w if w == side => "won",
+        _ => "lost",
+    };
+    let marks = [
+        (
+            a.id.as_str(),
+            json!({"experiment": spec.name, "result": result("a")}),
+        ),
+        (
+            b.id.as_str(),
+            json!({"experiment": spec.name, "result": result("b")}),
+        ),
+    ];
+    if !db.messages_vote(&marks).await.map_err(ApiError::internal)? {
+        return Err(ApiError::invalid("this compare has its vote already", "a"));
+    }
     let vote = Vote {
         prompt_index: 0,
         a: model_a,

@@ -330,6 +330,7 @@ mod tests {
             figures: None,
             state: MessageState::Complete,
             error: None,
+            vote: None,
             created_at: 0.0,
             updated_at: 0.0,
         }

@@ -70,6 +70,8 @@ pub struct Message {
     pub figures: Option<Value>,
     pub state: MessageState,
     pub error: Option<String>,
+    /// A compare's vote on this answer: `{"experiment", "result": won|lost|tie}`.
+    pub vote: Option<Value>,
     pub created_at: f64,
     pub updated_at: f64,
 }
@@ -142,14 +144,15 @@ fn message_of(r: &sqlx::sqlite::SqliteRow) -> Message {
         figures: json_of(r.get(7)),
         state: MessageState::parse(&r.get::<String, _>(8)),
         error: r.get(9),
-        created_at: r.get(10),
-        updated_at: r.get(11),
+        vote: json_of(r.get(10)),
+        created_at: r.get(11),
+        updated_at: r.get(12),
     }
 }
 
 const THREAD_COLUMNS: &str = "id, title, settings, leaf, created_at, updated_at";
 const MESSAGE_COLUMNS: &str = "id, parent_id, role, content, reasoning, model, sampling, \
-                               figures, state, error, created_at, updated_at";
+                               figures, state, error, vote, created_at, updated_at";
 
 /// A title from a first message: its first line, cut at a word near 60 characters.
 pub fn title_of(text: &str) -> String {
@@ -395,6 +398,25 @@ impl Store {
         Ok(())
     }
 
+    /// Record a compare's vote on its answers; false (and nothing written) when one of them
+    /// already has one.
+    pub async fn messages_vote(&self, votes: &[(&str, Value)]) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for (id, vote) in votes {
+            let result =
+                sqlx::query("UPDATE thread_messages SET vote = ? WHERE id = ? AND vote IS NULL")
+                    .bind(vote.to_string())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            if result.rows_affected() == 0 {
+                return Ok(false);
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// At start: answers left streaming by a server that stopped are interrupted.
     pub async fn messages_interrupt_streaming(&self) -> Result<u64, StoreError> {
         let result = sqlx::query(
@@ -505,6 +527,24 @@ mod tests {
             (all[1].content.as_str(), all[1].state),
             ("Hel", MessageState::Interrupted)
         );
+    }
+
+    #[sqlx::test]
+    async fn a_compare_is_voted_on_once(pool: sqlx::SqlitePool) {
+        let db = Store::from_pool(pool);
+        let t = db.thread_create("t", &json!({})).await.unwrap();
+        let q = db.message_add(&t.id, user(None, "hi")).await.unwrap();
+        let a = db.message_add(&t.id, user(Some(&q.id), "a")).await.unwrap();
+        let b = db.message_add(&t.id, user(Some(&q.id), "b")).await.unwrap();
+        let marks = [
+            (a.id.as_str(), json!({"result": "won"})),
+            (b.id.as_str(), json!({"result": "lost"})),
+        ];
+        assert!(db.messages_vote(&marks).await.unwrap());
+        assert!(!db.messages_vote(&marks).await.unwrap());
+        let all = db.thread_messages(&t.id).await.unwrap();
+        assert_eq!(all[1].vote, Some(json!({"result": "won"})));
+        assert_eq!(all[2].vote, Some(json!({"result": "lost"})));
     }
 
     #[test]

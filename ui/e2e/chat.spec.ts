@@ -123,9 +123,16 @@ test("a compare sends one message to two variants and the vote reaches the lab",
   await page.getByTestId("send").click();
   const compare = page.getByTestId("compare");
   await expect(compare.getByTestId("figures")).toHaveCount(2);
+  // Blind until the vote: A and B, no model names.
+  await expect(compare.getByTestId("figures").first()).toContainText("Answer A");
+  await expect(compare).not.toContainText("smollm2");
+  await page.getByTestId("vote-b").click();
+  await expect(page.getByTestId("voted")).toContainText(/smollm2(-q8_0)? won: recorded in the lab's experiment chat-smollm2-vs-smollm2-q8_0/);
   await expect(compare).toContainText("smollm2-q8_0");
-  await page.getByTestId("vote-right").click();
+  // The vote is kept: after a reload the compare is revealed and not voted on again.
+  await page.reload();
   await expect(page.getByTestId("voted")).toContainText("chat-smollm2-vs-smollm2-q8_0");
+  await expect(page.getByTestId("vote-a")).toHaveCount(0);
   const experiment = await (await request.get("/api/lab/experiments/chat-smollm2-vs-smollm2-q8_0")).json();
   expect(experiment.votes).toBe(1);
   const summary = experiment.summary.variants.map((v: any) => [v.name, v.votes]);

@@ -22,6 +22,8 @@ export type Msg = {
   figures: Figures | null;
   state: "complete" | "streaming" | "interrupted" | "error";
   error: string | null;
+  /** A compare's vote on this answer. */
+  vote?: { experiment: string; result: "won" | "lost" | "tie" } | null;
 };
 
 /** The side panel, saved with each thread. */
