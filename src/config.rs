@@ -18,18 +18,28 @@ pub struct Config {
     /// CPU threads for the engine (0: one per core).
     #[arg(long, env = "LANTERN_THREADS", default_value_t = 0, global = true)]
     pub threads: usize,
+    /// Log lines as text or as one JSON object each (with the request's id, session, model).
+    #[arg(
+        long,
+        env = "LANTERN_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: crate::telemetry::LogFormat,
+    /// Export OpenTelemetry traces to this OTLP/HTTP collector (`http://127.0.0.1:4318`).
+    #[arg(long, env = "LANTERN_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Log to stderr at the level `LANTERN_LOG` asks for (`info`, `lantern=debug`, ...; default:
-/// warnings), for every binary.
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LANTERN_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+/// warnings) in the configured format, and export traces when an OTLP endpoint is set. The
+/// returned guard sends the spans still queued when dropped.
+pub fn init_logging(config: &Config) -> anyhow::Result<crate::telemetry::Telemetry> {
+    Ok(crate::telemetry::init(
+        config.log_format,
+        config.otlp_endpoint.as_deref(),
+    )?)
 }
 
 impl Config {

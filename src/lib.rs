@@ -36,6 +36,7 @@ pub mod monitor;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 
 pub use config::Config;
 pub use engine::ChatModel;

@@ -101,8 +101,8 @@ struct RunArgs {
 }
 
 fn main() -> Result<()> {
-    lantern::config::init_logging();
     let cli = Cli::parse();
+    let _telemetry = lantern::config::init_logging(&cli.config)?;
     let home = cli.config.home();
     match cli.command {
         Command::Run(args) => run(&cli.config, args),

@@ -34,8 +34,10 @@ pub struct Running(pub Mutex<Option<lantern::Server>>);
 pub const MAIN_WINDOW: &str = "main";
 
 fn main() {
-    lantern::config::init_logging();
     let env = Environment::parse_from(["lantern-desktop"]);
+    let _telemetry = lantern::config::init_logging(&env.config)
+        .map_err(|e| eprintln!("warning: {e}"))
+        .ok();
     let app = tauri::Builder::default()
         .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
             show_main_window(app);

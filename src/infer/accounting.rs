@@ -80,6 +80,7 @@ pub fn finish(account: &Account, totals: &Totals, last: Option<&Usage>, outcome:
         observe(outcome == "ok", total_ms);
     }
     tracing::info!(
+        event = "request.finished",
         session = account.session.as_str(),
         api,
         model = account.model.as_str(),

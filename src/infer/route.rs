@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use super::accounting::Account;
 use super::backends::Remote;
 use super::cache::remote_key;
@@ -59,7 +61,15 @@ impl Infer {
     }
 
     /// Plan and run: what every adapter does with its typed request.
-    pub async fn start(&self, mut req: Request) -> Result<Run, InferError> {
+    pub async fn start(&self, req: Request) -> Result<Run, InferError> {
+        let request = tracing::Span::current();
+        request.record("session", req.caller.session.as_str());
+        request.record("model", req.model.as_str());
+        let infer = tracing::info_span!("infer", model = req.model.as_str());
+        self.start_routed(req).instrument(infer).await
+    }
+
+    async fn start_routed(&self, mut req: Request) -> Result<Run, InferError> {
         let began = Instant::now();
         let admission = self.admit(&req.caller.session)?;
         // `experiment:NAME` runs this session's variant: its model, and its compression and
@@ -134,12 +144,21 @@ impl Infer {
             }
             let routing = &routing;
             let started = match target {
-                Target::Local(_) => match self.plan_local(attempt, routing.clone()).await {
-                    Ok(plan) => self.run(plan),
-                    Err(e) => Err(e),
-                },
+                Target::Local(_) => {
+                    let plan = tracing::info_span!("plan", target = label);
+                    match self
+                        .plan_local(attempt, routing.clone())
+                        .instrument(plan)
+                        .await
+                    {
+                        Ok(plan) => self.run(plan),
+                        Err(e) => Err(e),
+                    }
+                }
                 Target::Remote(remote, model, label) => {
+                    let span = tracing::info_span!("remote", target = label.as_str());
                     self.run_remote(remote, model, label, attempt, routing)
+                        .instrument(span)
                         .await
                 }
             };

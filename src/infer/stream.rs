@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::accounting::{finish, Account, Outcome, Totals};
 use super::backend::{Backend, Generation};
@@ -242,7 +243,11 @@ impl Infer {
         let prompt_tokens = requests.first().map_or(0, |r| r.prompt.len());
         let stops = requests.iter().any(|r| !r.stop.is_empty());
         let backend: Arc<dyn Backend> = Arc::new(engine.clone());
-        let (streams, from_cache) = match self.cached(key.as_ref(), &caller) {
+        let lookup = tracing::info_span!("cache_lookup", hit = tracing::field::Empty).entered();
+        let cached = self.cached(key.as_ref(), &caller);
+        lookup.record("hit", cached.is_some());
+        drop(lookup);
+        let (streams, from_cache) = match cached {
             Some(replayed) => {
                 backend.served_without_running(requests.first().and_then(|r| r.keep_alive));
                 (replayed, true)
@@ -324,8 +329,61 @@ impl Infer {
             account,
             shape,
         };
-        tokio::spawn(run.drive(streams, limit));
+        tokio::spawn(
+            run.drive(streams, limit)
+                .instrument(tracing::info_span!("generate")),
+        );
         events
+    }
+}
+
+/// A choice's `prefill` span (scheduling to the first token: the queue and the prompt), then
+/// its `decode` span (to the last), which gets the engine's figures at the end.
+struct Phase {
+    prefill: Option<tracing::Span>,
+    decode: Option<tracing::Span>,
+    choice: usize,
+}
+
+impl Phase {
+    fn prefill(choice: usize) -> Self {
+        Self {
+            prefill: Some(tracing::info_span!("prefill", choice = choice as i64)),
+            decode: None,
+            choice,
+        }
+    }
+
+    fn saw(&mut self, event: &GenEvent) {
+        let first = matches!(
+            event,
+            GenEvent::Token { .. } | GenEvent::NamedToken { .. } | GenEvent::Text(_)
+        );
+        if first && self.decode.is_none() {
+            self.prefill = None;
+            use tracing::field::Empty;
+            self.decode = Some(tracing::info_span!(
+                "decode",
+                choice = self.choice as i64,
+                completion_tokens = Empty,
+                prompt_tokens = Empty,
+                cached_tokens = Empty,
+                queue_ms = Empty,
+                prefill_ms = Empty
+            ));
+        }
+    }
+
+    fn done(&mut self, usage: &Usage) {
+        self.prefill = None;
+        if let Some(d) = self.decode.take() {
+            // As i64: OpenTelemetry's integers are signed (a u64 is exported as a string).
+            d.record("completion_tokens", usage.completion_tokens as i64);
+            d.record("prompt_tokens", usage.prompt_tokens as i64);
+            d.record("cached_tokens", usage.cached_tokens as i64);
+            d.record("queue_ms", usage.queue.as_secs_f64() * 1e3);
+            d.record("prefill_ms", usage.prefill.as_secs_f64() * 1e3);
+        }
     }
 }
 
@@ -368,6 +426,8 @@ impl Loop {
         };
         let mut last_usage: Option<Usage> = None;
         for (choice, mut generation) in streams.into_iter().enumerate() {
+            // Open from the request's scheduling to its first token, then to its last.
+            let mut phase = Phase::prefill(choice);
             let mut streamed = 0;
             let mut pending = Vec::new();
             let mut hold = CallHold::new(self.shape.tools.is_some());
@@ -382,6 +442,7 @@ impl Loop {
                 let Some(event) = event else {
                     return self.gone(totals, streamed, last_usage.as_ref());
                 };
+                phase.saw(&event);
                 let sent = match event {
                     GenEvent::Token { id, logprob, top } => {
                         streamed += 1;
@@ -425,6 +486,7 @@ impl Loop {
                             return self.gone(totals, streamed, Some(&usage));
                         }
                         totals.add(choice, self.shape.n, &usage);
+                        phase.done(&usage);
                         let reason = self.finish_of(&usage, &calls);
                         last_usage = Some(usage.clone());
                         let done = Event::Done {

@@ -25,6 +25,7 @@ pub mod monitoring;
 pub mod ollama;
 pub mod openai;
 pub mod rate;
+pub mod request_span;
 pub mod responses;
 pub mod settings;
 pub mod sse;
@@ -206,6 +207,7 @@ pub fn router(state: AppState) -> Router {
             state.rate.clone(),
             rate::limit,
         ))
+        .layer(axum::middleware::from_fn(request_span::request_span))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::require_access,
@@ -234,7 +236,9 @@ pub fn router(state: AppState) -> Router {
                     HeaderName::from_static("x-session-id"),
                     HeaderName::from_static("x-api-key"),
                     HeaderName::from_static("anthropic-version"),
-                ]),
+                    HeaderName::from_static("traceparent"),
+                ])
+                .expose_headers([request_span::REQUEST_ID]),
         )
         // Outermost: a foreign `Host` or a cross-site write is refused before anything runs.
         .layer(axum::middleware::from_fn_with_state(

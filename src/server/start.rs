@@ -85,7 +85,7 @@ impl Launch {
         device::set_cpu_threads(config.threads);
         let (device, note) = device::open(&config.device);
         if let Some(note) = note {
-            eprintln!("{note}");
+            crate::telemetry::notice(note);
         }
         let library = Library::new(&config.home());
         // A first run (the default is a manifest model not installed yet) starts with no model,
@@ -95,7 +95,9 @@ impl Launch {
             Err(e @ LibraryError::NotInstalled { .. })
                 if Manifest::builtin().get(&s.model).is_some() =>
             {
-                eprintln!("warning: {e}; serving with no model until one is pulled");
+                crate::telemetry::notice(format!(
+                    "warning: {e}; serving with no model until one is pulled"
+                ));
                 None
             }
             Err(e) => return Err(e.into()),
@@ -129,15 +131,15 @@ impl Launch {
             Ok(store) => {
                 // Answers a stopped server was writing keep what arrived, marked interrupted.
                 if let Err(e) = store.messages_interrupt_streaming().await {
-                    eprintln!("warning: {e}");
+                    crate::telemetry::notice(format!("warning: {e}"));
                 }
                 Some(store)
             }
             Err(e) => {
-                eprintln!(
+                crate::telemetry::notice(format!(
                     "warning: {e}; running without the database (no embedding cache on disk, \
                      no request log)"
-                );
+                ));
                 None
             }
         };
@@ -197,12 +199,12 @@ impl Launch {
         warm_set.extend(s.preload.iter().filter(|p| **p != name).cloned());
         engines.preload(&warm_set).await?;
         for m in engines.loaded() {
-            eprintln!(
+            crate::telemetry::notice(format!(
                 "loaded {} in {:.2} s, warmed up in {:.2} s",
                 m.id,
                 m.load_ms / 1e3,
                 m.warmup_ms / 1e3
-            );
+            ));
         }
         engines.spawn_reaper(std::time::Duration::from_millis(200));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -129,7 +129,11 @@ impl Remote {
         method: reqwest::Method,
         path: &str,
     ) -> reqwest::RequestBuilder {
-        let r = client.request(method, format!("{}{path}", self.spec.base()));
+        let mut r = client.request(method, format!("{}{path}", self.spec.base()));
+        // The remote engine's spans join this request's trace.
+        if let Some(parent) = crate::telemetry::context::traceparent() {
+            r = r.header("traceparent", parent);
+        }
         match &self.key {
             Some(k) => r.header(reqwest::header::AUTHORIZATION, k.bearer()),
             None => r,
