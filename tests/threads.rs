@@ -51,6 +51,31 @@ async fn reply_text(s: &Server, thread: &str, body: Value) -> String {
         .collect()
 }
 
+/// A new thread whose long answer is streaming, `bytes` of it read: the thread and the rest
+/// of the stream.
+async fn long_answer_under_way(
+    s: &Server,
+    bytes: usize,
+) -> (
+    String,
+    impl futures_util::Stream<Item = reqwest::Result<axum::body::Bytes>>,
+) {
+    let (thread, question) = thread_with_question(s, "Write a long story about the sea.").await;
+    let r = s
+        .client()
+        .post(format!("{}/api/threads/{thread}/reply", s.base))
+        .json(&json!({"parent": question, "request": {"max_tokens": 400}}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = Box::pin(r.bytes_stream());
+    let mut seen = 0;
+    while seen < bytes {
+        seen += body.next().await.unwrap().unwrap().len();
+    }
+    (thread, body)
+}
+
 async fn messages(s: &Server, thread: &str) -> Vec<Value> {
     get_json(s, &format!("/api/threads/{thread}")).await["messages"]
         .as_array()
@@ -90,19 +115,7 @@ async fn answers_are_kept_as_they_stream_and_a_client_that_leaves_interrupts_the
     assert_eq!(answers.len(), 2);
 
     // A client that reads one chunk and leaves.
-    let (thread, question) = thread_with_question(&s, "Write a long story about the sea.").await;
-    let r = s
-        .client()
-        .post(format!("{}/api/threads/{thread}/reply", s.base))
-        .json(&json!({"parent": question, "request": {"max_tokens": 400}}))
-        .send()
-        .await
-        .unwrap();
-    let mut body = r.bytes_stream();
-    let mut seen = 0;
-    while seen < 600 {
-        seen += body.next().await.unwrap().unwrap().len();
-    }
+    let (thread, body) = long_answer_under_way(&s, 600).await;
     drop(body);
     let cut = settled(&s, &thread).await;
     assert_eq!(cut["state"], "interrupted", "{cut}");
@@ -129,19 +142,7 @@ async fn a_restart_marks_the_answers_a_stopped_server_was_writing() {
     let db_path = db.path().join("lantern.db");
     let db_arg = db_path.to_str().unwrap();
     let mut s = start(&["--db", db_arg]);
-    let (thread, question) = thread_with_question(&s, "Write a long story about the sea.").await;
-    let r = s
-        .client()
-        .post(format!("{}/api/threads/{thread}/reply", s.base))
-        .json(&json!({"parent": question, "request": {"max_tokens": 400}}))
-        .send()
-        .await
-        .unwrap();
-    let mut body = r.bytes_stream();
-    let mut seen = 0;
-    while seen < 2000 {
-        seen += body.next().await.unwrap().unwrap().len();
-    }
+    let (thread, body) = long_answer_under_way(&s, 2000).await;
     // Killed while it writes: nothing runs to mark the answer.
     s.child.kill().unwrap();
     s.child.wait().unwrap();

@@ -91,12 +91,7 @@ fn window_seconds(window: Option<&str>) -> Result<f64, ApiError> {
 }
 
 fn request_log(state: &AppState) -> Result<&crate::store::Store, ApiError> {
-    state.monitor.store().ok_or_else(|| ApiError::Unavailable {
-        message: "The request log needs the database, which could not be opened (see the \
-                  server's log)"
-            .into(),
-        code: "no_database",
-    })
+    state.database("The request log needs")
 }
 
 #[derive(serde::Deserialize)]

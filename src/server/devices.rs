@@ -121,10 +121,7 @@ pub async fn start_bench(
 }
 
 fn history(state: &AppState) -> Result<&crate::store::Store, ApiError> {
-    state.monitor.store().ok_or_else(|| ApiError::Unavailable {
-        message: "Benchmark history needs the database, which could not be opened".into(),
-        code: "no_database",
-    })
+    state.database("Benchmark history needs")
 }
 
 #[derive(serde::Deserialize)]

@@ -29,10 +29,7 @@ type Shown = (i64, usize, String, String);
 pub struct Pairs(Arc<Mutex<HashMap<u64, Shown>>>);
 
 pub(super) fn store(state: &AppState) -> Result<&Store, ApiError> {
-    state.monitor.store().ok_or_else(|| ApiError::Unavailable {
-        message: "Experiments need the database, which could not be opened".into(),
-        code: "no_database",
-    })
+    state.database("Experiments need")
 }
 
 pub(super) async fn experiment(state: &AppState, key: &str) -> Result<Experiment, ApiError> {

@@ -248,10 +248,7 @@ pub async fn list_quality(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let store = state.monitor.store().ok_or_else(|| ApiError::Unavailable {
-        message: "Lab results need the database, which could not be opened".into(),
-        code: "no_database",
-    })?;
+    let store = state.database("Lab results need")?;
     let runs = store
         .quality_recent(q.limit.unwrap_or(100).clamp(1, 10_000))
         .await

@@ -78,6 +78,21 @@ pub struct AppState {
     pub compression: std::sync::Arc<crate::compress::SessionDefaults>,
 }
 
+impl AppState {
+    /// The database, or a 503 saying that `needing` ("Threads need") cannot work without it:
+    /// a database that could not be opened at start leaves the server running without it.
+    pub fn database(&self, needing: &str) -> Result<&crate::store::Store, errors::ApiError> {
+        self.monitor
+            .store()
+            .ok_or_else(|| errors::ApiError::Unavailable {
+                message: format!(
+                    "{needing} the database, which could not be opened (see the server's log)"
+                ),
+                code: "no_database",
+            })
+    }
+}
+
 /// The desktop app's own origins (Tauri on Linux/macOS and on Windows).
 pub const APP_ORIGINS: [&str; 2] = ["tauri://localhost", "http://tauri.localhost"];
 

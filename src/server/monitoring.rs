@@ -61,11 +61,8 @@ pub async fn series(
         )
     })?;
     let now = unix_seconds();
-    let log = state.monitor.store().ok_or_else(|| ApiError::Unavailable {
-        message: "The charts' history needs the database, which could not be opened".into(),
-        code: "no_database",
-    })?;
-    let rows = log
+    let rows = state
+        .database("The charts' history needs")?
         .requests_between(now - window.seconds - window.step, f64::INFINITY, None)
         .await
         .map_err(ApiError::internal)?;

@@ -20,10 +20,7 @@ pub(super) type Body = Result<axum::body::Bytes, axum::extract::rejection::Bytes
 const MAX_PAGE: usize = 200;
 
 pub(super) fn store(state: &AppState) -> Result<&Store, ApiError> {
-    state.monitor.store().ok_or_else(|| ApiError::Unavailable {
-        message: "Threads need the database, which could not be opened".into(),
-        code: "no_database",
-    })
+    state.database("Threads need")
 }
 
 fn no_thread(id: &str) -> ApiError {
