@@ -106,6 +106,24 @@ test("a thread is kept: send, stop, regenerate, edit, reload, rename, search, de
   );
 });
 
+test("a second window follows an answer another one is streaming", async ({ page, context }) => {
+  await page.goto("/#/chat");
+  await page.getByTestId("max-tokens").fill("500");
+  await page.getByTestId("prompt").fill("Write a long story about a lighthouse keeper.");
+  await page.getByTestId("prompt").press("Enter");
+  await expect(assistant(page).locator(".content")).not.toBeEmpty();
+  // The same browser profile opens the thread it last had: the one being written.
+  const other = await context.newPage();
+  await other.goto("/#/chat");
+  const answer = assistant(other).first();
+  await expect(answer).toHaveAttribute("data-state", "streaming");
+  const early = (await answer.locator(".content").innerText()).length;
+  await expect.poll(async () => (await answer.locator(".content").innerText()).length).toBeGreaterThan(early);
+  await expect(answer).toHaveAttribute("data-state", "complete", { timeout: 60_000 });
+  await expect(answer.getByTestId("figures")).toBeVisible();
+  await other.close();
+});
+
 test("a compare sends one message to two variants and the vote reaches the lab", async ({ page }) => {
   // The page load's cookie carries the admin token for page.request.
   await page.goto("/#/chat");
