@@ -11,6 +11,7 @@
 //! - `validate`: a request checked for one model into the scheduler's requests
 //! - `tools`: tools checked once for every API, the forced-call grammar, the call hold
 //! - `stream`: the one loop: timeout, disconnect, held call text, calls read, accounting
+//! - `phase`: a choice's `prefill` and `decode` trace spans
 //! - `reasoning`: a thinking model's `<think>` text split from its answer as it streams
 //! - `backend`: `trait Backend`, the seam to the local scheduler; remote engines are reached
 //!   at the typed request (`backends`), since they tokenize for themselves
@@ -29,6 +30,7 @@ mod cache;
 mod compression;
 pub mod error;
 mod experiment;
+mod phase;
 pub mod plan;
 pub mod reasoning;
 pub mod request;

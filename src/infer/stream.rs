@@ -13,6 +13,7 @@ use super::accounting::{finish, Account, Outcome, Totals};
 use super::backend::{Backend, Generation};
 use super::cache::{recording, replay, response_key};
 use super::error::InferError;
+use super::phase::Phase;
 use super::plan::{Admission, Infer, Plan};
 use super::reasoning::{Piece, ThinkSplit, Thinking};
 use super::tools::CallHold;
@@ -334,56 +335,6 @@ impl Infer {
                 .instrument(tracing::info_span!("generate")),
         );
         events
-    }
-}
-
-/// A choice's `prefill` span (scheduling to the first token: the queue and the prompt), then
-/// its `decode` span (to the last), which gets the engine's figures at the end.
-struct Phase {
-    prefill: Option<tracing::Span>,
-    decode: Option<tracing::Span>,
-    choice: usize,
-}
-
-impl Phase {
-    fn prefill(choice: usize) -> Self {
-        Self {
-            prefill: Some(tracing::info_span!("prefill", choice = choice as i64)),
-            decode: None,
-            choice,
-        }
-    }
-
-    fn saw(&mut self, event: &GenEvent) {
-        let first = matches!(
-            event,
-            GenEvent::Token { .. } | GenEvent::NamedToken { .. } | GenEvent::Text(_)
-        );
-        if first && self.decode.is_none() {
-            self.prefill = None;
-            use tracing::field::Empty;
-            self.decode = Some(tracing::info_span!(
-                "decode",
-                choice = self.choice as i64,
-                completion_tokens = Empty,
-                prompt_tokens = Empty,
-                cached_tokens = Empty,
-                queue_ms = Empty,
-                prefill_ms = Empty
-            ));
-        }
-    }
-
-    fn done(&mut self, usage: &Usage) {
-        self.prefill = None;
-        if let Some(d) = self.decode.take() {
-            // As i64: OpenTelemetry's integers are signed (a u64 is exported as a string).
-            d.record("completion_tokens", usage.completion_tokens as i64);
-            d.record("prompt_tokens", usage.prompt_tokens as i64);
-            d.record("cached_tokens", usage.cached_tokens as i64);
-            d.record("queue_ms", usage.queue.as_secs_f64() * 1e3);
-            d.record("prefill_ms", usage.prefill.as_secs_f64() * 1e3);
-        }
     }
 }
 
