@@ -1,12 +1,14 @@
-//! Caches in front of the engine: embeddings (memory over SQLite) and, for deterministic
-//! requests, whole responses.
+//! Caches in front of the engine: embeddings (memory over SQLite), whole responses to
+//! deterministic requests, and answers to questions that mean the same (the semantic cache).
 
 pub mod embeddings;
 pub mod lru;
 pub mod responses;
+pub mod semantic;
 
 pub use embeddings::EmbeddingCache;
 pub use responses::ResponseCache;
+pub use semantic::SemanticCache;
 
 use std::sync::Arc;
 
@@ -15,4 +17,5 @@ use std::sync::Arc;
 pub struct Caches {
     pub embeddings: Arc<EmbeddingCache>,
     pub responses: Arc<ResponseCache>,
+    pub semantic: Arc<SemanticCache>,
 }

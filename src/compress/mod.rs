@@ -411,6 +411,9 @@ fn report(spec: &Spec, original: usize, compressed: usize) -> Report {
     }
 }
 
+/// Where the sessions' compression defaults (applied when a request names none) are saved.
+pub const SETTINGS_KEY: &str = "compression.sessions";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,86 +442,5 @@ mod tests {
         }
         .validate()
         .is_err());
-    }
-}
-
-/// Per-session compression defaults (applied when a request names none), saved in the
-/// database's settings.
-#[derive(Default)]
-pub struct SessionDefaults {
-    map: std::sync::Mutex<std::collections::BTreeMap<String, Spec>>,
-    /// For sessions with none of their own (the server setting `compression`).
-    fallback: std::sync::Mutex<Option<Spec>>,
-    store: Option<crate::store::Store>,
-}
-
-const SETTINGS_KEY: &str = "compression.sessions";
-
-impl SessionDefaults {
-    /// The saved defaults (none when there is no database or nothing was saved).
-    pub async fn open(store: Option<crate::store::Store>) -> Self {
-        let mut map = std::collections::BTreeMap::new();
-        if let Some(db) = &store {
-            match db.settings_get(SETTINGS_KEY).await {
-                Ok(Some(json)) => match serde_json::from_str(&json) {
-                    Ok(saved) => map = saved,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "compression defaults not understood; left as saved")
-                    }
-                },
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "compression defaults not read"),
-            }
-        }
-        Self {
-            map: std::sync::Mutex::new(map),
-            fallback: std::sync::Mutex::new(None),
-            store,
-        }
-    }
-
-    /// The session's own default, else the server's.
-    pub fn get(&self, session: &str) -> Option<Spec> {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(session)
-            .cloned()
-            .or_else(|| {
-                self.fallback
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-            })
-    }
-
-    /// The default for sessions that set none (saved by the caller, in the server settings).
-    pub fn set_fallback(&self, spec: Option<Spec>) {
-        *self.fallback.lock().unwrap_or_else(|e| e.into_inner()) = spec;
-    }
-
-    /// Set (Some) or clear (None) a session's default, saved before it applies.
-    pub async fn set(
-        &self,
-        session: &str,
-        spec: Option<Spec>,
-    ) -> Result<(), crate::store::StoreError> {
-        let json = {
-            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            match &spec {
-                Some(s) => map.insert(session.to_string(), s.clone()),
-                None => map.remove(session),
-            };
-            serde_json::to_string(&map).expect("specs serialize")
-        };
-        if let Some(db) = &self.store {
-            db.settings_put(SETTINGS_KEY, &json).await?;
-        }
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        match spec {
-            Some(s) => map.insert(session.to_string(), s),
-            None => map.remove(session),
-        };
-        Ok(())
     }
 }

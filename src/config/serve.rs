@@ -80,6 +80,8 @@ pub struct ServerSettings {
     pub response_cache_mib: usize,
     /// Seconds a cached response stays valid.
     pub response_cache_ttl: u64,
+    /// MiB of answers the semantic cache keeps (on disk, and in memory); 0: off.
+    pub semantic_cache_mib: usize,
     /// Prompt compression for sessions that set none of their own; none: off.
     pub compression: Option<Spec>,
     /// Where models are pulled from: Hugging Face or a mirror of it.
@@ -126,6 +128,7 @@ impl Default for ServerSettings {
             embedding_store_mib: 1024,
             response_cache_mib: 64,
             response_cache_ttl: 3600,
+            semantic_cache_mib: 64,
             compression: None,
             hf_endpoint: crate::library::pull::DEFAULT_ENDPOINT.into(),
             backends: Vec::new(),
@@ -303,7 +306,7 @@ impl ServerSettings {
                 ));
             }
         }
-        let ranges: [(&str, u64, u64, u64); 13] = [
+        let ranges: [(&str, u64, u64, u64); 14] = [
             ("max_waiting", self.max_waiting as u64, 0, 100_000),
             ("max_seqs", self.max_seqs as u64, 1, 1024),
             ("max_step_tokens", self.max_step_tokens as u64, 1, 65_536),
@@ -331,6 +334,12 @@ impl ServerSettings {
                 self.response_cache_ttl,
                 1,
                 365 * 86_400,
+            ),
+            (
+                "semantic_cache_mib",
+                self.semantic_cache_mib as u64,
+                0,
+                1 << 20,
             ),
         ];
         for (field, value, min, max) in ranges {

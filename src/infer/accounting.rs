@@ -12,8 +12,27 @@ pub struct Totals {
     pub prompt: usize,
     pub cached: usize,
     pub completion: usize,
-    /// Served whole from the response cache: still counted, and said so.
-    pub from_cache: bool,
+    /// Served whole from a response cache: still counted, and said so.
+    pub from_cache: Option<CacheHit>,
+}
+
+/// Which response cache answered a request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CacheHit {
+    /// The same tokens under the same settings (a deterministic request).
+    Exact,
+    /// A question this similar (cosine of their embeddings), in the same scope.
+    Semantic { similarity: f32 },
+}
+
+impl CacheHit {
+    /// As the `X-Lantern-Response-Cache` header says it.
+    pub fn header(&self) -> String {
+        match self {
+            Self::Exact => "exact".into(),
+            Self::Semantic { similarity } => format!("semantic; similarity={similarity:.4}"),
+        }
+    }
 }
 
 impl Totals {
@@ -114,7 +133,7 @@ pub fn finish(account: &Account, totals: &Totals, last: Option<&Usage>, outcome:
         tokens_per_second: last.zip(decode).and_then(|(u, d)| {
             (u.completion_tokens > 1).then(|| (u.completion_tokens - 1) as f64 / d.as_secs_f64())
         }),
-        response_cached: totals.from_cache,
+        response_cached: totals.from_cache.is_some(),
         variant: account.variant.clone(),
         compression: account.compression.clone(),
         route: account.route.clone(),

@@ -4,13 +4,10 @@
 //! reason go to the response headers and the request log.
 
 use super::backends::{AutoRoute, AutoSpec};
+use super::embed::DEFAULT_EMBEDDER;
 use super::error::InferError;
 use super::plan::Infer;
 use super::request::{Input, Request};
-use crate::store::embeddings::ModelKey;
-
-/// The embedding model `like` rules use unless the settings name another.
-const DEFAULT_EMBEDDER: &str = "all-minilm";
 
 /// Where `auto` sends a request, and why.
 pub(super) struct Choice {
@@ -97,32 +94,17 @@ impl Infer {
         spec: &AutoSpec,
     ) -> Result<(f64, String), InferError> {
         let name = spec.embedding_model.as_deref().unwrap_or(DEFAULT_EMBEDDER);
-        let unavailable = |e: String| InferError::Unavailable {
-            message: format!("`auto` could not compare the prompt with its examples: {e}"),
-            code: "auto_embedding",
-        };
-        let embedder = self
-            .embedders
-            .get(name)
+        let texts: Vec<&str> = std::iter::once(text)
+            .chain(examples.iter().map(String::as_str))
+            .collect();
+        let vectors = self
+            .embed_texts(name, &texts)
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let mut ids = Vec::with_capacity(examples.len() + 1);
-        for t in std::iter::once(text).chain(examples.iter().map(String::as_str)) {
-            let tokenized = embedder
-                .model
-                .tokenize(t, true)
-                .map_err(|e| unavailable(e.to_string()))?;
-            ids.push(tokenized.ids);
-        }
-        let key = ModelKey {
-            model: embedder.id.clone(),
-            weights_sha256: embedder.weights_sha256.clone(),
-        };
-        let (vectors, _) = self
-            .embeddings
-            .get_or_compute(&key, &ids, |missing| embedder.embed(missing))
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| InferError::Unavailable {
+                message: format!("`auto` could not compare the prompt with its examples: {e}"),
+                code: "auto_embedding",
+            })?
+            .vectors;
         let best = vectors[1..]
             .iter()
             .zip(examples)

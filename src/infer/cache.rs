@@ -1,18 +1,18 @@
-//! The response cache on the one path: the key of a deterministic request, and event streams
-//! replayed from it or recorded into it. Every API reads and fills the same entries: the same
-//! tokens under the same settings give the same answer, whatever wire format asked.
+//! The response caches on the one path: the key of a deterministic request, the scope of a
+//! semantic look-up, and event streams replayed from them or recorded into them. Every API reads
+//! and fills the same entries: the same tokens under the same settings give the same answer,
+//! whatever wire format asked.
 
 use tokio::sync::mpsc;
 
+use super::backend::Generation;
 use super::validate::Validated;
-use crate::cache::responses::{KeyBuilder, Recorded, ResponseKey};
-use crate::cache::ResponseCache;
+use crate::cache::responses::{KeyBuilder, ResponseKey};
 use crate::scheduler::{EngineHandle, GenEvent, Usage};
 
 /// The response-cache key of a deterministic request (greedy, or every choice seeded): the
 /// weights and everything that changes the output. None for anything else.
 pub(super) fn response_key(engine: &EngineHandle, plan: &Validated) -> Option<ResponseKey> {
-    let weights = engine.weights_sha256.as_deref()?;
     let deterministic = plan
         .requests
         .iter()
@@ -20,6 +20,24 @@ pub(super) fn response_key(engine: &EngineHandle, plan: &Validated) -> Option<Re
     if !deterministic {
         return None;
     }
+    settings_key(engine, plan, true).map(KeyBuilder::finish)
+}
+
+/// The scope a semantic look-up stays within: the weights, every setting, the messages before
+/// the question (`context`) and the embedding model; everything but the question itself.
+pub(super) fn semantic_scope(
+    engine: &EngineHandle,
+    plan: &Validated,
+    context: &str,
+    embedder: &str,
+) -> Option<ResponseKey> {
+    let k = settings_key(engine, plan, false)?;
+    Some(k.text("semantic").text(embedder).text(context).finish())
+}
+
+/// The weights and every setting that changes the output; the prompts' tokens when `prompts`.
+fn settings_key(engine: &EngineHandle, plan: &Validated, prompts: bool) -> Option<KeyBuilder> {
+    let weights = engine.weights_sha256.as_deref()?;
     let optional = |x: Option<u64>| x.map_or(0, |v| v.wrapping_add(1));
     let mut k = KeyBuilder::default()
         .text(weights)
@@ -30,8 +48,10 @@ pub(super) fn response_key(engine: &EngineHandle, plan: &Validated) -> Option<Re
         .number(plan.tools.is_some() as u64);
     for r in &plan.requests {
         let p = &r.sampling;
+        if prompts {
+            k = k.tokens(&r.prompt);
+        }
         k = k
-            .tokens(&r.prompt)
             .number(r.max_tokens as u64)
             .float(p.temperature)
             .number(p.top_k as u64)
@@ -59,7 +79,7 @@ pub(super) fn response_key(engine: &EngineHandle, plan: &Validated) -> Option<Re
             k = k.text(stop);
         }
     }
-    Some(k.finish())
+    Some(k)
 }
 
 /// The response-cache key of a deterministic request to a remote engine: its address and the
@@ -72,17 +92,21 @@ pub(super) fn remote_key(base: &str, body: &serde_json::Value) -> ResponseKey {
         .finish()
 }
 
-/// A stored response as event streams again, with the figures of a response that took no time.
-pub(super) fn replay(recorded: &Recorded) -> Vec<mpsc::UnboundedReceiver<GenEvent>> {
-    recorded
-        .choices
+/// A stored response as event streams again, with the figures of a response that took no time
+/// (and this request's prompt size, when it is another question's answer).
+pub(super) fn replay(
+    choices: &[Vec<GenEvent>],
+    prompt_tokens: Option<usize>,
+) -> Vec<mpsc::UnboundedReceiver<GenEvent>> {
+    choices
         .iter()
         .map(|events| {
             let (tx, rx) = mpsc::unbounded_channel();
             for e in events {
                 let e = match e {
                     GenEvent::Done(u) => GenEvent::Done(Usage {
-                        cached_tokens: u.prompt_tokens,
+                        prompt_tokens: prompt_tokens.unwrap_or(u.prompt_tokens),
+                        cached_tokens: prompt_tokens.unwrap_or(u.prompt_tokens),
                         queue: Default::default(),
                         time_to_first_token: Default::default(),
                         prefill: Default::default(),
@@ -99,21 +123,27 @@ pub(super) fn replay(recorded: &Recorded) -> Vec<mpsc::UnboundedReceiver<GenEven
         .collect()
 }
 
+/// Where a finished response's events go: the caches that keep it.
+pub(super) type Keep = Box<dyn FnOnce(Vec<Vec<GenEvent>>) + Send>;
+
 /// Pass the engine's events through while keeping a copy; when every choice is done, the
-/// response goes into the cache. A client that goes away still cancels the generation at once.
-pub(super) fn recording(
+/// response goes to `keep`. A client that goes away still cancels the generation at once.
+fn recording(
     streams: Vec<mpsc::UnboundedReceiver<GenEvent>>,
-    key: ResponseKey,
-    cache: std::sync::Arc<ResponseCache>,
+    keep: Keep,
 ) -> Vec<mpsc::UnboundedReceiver<GenEvent>> {
     let n = streams.len();
-    let kept = std::sync::Arc::new(std::sync::Mutex::new((vec![Vec::new(); n], 0usize)));
+    let kept = std::sync::Arc::new(std::sync::Mutex::new((
+        vec![Vec::new(); n],
+        0usize,
+        Some(keep),
+    )));
     streams
         .into_iter()
         .enumerate()
         .map(|(i, mut events)| {
             let (tx, rx) = mpsc::unbounded_channel();
-            let (kept, cache) = (kept.clone(), cache.clone());
+            let kept = kept.clone();
             tokio::spawn(async move {
                 loop {
                     let event = tokio::select! {
@@ -126,8 +156,8 @@ pub(super) fn recording(
                     guard.0[i].push(event.clone());
                     if last {
                         guard.1 += 1;
-                        if guard.1 == n {
-                            cache.put(key, std::mem::take(&mut guard.0));
+                        if let (true, Some(keep)) = (guard.1 == n, guard.2.take()) {
+                            keep(std::mem::take(&mut guard.0));
                         }
                     }
                     drop(guard);
@@ -139,4 +169,20 @@ pub(super) fn recording(
             rx
         })
         .collect()
+}
+
+/// Fresh streams, recorded as they pass when an answer is to be kept.
+pub(super) fn recording_if(streams: Vec<Generation>, keep: Option<Keep>) -> Vec<Generation> {
+    match keep {
+        Some(keep) => recording(streams, keep),
+        None => streams,
+    }
+}
+
+/// What a run looks the question up by, and keeps a fresh answer under.
+pub struct SemanticProbe {
+    pub scope: ResponseKey,
+    pub vector: Vec<f32>,
+    pub threshold: f32,
+    pub question: String,
 }

@@ -18,7 +18,10 @@
 //! - `backends`: remote OpenAI-compatible engines as `NAME/MODEL`, fallback chains, the circuit
 //!   breakers and `auto`'s rules, as the settings give them
 //! - `compression`: prompt compression, scored as a job on the scoring model's engine thread
-//! - `cache`: the response cache's keys, replays and recordings
+//! - `cache`: the response caches' keys and scopes, replays and recordings
+//! - `cached`: answering from the response caches and keeping fresh answers, as allowed
+//! - `semantic`: which requests may use the semantic cache, their question and its probe
+//! - `embed`: texts to vectors through the embedding cache (`auto`, the semantic cache)
 //! - `accounting`: the one record of every finished request
 //! - `error`: what the path fails with; each adapter maps it to its own error shape
 
@@ -27,7 +30,9 @@ mod auto;
 pub mod backend;
 pub mod backends;
 mod cache;
+mod cached;
 mod compression;
+pub mod embed;
 pub mod error;
 mod experiment;
 mod phase;
@@ -35,6 +40,7 @@ pub mod plan;
 pub mod reasoning;
 pub mod request;
 mod route;
+pub mod semantic;
 pub mod stream;
 pub mod tools;
 pub mod validate;
@@ -43,5 +49,5 @@ pub use backend::Backend;
 pub use error::InferError;
 pub use experiment::record_change;
 pub use plan::{registry_error, Admission, Infer, Plan, Routing};
-pub use request::{Api, CacheUse, Caller, Input, OneOrMany, Request, Sampling};
+pub use request::{Api, CacheSpec, CacheUse, Caller, Input, OneOrMany, Request, Sampling};
 pub use stream::{Answer, ChoiceAnswer, Event, Finish, Run, TokenLogprob};

@@ -16,9 +16,13 @@ use crate::scheduler::{EngineHandle, Registry, RegistryError};
 pub struct Infer {
     pub engines: Registry,
     pub responses: Arc<crate::cache::ResponseCache>,
+    /// Answers to questions that mean the same, for requests that ask.
+    pub semantic: Arc<crate::cache::SemanticCache>,
+    /// Sessions' default `cache` (the semantic threshold).
+    pub cache_defaults: Arc<crate::store::session_defaults::SessionDefaults<super::CacheSpec>>,
     pub monitor: crate::monitor::Monitor,
     /// Sessions' default prompt compression.
-    pub compression: Arc<crate::compress::SessionDefaults>,
+    pub compression: Arc<crate::store::session_defaults::SessionDefaults<crate::compress::Spec>>,
     /// Charges finished requests' tokens to their rate-limit key.
     pub charge: Charge,
     /// Remote engines, fallback chains and the circuit breakers.
@@ -48,6 +52,8 @@ pub struct Plan {
     pub routing: Routing,
     /// Time this request spent waiting for its model to load (zero when it was loaded).
     pub load: Duration,
+    /// The semantic cache's look-up, when the request asked for it.
+    pub semantic: Option<super::cache::SemanticProbe>,
 }
 
 /// What routing settled for a request before any target plans it.
@@ -137,16 +143,22 @@ impl Infer {
             .sampling
             .compression
             .or_else(|| self.compression.get(&session));
+        let ask = self.semantic_ask(&req)?;
         let compression = self.compress(&engine, &mut req).await?;
         let caller = req.caller.clone();
         let mut validated = validate(&engine, req)?;
         validated.compression = compression;
+        let semantic = match ask {
+            Some(ask) => self.semantic_probe(ask, &engine, &validated).await,
+            None => None,
+        };
         Ok(Plan {
             engine,
             validated,
             caller,
             routing,
             load,
+            semantic,
         })
     }
 }

@@ -108,8 +108,31 @@ pub struct Sampling {
     pub cache_prompt: Option<bool>,
     /// Lantern's extension: compress the prompt first, `{"method": "prune", "ratio": 0.5}`.
     pub compression: Option<crate::compress::Spec>,
+    /// Lantern's extension: `{"semantic": 0.95}` answers from an earlier answer to a question
+    /// this similar (MiniLM cosine), of the same model and settings.
+    pub cache: Option<CacheSpec>,
     /// Ollama's `num_ctx`: the prompt and the answer stay within this many tokens.
     pub context_limit: Option<usize>,
+}
+
+/// What a request (or a session, by default) asks of the semantic response cache.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// The least cosine similarity of a kept question to answer from it, in (0, 1].
+    pub semantic: Option<f32>,
+}
+
+impl CacheSpec {
+    /// The threshold, checked.
+    pub fn threshold(&self) -> Result<Option<f32>, String> {
+        match self.semantic {
+            Some(t) if !(t > 0.0 && t <= 1.0) => Err(format!(
+                "`cache.semantic` is a similarity in (0, 1], not {t}"
+            )),
+            t => Ok(t),
+        }
+    }
 }
 
 /// What a request's `Cache-Control` allows the response cache: `no-cache` skips reading it

@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
-use super::accounting::Account;
+use super::accounting::{Account, CacheHit};
 use super::backends::Remote;
+use super::cache::recording_if;
 use super::cache::remote_key;
 use super::error::InferError;
 use super::plan::{Infer, Routing};
@@ -221,10 +222,11 @@ impl Infer {
             route: routing.route.clone(),
         };
         let (streams, from_cache) = match self.cached(key.as_ref(), &req.caller) {
-            Some(replayed) => (replayed, true),
+            Some(replayed) => (replayed, Some(CacheHit::Exact)),
             None => {
                 let opened = remote.open(self.backends.client(), outgoing).await?;
-                (self.recorded(key, &req.caller, opened), false)
+                let keep = self.keep(key, &req.caller, None, label.to_string());
+                (recording_if(opened, keep), None)
             }
         };
         let shape = Shape {
@@ -249,6 +251,7 @@ impl Infer {
             began: routing.began,
             served_by: Some(label.to_string()),
             route: routing.route.clone(),
+            cache_hit: from_cache,
         })
     }
 }

@@ -9,16 +9,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::accounting::{finish, Account, Outcome, Totals};
+use super::accounting::{finish, Account, CacheHit, Outcome, Totals};
 use super::backend::{Backend, Generation};
-use super::cache::{recording, replay, response_key};
+use super::cache::{recording_if, response_key};
 use super::error::InferError;
 use super::phase::Phase;
 use super::plan::{Admission, Infer, Plan};
 use super::reasoning::{Piece, ThinkSplit, Thinking};
 use super::tools::CallHold;
 use super::validate::Applied;
-use crate::cache::responses::ResponseKey;
 use crate::engine::generate::FinishReason;
 use crate::engine::tools::ToolCall;
 use crate::scheduler::{GenEvent, Usage};
@@ -93,6 +92,8 @@ pub struct Run {
     pub served_by: Option<String>,
     /// How routing chose it (`X-Lantern-Route`): `auto`'s rule, a chain's failed links.
     pub route: Option<String>,
+    /// The response cache that answered (`X-Lantern-Response-Cache`).
+    pub cache_hit: Option<CacheHit>,
 }
 
 /// One choice, whole.
@@ -196,7 +197,7 @@ pub(super) struct Shape {
     /// Tools whose calls are read out of the text (a local engine's answers).
     pub tools: Option<super::tools::ToolsRequest>,
     pub stops: bool,
-    pub from_cache: bool,
+    pub from_cache: Option<CacheHit>,
     /// Where a thinking model's answer starts (Off: no reasoning to split out).
     pub thinking: Thinking,
 }
@@ -221,6 +222,7 @@ impl Infer {
             caller,
             routing,
             load,
+            semantic,
         } = plan;
         let began = routing.began;
         let account = Account {
@@ -244,21 +246,34 @@ impl Infer {
         let prompt_tokens = requests.first().map_or(0, |r| r.prompt.len());
         let stops = requests.iter().any(|r| !r.stop.is_empty());
         let backend: Arc<dyn Backend> = Arc::new(engine.clone());
-        let lookup = tracing::info_span!("cache_lookup", hit = tracing::field::Empty).entered();
-        let cached = self.cached(key.as_ref(), &caller);
+        let lookup = tracing::info_span!(
+            "cache_lookup",
+            hit = tracing::field::Empty,
+            similarity = tracing::field::Empty
+        )
+        .entered();
+        let cached = match self.cached(key.as_ref(), &caller) {
+            Some(replayed) => Some((replayed, CacheHit::Exact)),
+            None => self.semantic_hit(semantic.as_ref(), &caller, prompt_tokens),
+        };
         lookup.record("hit", cached.is_some());
+        if let Some((_, CacheHit::Semantic { similarity })) = &cached {
+            lookup.record("similarity", similarity);
+        }
         drop(lookup);
         let (streams, from_cache) = match cached {
-            Some(replayed) => {
+            Some((replayed, hit)) => {
                 backend.served_without_running(requests.first().and_then(|r| r.keep_alive));
-                (replayed, true)
+                (replayed, Some(hit))
             }
             None => {
                 let scheduled = requests
                     .into_iter()
                     .map(|r| backend.schedule(r))
                     .collect::<Result<Vec<Generation>, InferError>>()?;
-                (self.recorded(key, &caller, scheduled), false)
+                let model = engine.model_id.to_string();
+                let keep = self.keep(key, &caller, semantic, model);
+                (recording_if(scheduled, keep), None)
             }
         };
         let shape = Shape {
@@ -282,36 +297,8 @@ impl Infer {
             began,
             served_by: None,
             route: routing.route,
+            cache_hit: from_cache,
         })
-    }
-
-    /// A request's streams replayed from the response cache, when it holds them and the
-    /// request lets it answer.
-    pub(super) fn cached(
-        &self,
-        key: Option<&ResponseKey>,
-        caller: &super::Caller,
-    ) -> Option<Vec<Generation>> {
-        let cache = &self.responses;
-        let key = key.filter(|_| cache.enabled())?;
-        if !caller.cache.read {
-            cache.note_bypass();
-            return None;
-        }
-        cache.get(key).map(|recorded| replay(&recorded))
-    }
-
-    /// Fresh streams, recorded into the response cache as they pass when the request allows.
-    pub(super) fn recorded(
-        &self,
-        key: Option<ResponseKey>,
-        caller: &super::Caller,
-        streams: Vec<Generation>,
-    ) -> Vec<Generation> {
-        match key.filter(|_| self.responses.enabled() && caller.cache.write) {
-            Some(k) => recording(streams, k, self.responses.clone()),
-            None => streams,
-        }
     }
 
     /// Drive `streams` through the one loop under the request's time limit.

@@ -38,6 +38,8 @@ pub struct Metrics {
     cache_misses: IntCounterVec,
     fallbacks: IntCounterVec,
     circuit_opens: IntCounterVec,
+    /// The semantic cache's best match per look-up (it observes them itself).
+    pub semantic_similarity: prometheus::Histogram,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -183,6 +185,14 @@ impl Default for Metrics {
                 "Times a target's circuit breaker opened after failures.",
                 &["target"],
             ),
+            semantic_similarity: histogram(
+                &r,
+                "semantic_cache_similarity",
+                "Similarity of the nearest kept question, per semantic cache look-up.",
+                &[],
+                &crate::cache::semantic::SIMILARITY_EDGES,
+            )
+            .with_label_values(&[] as &[&str]),
             registry: r,
         }
     }

@@ -137,8 +137,8 @@ impl ValidatedRequest {
 }
 
 /// What a scheduled request produces, in order: tokens and text, then exactly one `Done` or
-/// `Failed`.
-#[derive(Debug, Clone)]
+/// `Failed`. Serialized for the semantic response cache, which keeps answers on disk.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum GenEvent {
     /// A sampled token with its log-probability and the best alternatives (when asked).
     Token {
@@ -162,7 +162,7 @@ pub enum GenEvent {
 }
 
 /// The figures of one finished request, counted here once.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub prompt_tokens: usize,
     /// Prompt tokens whose KV came from the prefix cache.

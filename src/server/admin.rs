@@ -55,6 +55,7 @@ pub async fn cache(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "embeddings": state.caches.embeddings.stats().await,
         "responses": state.caches.responses.stats(),
+        "semantic": state.caches.semantic.stats(),
     }))
 }
 
@@ -70,6 +71,15 @@ pub async fn clear_embeddings(
 ) -> Json<Value> {
     let (memory, store) = state.caches.embeddings.clear(q.model.as_deref()).await;
     Json(json!({"deleted": {"memory": memory, "store": store}, "model": q.model}))
+}
+
+/// Forget the semantic cache's answers, all or one model's (`?model=NAME`).
+pub async fn clear_semantic(
+    State(state): State<AppState>,
+    Query(q): Query<ClearQuery>,
+) -> Json<Value> {
+    let deleted = state.caches.semantic.clear(q.model.as_deref()).await;
+    Json(json!({"deleted": deleted, "model": q.model}))
 }
 
 /// Forget every cached response.
@@ -289,6 +299,8 @@ pub async fn metrics(State(state): State<AppState>) -> axum::response::Response 
     );
     let r = state.caches.responses.stats();
     m.cache_counts("responses", &[("memory", r.hits)], r.misses);
+    let sem = state.caches.semantic.stats();
+    m.cache_counts("semantic", &[("index", sem.hits)], sem.misses);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -8,6 +8,9 @@ use axum::response::Response;
 use super::errors::ApiError;
 use super::AppState;
 
+/// Which response cache answered: `exact`, or `semantic; similarity=0.9731`.
+pub const RESPONSE_CACHE: HeaderName = HeaderName::from_static("x-lantern-response-cache");
+
 /// Set on answers to a session past its budget's warning threshold (80% by default).
 pub const WARNING: HeaderName = HeaderName::from_static("x-lantern-budget-warning");
 /// Tokens left today, on every answer to a session under a budget.
@@ -33,6 +36,12 @@ impl Admitted {
             .and_then(|s| HeaderValue::from_str(s).ok())
         {
             this.0.push((SERVED_BY, v));
+        }
+        if let Some(v) = run
+            .cache_hit
+            .and_then(|h| HeaderValue::from_str(&h.header()).ok())
+        {
+            this.0.push((RESPONSE_CACHE, v));
         }
         if let Some(route) = &run.route {
             let ascii: String = route

@@ -75,7 +75,8 @@ pub struct AppState {
     /// Blind-vote pairs handed out and not yet voted on.
     pub pairs: experiments::Pairs,
     /// Sessions' default prompt compression.
-    pub compression: std::sync::Arc<crate::compress::SessionDefaults>,
+    pub compression:
+        std::sync::Arc<crate::store::session_defaults::SessionDefaults<crate::compress::Spec>>,
 }
 
 impl AppState {
@@ -136,6 +137,12 @@ pub fn router(state: AppState) -> Router {
             get(monitoring::get_budget)
                 .put(monitoring::put_budget)
                 .delete(monitoring::delete_budget),
+        )
+        .route(
+            "/api/sessions/{id}/cache",
+            get(monitoring::get_session_cache)
+                .put(monitoring::put_session_cache)
+                .delete(monitoring::delete_session_cache),
         )
         .route(
             "/api/sessions/{id}/compression",
@@ -215,6 +222,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/cache/responses",
             axum::routing::delete(admin::clear_responses),
+        )
+        .route(
+            "/api/cache/semantic",
+            axum::routing::delete(admin::clear_semantic),
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.body_limit))

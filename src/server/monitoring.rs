@@ -285,6 +285,45 @@ pub async fn delete_compression(
     Ok(Json(json!({"session": id, "compression": null})))
 }
 
+pub async fn get_session_cache(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Json<Value> {
+    Json(json!({"session": id, "cache": state.infer.cache_defaults.get(&id)}))
+}
+
+/// `PUT /api/sessions/{id}/cache` with `{"semantic": 0.95}`: the session's requests use the
+/// semantic cache at that threshold unless they say otherwise.
+pub async fn put_session_cache(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let spec: crate::infer::CacheSpec = super::body::parse_body(body, state.body_limit)?;
+    spec.threshold()
+        .map_err(|e| ApiError::invalid(e, "semantic"))?;
+    state
+        .infer
+        .cache_defaults
+        .set(&id, Some(spec))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({"session": id, "cache": spec})))
+}
+
+pub async fn delete_session_cache(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .infer
+        .cache_defaults
+        .set(&id, None)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({"session": id, "cache": null})))
+}
+
 /// What a session's tokens would have cost at each price in the table (US dollars).
 pub fn cloud_cost(state: &AppState, prompt: u64, completion: u64) -> BTreeMap<String, f64> {
     state

@@ -154,14 +154,35 @@ impl Launch {
                 s.response_cache_mib << 20,
                 std::time::Duration::from_secs(s.response_cache_ttl),
             )),
+            semantic: Arc::new(
+                crate::cache::SemanticCache::open(
+                    s.semantic_cache_mib << 20,
+                    store.clone(),
+                    Some(monitor.metrics().semantic_similarity.clone()),
+                )
+                .await,
+            ),
         };
-        let compression = Arc::new(crate::compress::SessionDefaults::open(store).await);
+        let semantic_saver = caches.semantic.spawn_saver();
+        let cache_defaults = Arc::new(
+            crate::store::session_defaults::SessionDefaults::open(store.clone(), "cache.sessions")
+                .await,
+        );
+        let compression = Arc::new(
+            crate::store::session_defaults::SessionDefaults::open(
+                store.clone(),
+                crate::compress::SETTINGS_KEY,
+            )
+            .await,
+        );
         compression.set_fallback(s.compression.clone());
         let rate = super::rate::RateLimiter::new(rate_limits(&s));
         let limiter = rate.clone();
         let infer = crate::infer::Infer {
             engines: engines.clone(),
             responses: caches.responses.clone(),
+            semantic: caches.semantic.clone(),
+            cache_defaults,
             monitor: monitor.clone(),
             compression: compression.clone(),
             charge: Arc::new(move |key: &str, tokens: u64| limiter.add_tokens(key, tokens)),
@@ -224,6 +245,7 @@ impl Launch {
             task,
             monitor_writer,
             health_checks,
+            semantic_saver,
         })
     }
 }
@@ -243,6 +265,8 @@ pub struct Server {
     monitor_writer: Option<tokio::task::JoinHandle<()>>,
     /// The remote backends' health checks, stopped with the server.
     health_checks: tokio::task::JoinHandle<()>,
+    /// Saves the semantic cache's index while it changes; stopped (after a last save) with it.
+    semantic_saver: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -299,12 +323,16 @@ impl Server {
             task,
             monitor_writer,
             health_checks,
+            semantic_saver,
             ..
         } = self;
         health_checks.abort();
         let _ = stop.send(());
         let served = task.await.context("the server task")?;
         state.jobs.cancel_all();
+        semantic_saver.abort();
+        let semantic = state.caches.semantic.clone();
+        let _ = tokio::task::spawn_blocking(move || semantic.save_index()).await;
         drop(state);
         // Every handle is gone with the server: the request log writes what is queued.
         if let Some(writer) = monitor_writer {

@@ -4,10 +4,13 @@
 pub mod alerts;
 pub mod bench;
 pub mod canary;
+pub mod drift;
 pub mod embeddings;
 pub mod experiments;
 pub mod lab;
 pub mod requests;
+pub mod semantic;
+pub mod session_defaults;
 pub mod settings;
 pub mod threads;
 

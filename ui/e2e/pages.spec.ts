@@ -96,6 +96,16 @@ test("monitor charts move after requests", async ({ page, request }) => {
   // The snapshot after the request carries its TTFT: the chart's points keep coming.
   const before = Number(await tps.getAttribute("data-points"));
   await expect.poll(async () => Number(await tps.getAttribute("data-points"))).toBeGreaterThan(before);
+  // Two paraphrases asking the semantic cache: the second is answered from the first.
+  for (const q of ["What is the capital of France?", "What's the capital city of France?"]) {
+    const s = await request.post("/v1/chat/completions", {
+      data: { model: "smollm2", messages: [{ role: "user", content: q }], max_tokens: 8, cache: { semantic: 0.95 } },
+    });
+    expect(s.ok()).toBeTruthy();
+  }
+  await page.reload();
+  await expect(page.getByTestId("semantic-hit-rate")).toHaveText(/^[1-9]\d*%$/, { timeout: 15_000 });
+  await expect(page.getByTestId("semantic-cache").locator(".bar")).toHaveCount(9);
   await shot(page, "monitor");
 });
 

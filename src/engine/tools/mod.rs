@@ -59,7 +59,7 @@ pub enum ToolChoice {
 }
 
 /// A call read from the model's output.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ToolCall {
     pub name: String,
     /// The arguments as JSON text (OpenAI sends them as a string).

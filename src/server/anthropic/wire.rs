@@ -42,6 +42,8 @@ pub struct MessagesBody {
     #[serde(default)]
     pub stream: bool,
     pub thinking: Option<Value>,
+    /// Lantern's extension, as on every API: `{"semantic": 0.95}`.
+    pub cache: Option<crate::infer::CacheSpec>,
 }
 
 fn invalid(message: impl Into<String>, param: &'static str) -> ApiError {
@@ -251,6 +253,7 @@ impl MessagesBody {
         req.sampling.top_p = self.top_p;
         req.sampling.top_k = self.top_k;
         req.sampling.stop = self.stop_sequences.map(OneOrMany::Many);
+        req.sampling.cache = self.cache;
         Ok(req)
     }
 }

@@ -57,6 +57,8 @@ struct ChatBody {
     options: Option<Value>,
     stream: Option<bool>,
     keep_alive: Option<Value>,
+    /// Lantern's extension, as on every API: `{"semantic": 0.95}`.
+    cache: Option<crate::infer::CacheSpec>,
     think: Option<Value>,
 }
 
@@ -76,6 +78,8 @@ struct GenerateBody {
     options: Option<Value>,
     stream: Option<bool>,
     keep_alive: Option<Value>,
+    /// Lantern's extension, as on every API: `{"semantic": 0.95}`.
+    cache: Option<crate::infer::CacheSpec>,
     think: Option<Value>,
 }
 
@@ -282,6 +286,7 @@ pub async fn chat(
     request.output = apply_options(&mut request.sampling, req.options, req.format)?;
     request.output_param = "format";
     request.sampling.keep_alive = req.keep_alive;
+    request.sampling.cache = req.cache;
     serve(&state, request, req.stream.unwrap_or(true)).await
 }
 
@@ -336,6 +341,7 @@ pub async fn generate(
     request.output = apply_options(&mut request.sampling, req.options, req.format)?;
     request.output_param = "format";
     request.sampling.keep_alive = req.keep_alive;
+    request.sampling.cache = req.cache;
     serve(&state, request, req.stream.unwrap_or(true)).await
 }
 

@@ -2,7 +2,7 @@
 //! timings in an extra `timings` field that SDKs ignore. The bodies become the one typed request
 //! (`wire`); the answer is the inference path's events, written whole or as chunks (`render`).
 
-mod render;
+pub mod render;
 pub mod wire;
 
 use axum::body::Bytes;

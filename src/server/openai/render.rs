@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::{new_id, now};
-use crate::infer::accounting::Totals;
+use crate::infer::accounting::{CacheHit, Totals};
 use crate::infer::{Answer, Api, Event, Finish, Run, TokenLogprob};
 use crate::scheduler::Usage;
 use crate::server::errors::ApiError;
@@ -29,10 +29,21 @@ pub fn usage_json(totals: &Totals) -> Value {
         "total_tokens": totals.prompt + totals.completion,
         "prompt_tokens_details": {"cached_tokens": totals.cached},
     });
-    if totals.from_cache {
-        usage["response_cached"] = json!(true);
-    }
+    cache_note(&mut usage, totals);
     usage
+}
+
+/// Lantern's word on a usage object answered from a cache: `response_cached` is `true` for the
+/// same request, `"semantic"` (with `semantic_similarity`) for a question this similar.
+pub fn cache_note(usage: &mut Value, totals: &Totals) {
+    match totals.from_cache {
+        Some(CacheHit::Exact) => usage["response_cached"] = json!(true),
+        Some(CacheHit::Semantic { similarity }) => {
+            usage["response_cached"] = json!("semantic");
+            usage["semantic_similarity"] = json!(similarity);
+        }
+        None => {}
+    }
 }
 
 pub fn timings_json(u: &Usage) -> Value {

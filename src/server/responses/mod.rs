@@ -46,6 +46,8 @@ struct ResponsesBody {
     user: Option<String>,
     /// Lantern's extension, as on chat: a seed makes the answer repeat.
     seed: Option<i64>,
+    /// Lantern's extension, as on every API: `{"semantic": 0.95}`.
+    cache: Option<crate::infer::CacheSpec>,
     /// `effort`: `none` turns a thinking model's reasoning off, any other effort on.
     reasoning: Option<Value>,
 }
@@ -261,13 +263,15 @@ impl Echo {
 }
 
 fn usage_json(totals: &Totals) -> Value {
-    json!({
+    let mut usage = json!({
         "input_tokens": totals.prompt,
         "input_tokens_details": {"cached_tokens": totals.cached},
         "output_tokens": totals.completion,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": totals.prompt + totals.completion,
-    })
+    });
+    crate::server::openai::render::cache_note(&mut usage, totals);
+    usage
 }
 
 fn message_item(id: &str, text: &str) -> Value {
@@ -364,6 +368,7 @@ pub async fn responses(
     request.sampling.temperature = req.temperature;
     request.sampling.top_p = req.top_p;
     request.sampling.seed = req.seed;
+    request.sampling.cache = req.cache;
     let effort = match req.reasoning.as_ref().map(|r| &r["effort"]) {
         None | Some(Value::Null) => None,
         Some(Value::String(e)) => Some(e.clone()),
