@@ -163,7 +163,7 @@ pub const APPLIED_LIVE: [&str; 19] = [
 ];
 
 /// Every setting's name, as the file and the API spell it.
-pub const FIELDS: [&str; 35] = [
+pub const FIELDS: [&str; 36] = [
     "model",
     "host",
     "port",
@@ -192,6 +192,7 @@ pub const FIELDS: [&str; 35] = [
     "embedding_store_mib",
     "response_cache_mib",
     "response_cache_ttl",
+    "semantic_cache_mib",
     "compression",
     "hf_endpoint",
     "backends",

@@ -209,6 +209,8 @@ struct Loop {
     backend: Option<Arc<dyn Backend>>,
     account: Account,
     shape: Shape,
+    /// The first choice's answer so far (cut at the consistency figures' length).
+    answer: std::sync::Mutex<String>,
 }
 
 impl Infer {
@@ -316,6 +318,7 @@ impl Infer {
             backend,
             account,
             shape,
+            answer: Default::default(),
         };
         tokio::spawn(
             run.drive(streams, limit)
@@ -463,6 +466,7 @@ impl Loop {
         }
         // Recorded before the client hears the end, so what it reads next already counts it.
         finish(&self.account, &totals, last_usage.as_ref(), Outcome::Ok);
+        self.answered(last_usage.as_ref());
         let _ = self
             .tx
             .send(Event::End {
@@ -521,6 +525,12 @@ impl Loop {
 
     /// Send text with the tokens it came from; false when the client is gone.
     async fn text(&self, choice: usize, text: String, pending: &mut Vec<TokenLogprob>) -> bool {
+        if choice == 0 {
+            let mut answer = self.answer.lock().unwrap_or_else(|e| e.into_inner());
+            if answer.len() < crate::monitor::answers::KEEP_CHARS * 4 {
+                answer.push_str(&text);
+            }
+        }
         let logprobs = std::mem::take(pending);
         self.tx
             .send(Event::Text {
@@ -530,6 +540,23 @@ impl Loop {
             })
             .await
             .is_ok()
+    }
+
+    /// Hand the first choice's answer to the monitor's consistency figures.
+    fn answered(&self, usage: Option<&Usage>) {
+        let text = std::mem::take(&mut *self.answer.lock().unwrap_or_else(|e| e.into_inner()));
+        if text.trim().is_empty() {
+            return;
+        }
+        self.account
+            .monitor
+            .answered(crate::monitor::answers::Answered {
+                session: self.account.session.clone(),
+                model: self.account.model.clone(),
+                at: crate::clock::unix_seconds(),
+                text,
+                tokens: usage.map_or(0, |u| u.completion_tokens as u64),
+            });
     }
 
     fn finish_of(&self, usage: &Usage, calls: &[ToolCall]) -> Finish {

@@ -42,7 +42,8 @@ pub struct Experiment<'a> {
     pub spec: &'a ExperimentSpec,
 }
 
-async fn embed(embedders: &Embedders, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
+/// Texts to MiniLM vectors by the embedding model directly (no cache: these texts rarely repeat).
+pub async fn embed(embedders: &Embedders, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
     let embedder = embedders
         .get("all-minilm")
         .await

@@ -294,7 +294,7 @@ mod tests {
             error_rate: Some(0.1),
             window_seconds: 60,
             min_requests: 5,
-            budget_warning: 0.8,
+            ..AlertThresholds::default()
         }
     }
 

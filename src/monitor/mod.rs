@@ -5,7 +5,9 @@
 //! live window (`recent`), the session's daily budget, and the alert rules judged each second.
 
 pub mod alerts;
+pub mod answers;
 pub mod budgets;
+pub mod drift;
 pub mod metrics;
 pub mod recent;
 pub mod series;
@@ -35,6 +37,8 @@ pub struct Monitor {
     budgets: Arc<budgets::Budgets>,
     alerts: Arc<alerts::Alerts>,
     settings: Arc<RwLock<settings::MonitorSettings>>,
+    /// Finished answers for the consistency figures.
+    answers: Arc<answers::AnswerQueue>,
 }
 
 /// The settings section the monitor saves under.
@@ -111,6 +115,7 @@ impl Monitor {
             budgets,
             alerts,
             settings: Arc::new(RwLock::new(settings)),
+            answers: Arc::default(),
         };
         tokio::spawn(monitor.judge_each_second());
         (monitor, task)
@@ -180,6 +185,17 @@ impl Monitor {
 
     pub fn alerts(&self) -> &alerts::Alerts {
         &self.alerts
+    }
+
+    /// Queue a finished answer for its session's consistency figures (when they are on).
+    pub fn answered(&self, a: answers::Answered) {
+        if read(&self.settings).consistency && a.session != drift::PROBE_SESSION {
+            self.answers.push(a);
+        }
+    }
+
+    pub fn answers(&self) -> &answers::AnswerQueue {
+        &self.answers
     }
 
     /// Requests finished since `from` (unix seconds, at most a day back), oldest first.

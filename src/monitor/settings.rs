@@ -15,6 +15,20 @@ pub struct MonitorSettings {
     /// What the same tokens would cost on cloud models: the savings of running locally.
     #[serde(default = "default_prices")]
     pub prices: Vec<Price>,
+    /// Hours between a loaded model's drift probes; None: off.
+    #[serde(default = "default_drift_hours")]
+    pub drift_probe_hours: Option<u64>,
+    /// Measure each session's answers (length, similarity to its earlier answers).
+    #[serde(default = "yes")]
+    pub consistency: bool,
+}
+
+fn default_drift_hours() -> Option<u64> {
+    Some(24)
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// When an alert fires. Latency and error rate are judged per model over the last `window_seconds`,
@@ -30,6 +44,18 @@ pub struct AlertThresholds {
     pub min_requests: u64,
     /// A budget warning fires at this fraction of a session's daily tokens.
     pub budget_warning: f64,
+    /// Drift: probe answers' mean similarity to the first run's below this; None: off.
+    pub drift_similarity: Option<f64>,
+    /// Drift: mean answer length off the first run's by more than this fraction; None: off.
+    pub drift_length_change: Option<f64>,
+    /// Drift: refusal rate off the first run's by more than this; None: off.
+    pub drift_refusal_change: Option<f64>,
+    /// Consistency: a session's latest answers judged against its earlier ones.
+    pub consistency_recent: u64,
+    /// Consistency: their mean length off the earlier ones' by more than this fraction.
+    pub consistency_length_change: Option<f64>,
+    /// Consistency: their similarity to the session's answers lower by more than this.
+    pub consistency_similarity_drop: Option<f64>,
 }
 
 impl Default for AlertThresholds {
@@ -40,6 +66,12 @@ impl Default for AlertThresholds {
             window_seconds: 300,
             min_requests: 5,
             budget_warning: 0.8,
+            drift_similarity: Some(0.8),
+            drift_length_change: Some(0.5),
+            drift_refusal_change: Some(0.25),
+            consistency_recent: 5,
+            consistency_length_change: Some(0.5),
+            consistency_similarity_drop: Some(0.2),
         }
     }
 }
@@ -84,6 +116,8 @@ impl Default for MonitorSettings {
             default_daily_tokens: None,
             alerts: AlertThresholds::default(),
             prices: default_prices(),
+            drift_probe_hours: default_drift_hours(),
+            consistency: true,
         }
     }
 }
@@ -130,6 +164,30 @@ impl MonitorSettings {
             return Err((
                 "'alerts.budget_warning' must be a fraction between 0 and 1 (exclusive)".into(),
                 "alerts.budget_warning",
+            ));
+        }
+        let fractions = [
+            ("alerts.drift_similarity", a.drift_similarity),
+            ("alerts.drift_length_change", a.drift_length_change),
+            ("alerts.drift_refusal_change", a.drift_refusal_change),
+            (
+                "alerts.consistency_length_change",
+                a.consistency_length_change,
+            ),
+            (
+                "alerts.consistency_similarity_drop",
+                a.consistency_similarity_drop,
+            ),
+        ];
+        for (field, value) in fractions {
+            if value.is_some_and(|x| !(x.is_finite() && x > 0.0 && x <= 10.0)) {
+                return Err((format!("'{field}' must be a positive fraction"), field));
+            }
+        }
+        if self.drift_probe_hours == Some(0) {
+            return Err((
+                "'drift_probe_hours' must be at least 1 (use null for off)".into(),
+                "drift_probe_hours",
             ));
         }
         let mut names = std::collections::HashSet::new();

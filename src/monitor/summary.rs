@@ -15,7 +15,7 @@ pub struct Percentiles {
 }
 
 /// Nearest-rank percentile of sorted values.
-fn rank(sorted: &[f64], p: f64) -> Option<f64> {
+pub fn rank(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }

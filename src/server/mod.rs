@@ -12,8 +12,10 @@ pub mod browser;
 pub mod budget;
 pub mod caller;
 pub mod canary;
+pub mod consistency;
 pub mod csv;
 pub mod devices;
+pub mod drift;
 pub mod embeddings;
 pub mod errors;
 pub mod experiments;
@@ -211,6 +213,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/monitor/stream", get(monitoring::stream))
         .route("/api/monitor/series", get(monitoring::series))
+        .route("/api/monitor/drift", get(drift::runs))
+        .route(
+            "/api/monitor/drift/{model}",
+            post(drift::run_now).delete(drift::forget),
+        )
+        .route("/api/monitor/consistency", get(consistency::points))
         .route(
             "/api/monitor/settings",
             get(monitoring::get_settings).put(monitoring::put_settings),

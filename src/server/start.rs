@@ -228,6 +228,10 @@ impl Launch {
             ));
         }
         engines.spawn_reaper(std::time::Duration::from_millis(200));
+        let watchers = vec![
+            super::drift::spawn_schedule(state.clone()),
+            super::consistency::spawn_worker(state.clone()),
+        ];
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let router = super::router(state.clone());
         let task = tokio::spawn(async move {
@@ -246,6 +250,7 @@ impl Launch {
             monitor_writer,
             health_checks,
             semantic_saver,
+            watchers,
         })
     }
 }
@@ -267,6 +272,8 @@ pub struct Server {
     health_checks: tokio::task::JoinHandle<()>,
     /// Saves the semantic cache's index while it changes; stopped (after a last save) with it.
     semantic_saver: tokio::task::JoinHandle<()>,
+    /// The drift probes' schedule and the consistency worker, stopped with the server.
+    watchers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -324,9 +331,11 @@ impl Server {
             monitor_writer,
             health_checks,
             semantic_saver,
+            watchers,
             ..
         } = self;
         health_checks.abort();
+        watchers.iter().for_each(|w| w.abort());
         let _ = stop.send(());
         let served = task.await.context("the server task")?;
         state.jobs.cancel_all();

@@ -84,6 +84,7 @@ test("compare runs two variants and records a blind vote", async ({ page }) => {
 });
 
 test("monitor charts move after requests", async ({ page, request }) => {
+  test.setTimeout(240_000);
   await page.goto("/#/monitor");
   const tps = page.getByTestId("chart-tps").locator(".chart");
   await expect(tps).toHaveAttribute("data-points", /^[1-9]/);
@@ -106,6 +107,13 @@ test("monitor charts move after requests", async ({ page, request }) => {
   await page.reload();
   await expect(page.getByTestId("semantic-hit-rate")).toHaveText(/^[1-9]\d*%$/, { timeout: 15_000 });
   await expect(page.getByTestId("semantic-cache").locator(".bar")).toHaveCount(9);
+  // The session's answers are measured; drift probes run from the page, the first a baseline.
+  await expect(page.getByTestId("consistency")).toContainText("answers in the last day", { timeout: 15_000 });
+  await page.getByTestId("drift-model").selectOption("smollm2");
+  await page.getByTestId("drift-probe").click();
+  await expect(page.getByTestId("drift-last")).toContainText("baseline", { timeout: 90_000 });
+  await page.getByTestId("drift-probe").click();
+  await expect(page.getByTestId("drift-verdict")).toHaveText("steady", { timeout: 90_000 });
   await shot(page, "monitor");
 });
 
