@@ -117,6 +117,14 @@ async fn one_chat_request_is_one_trace_and_its_log_lines_are_json() {
     child_of(&generate, &infer);
     child_of(&prefill, &generate);
     child_of(&decode, &generate);
+    // The engine's own spans of the request: its wait in the queue, each prompt chunk it ran.
+    child_of(&one("queue"), &infer);
+    let chunks = named(&got, "prefill_chunk");
+    assert!(!chunks.is_empty(), "{got:?}");
+    for chunk in &chunks {
+        child_of(chunk, &infer);
+        assert_eq!(chunk["traceId"], trace);
+    }
     let attribute = |span: &Value, key: &str| {
         span["attributes"]
             .as_array()
@@ -127,6 +135,15 @@ async fn one_chat_request_is_one_trace_and_its_log_lines_are_json() {
             .unwrap_or_else(|| panic!("{key} not in {span}"))
     };
     assert_eq!(attribute(&request, "session")["stringValue"], "traced");
+    let fed = attribute(chunks[0], "tokens");
+    assert!(
+        fed["intValue"]
+            .to_string()
+            .trim_matches('"')
+            .parse::<u64>()
+            .is_ok_and(|n| n > 0),
+        "{fed}"
+    );
     assert_eq!(attribute(&request, "model")["stringValue"], "smollm2");
     // OTLP/JSON writes 64-bit integers as strings.
     let tokens = attribute(&decode, "completion_tokens");

@@ -15,6 +15,10 @@ pub(crate) struct Generate {
     pub request: ValidatedRequest,
     pub events: UnboundedSender<GenEvent>,
     pub queued_at: Instant,
+    /// The request's trace span where it was scheduled: the engine's spans for it go under.
+    pub trace: tracing::Span,
+    /// Open from scheduling to the first step that includes it.
+    pub queue: tracing::Span,
 }
 
 /// Work run on the engine thread with the model, between two steps.

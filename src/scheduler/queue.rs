@@ -104,10 +104,13 @@ impl EngineHandle {
         // Unbounded: the engine never waits on a slow reader; a request's events are bounded
         // by its max_tokens.
         let (events, rx) = mpsc::unbounded_channel();
+        let queue = tracing::info_span!("queue", prompt_tokens = request.prompt.len() as i64);
         let job = Job::Generate(Box::new(Generate {
             request,
             events,
             queued_at: Instant::now(),
+            trace: tracing::Span::current(),
+            queue,
         }));
         self.jobs.send(job).map_err(|_| {
             self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);

@@ -62,6 +62,10 @@ struct Sequence {
     /// While a draft is checked: the cache rows that stood (the rest hold drafted tokens).
     checked_rows: Option<usize>,
     keep_alive: Option<KeepAlive>,
+    /// The request's trace span, parent of its `prefill_chunk` spans.
+    trace: tracing::Span,
+    /// The `queue` span, closed by the first step that includes the sequence.
+    queue_span: Option<tracing::Span>,
     queued_at: Instant,
     admitted_at: Option<Instant>,
     first_token_at: Option<Instant>,
@@ -228,6 +232,8 @@ impl Worker {
                 checked_rows: None,
                 constraint: request.constraint,
                 keep_alive: request.keep_alive,
+                trace: job.trace,
+                queue_span: Some(job.queue),
                 queued_at: job.queued_at,
                 admitted_at: None,
                 first_token_at: None,
@@ -268,9 +274,16 @@ impl Worker {
             return;
         }
         let now = Instant::now();
+        // Each prompt chunk this step feeds is a span of its request, open until the step ends.
+        let mut chunks = Vec::new();
         for w in &plan.work {
             let seq = self.seqs.get_mut(&w.id).expect("planned sequences exist");
             seq.admitted_at.get_or_insert(now);
+            seq.queue_span = None;
+            if w.start < seq.prompt_len {
+                let (from, tokens) = (w.start as i64, w.tokens as i64);
+                chunks.push(tracing::info_span!(parent: &seq.trace, "prefill_chunk", from, tokens));
+            }
         }
         let drafts = self.drafts(&plan);
         // Grammar masks depend only on tokens already accepted: they are computed on another
@@ -337,6 +350,7 @@ impl Worker {
             }
         }
         self.with_status(|s| s.steps += 1);
+        drop(chunks);
     }
 
     /// One forward pass over the plan: one row of logits per planned sequence, and one more per
