@@ -119,6 +119,7 @@ async fn one_chat_request_is_one_trace_and_its_log_lines_are_json() {
     child_of(&decode, &generate);
     // The engine's own spans of the request: its wait in the queue, each prompt chunk it ran.
     child_of(&one("queue"), &infer);
+    child_of(&one("validate"), &plan);
     let chunks = named(&got, "prefill_chunk");
     assert!(!chunks.is_empty(), "{got:?}");
     for chunk in &chunks {

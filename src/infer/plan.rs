@@ -146,7 +146,7 @@ impl Infer {
         let ask = self.semantic_ask(&req)?;
         let compression = self.compress(&engine, &mut req).await?;
         let caller = req.caller.clone();
-        let mut validated = validate(&engine, req)?;
+        let mut validated = tracing::info_span!("validate").in_scope(|| validate(&engine, req))?;
         validated.compression = compression;
         let semantic = match ask {
             Some(ask) => self.semantic_probe(ask, &engine, &validated).await,
