@@ -192,6 +192,44 @@ async fn reasoning_comes_apart_from_the_answer_on_every_api() {
         .collect();
     assert_eq!(joined, reasoning);
 
+    // A budget: after `budget_tokens` of reasoning the engine closes the block, and the model
+    // (which never closes it itself) answers. Without one, the whole answer is reasoning.
+    let budgeted = |budget: Value| {
+        json!({"model": "thinker", "max_tokens": 40, "temperature": 0,
+            "thinking": {"type": "enabled", "budget_tokens": budget}, "messages": user(ask)})
+    };
+    let (status, unbounded) = post(&s, "/v1/messages", &budgeted(json!(1024))).await;
+    assert_eq!(status, 200, "{unbounded}");
+    assert_eq!(
+        unbounded["content"].as_array().unwrap().len(),
+        1,
+        "{unbounded}"
+    );
+    let (status, bounded) = post(&s, "/v1/messages", &budgeted(json!(6))).await;
+    assert_eq!(status, 200, "{bounded}");
+    let blocks = bounded["content"].as_array().unwrap();
+    assert_eq!(blocks[0]["type"], "thinking", "{bounded}");
+    assert_eq!(blocks[1]["type"], "text", "{bounded}");
+    assert!(
+        !blocks[1]["text"].as_str().unwrap().trim().is_empty(),
+        "{bounded}"
+    );
+    let thought = blocks[0]["thinking"].as_str().unwrap();
+    assert!(
+        unbounded["content"][0]["thinking"]
+            .as_str()
+            .unwrap()
+            .starts_with(thought.trim_end()),
+        "the budget cut the same reasoning short: {thought:?}"
+    );
+    assert!(thought.len() < unbounded["content"][0]["thinking"].as_str().unwrap().len());
+    let (status, bad) = post(&s, "/v1/messages", &budgeted(json!(0))).await;
+    assert_eq!(status, 400, "{bad}");
+    assert!(bad["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("budget_tokens"));
+
     // Responses: a reasoning item first.
     let body = json!({"model": "thinker", "input": ask, "max_output_tokens": 12, "temperature": 0});
     let (status, resp) = post(&s, "/v1/responses", &body).await;

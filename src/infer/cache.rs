@@ -63,7 +63,10 @@ fn settings_key(engine: &EngineHandle, plan: &Validated, prompts: bool) -> Optio
             .number(p.seed.is_some() as u64)
             .number(p.seed.unwrap_or(0))
             .number(optional(p.top_logprobs.map(|t| t as u64)))
-            .number(r.cache_prompt as u64);
+            .number(r.cache_prompt as u64)
+            .number(optional(
+                r.thinking_budget.as_ref().map(|b| b.tokens as u64),
+            ));
         let mut bias: Vec<(u32, u32)> = p
             .logit_bias
             .iter()

@@ -185,6 +185,9 @@ pub struct Request {
     /// The last message is an assistant's answer to go on with, not to reply to (vLLM's
     /// `continue_final_message`).
     pub continue_final: bool,
+    /// Tokens a thinking model may reason for before its `<think>` block is closed for it
+    /// (Anthropic's `thinking.budget_tokens`).
+    pub thinking_budget: Option<usize>,
 }
 
 impl Request {
@@ -204,6 +207,7 @@ impl Request {
             caller,
             enable_thinking: None,
             continue_final: false,
+            thinking_budget: None,
         }
     }
 }

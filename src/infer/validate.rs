@@ -11,6 +11,7 @@ use super::tools::{check_tools, ToolsRequest};
 use crate::engine::constrain::{Constraint, Grammar};
 use crate::engine::sampler::SamplingParams;
 use crate::engine::template::ChatMessage;
+use crate::scheduler::thinking_budget::ThinkingBudget;
 use crate::scheduler::{EngineHandle, KeepAlive, ValidatedRequest};
 
 /// Choices per request, as OpenAI allows.
@@ -337,6 +338,7 @@ pub fn validate(engine: &EngineHandle, req: Request) -> Result<Validated, InferE
         );
         first.cache_prompt = cache_prompt;
         first.constraint = constraint.clone();
+        first.thinking_budget = thinking_budget(engine, thinking, req.thinking_budget)?;
         requests.extend(per_choice(first, n));
     }
     Ok(Validated {
@@ -350,6 +352,29 @@ pub fn validate(engine: &EngineHandle, req: Request) -> Result<Validated, InferE
         chat,
         thinking,
     })
+}
+
+/// The engine's budget for a thinking answer: the closing it writes, as this tokenizer spells
+/// it. None when nothing is thought (no template support, thinking off, or under a grammar).
+fn thinking_budget(
+    engine: &EngineHandle,
+    thinking: super::reasoning::Thinking,
+    tokens: Option<usize>,
+) -> Result<Option<ThinkingBudget>, InferError> {
+    use super::reasoning::Thinking;
+    let Some(tokens) = tokens.filter(|_| thinking != Thinking::Off) else {
+        return Ok(None);
+    };
+    let close = engine
+        .model
+        .tokenizer
+        .encode("\n</think>\n\n", false)
+        .map_err(InferError::internal)?;
+    Ok(Some(ThinkingBudget {
+        tokens,
+        opened: thinking == Thinking::Open,
+        close,
+    }))
 }
 
 /// Asked to think, a model whose template knows no thinking says so on the APIs whose own

@@ -12,6 +12,7 @@
 //! - `job`: what the engine thread is handed (a request, or work needing the model to itself)
 //! - `queue`: admission (bounded, 429 when full) and the handle handlers hold
 //! - `worker`: the engine thread: warmup, step loop, sampling, events, status
+//! - `thinking_budget`: the `<think>` block closed for a sequence once its budget is spent
 //! - `registry`: which models are loaded: on demand, warm set, keep-alive, LRU, memory check
 
 pub mod batch;
@@ -23,6 +24,7 @@ pub mod queue;
 pub mod registry;
 mod speculate;
 mod status;
+pub mod thinking_budget;
 pub mod worker;
 
 use std::time::Duration;
@@ -113,6 +115,8 @@ pub struct ValidatedRequest {
     pub cache_prompt: bool,
     /// The grammar the output must match (structured output, forced tool calls).
     pub constraint: Option<crate::engine::constrain::Constraint>,
+    /// Tokens it may reason for before the engine closes its `<think>` block.
+    pub thinking_budget: Option<thinking_budget::ThinkingBudget>,
 }
 
 impl ValidatedRequest {
@@ -132,6 +136,7 @@ impl ValidatedRequest {
             keep_alive,
             cache_prompt: true,
             constraint: None,
+            thinking_budget: None,
         }
     }
 }

@@ -22,6 +22,7 @@ use super::prefix::PrefixCache;
 use super::speculate::Speculation;
 use super::status::kv_budget;
 pub use super::status::{EngineConfig, EngineStatus};
+use super::thinking_budget::Budget;
 use super::{GenEvent, KeepAlive, Usage};
 use crate::engine::constrain::{Constraint, Mask};
 use crate::engine::generate::FinishReason;
@@ -59,6 +60,8 @@ struct Sequence {
     lookup: Option<Speculation>,
     /// The draft model's cache and record for it; None without a draft model or with a grammar.
     drafting: Option<drafting::ModelDrafts>,
+    /// Its thinking budget, when the request set one.
+    budget: Option<Budget>,
     /// While a draft is checked: the cache rows that stood (the rest hold drafted tokens).
     checked_rows: Option<usize>,
     keep_alive: Option<KeepAlive>,
@@ -210,6 +213,7 @@ impl Worker {
         self.next_id += 1;
         self.planner.add(id, request.prompt.len(), cached_tokens);
         let tokenizer = self.model.tokenizer.tokenizer.clone();
+        let free = request.constraint.is_none() && request.thinking_budget.is_none();
         self.seqs.insert(
             id,
             Sequence {
@@ -222,13 +226,14 @@ impl Worker {
                 stops: StopStrings::new(request.stop),
                 cache,
                 events: job.events,
-                lookup: (self.prompt_lookup && request.constraint.is_none())
-                    .then(Speculation::default),
+                // Drafts are for free-running text: not under a grammar or a thinking budget.
+                lookup: (self.prompt_lookup && free).then(Speculation::default),
                 drafting: self
                     .draft
                     .as_ref()
-                    .filter(|_| request.constraint.is_none())
+                    .filter(|_| free)
                     .map(drafting::ModelDrafts::new),
+                budget: request.thinking_budget.map(Budget::new),
                 checked_rows: None,
                 constraint: request.constraint,
                 keep_alive: request.keep_alive,
@@ -427,7 +432,14 @@ impl Worker {
         if let Some(last) = seq.last_token_at.replace(now) {
             seq.inter_token.push((now - last).as_secs_f32());
         }
-        let sampled = seq.sampler.sample(logits, &seq.tokens);
+        let sampled = match seq.budget.as_mut().and_then(Budget::forced) {
+            Some(token) => crate::engine::sampler::Sampled {
+                token,
+                logprob: None,
+                top: Vec::new(),
+            },
+            None => seq.sampler.sample(logits, &seq.tokens),
+        };
         let grammar_done = match seq.constraint.as_mut().map(|c| {
             c.accept(sampled.token)
                 .map(|()| c.is_finished() || stop_ids.contains(&sampled.token))
@@ -453,7 +465,12 @@ impl Worker {
                 };
             }
             seq.tokens.push(sampled.token);
-            if let Some(text) = seq.decoder.push(sampled.token) {
+            let text = seq.decoder.push(sampled.token);
+            if let Some(b) = seq.budget.as_mut() {
+                b.saw_text(text.as_deref().unwrap_or_default());
+                b.saw_token();
+            }
+            if let Some(text) = text {
                 let check = seq.stops.push(&text);
                 if !check.emit.is_empty() {
                     let _ = seq.events.send(GenEvent::Text(check.emit));

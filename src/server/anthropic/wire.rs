@@ -210,10 +210,28 @@ impl MessagesBody {
         self.metadata.as_ref()?.get("user_id")?.as_str()
     }
 
+    /// `thinking.budget_tokens`: a positive integer. Anthropic also asks for at least 1024 and
+    /// less than `max_tokens`; a local model is let off both (`max_tokens` still ends the answer).
+    fn thinking_budget(&self) -> Result<Option<usize>, ApiError> {
+        let Some(b) = self.thinking.as_ref().map(|t| &t["budget_tokens"]) else {
+            return Ok(None);
+        };
+        if b.is_null() {
+            return Ok(None);
+        }
+        let param = "thinking.budget_tokens";
+        let n = b
+            .as_i64()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| invalid(format!("`{param}` must be a positive integer"), param))?;
+        Ok(Some(n as usize))
+    }
+
     /// The typed request. `counting`: for `count_tokens`, which needs no `max_tokens`.
     pub fn into_request(mut self, caller: Caller, counting: bool) -> Result<Request, ApiError> {
-        // Extended thinking is the template's `enable_thinking`; a model without it answers
-        // without thinking blocks. The budget is not enforced apart from `max_tokens`.
+        // Extended thinking is the template's `enable_thinking`; its `budget_tokens` is the
+        // engine's thinking budget (the block is closed for the model once it is spent).
+        let budget = self.thinking_budget()?;
         let enable_thinking = match self.thinking.as_ref().map(|t| &t["type"]) {
             None => None,
             Some(t) if t == "enabled" => Some(true),
@@ -244,6 +262,7 @@ impl MessagesBody {
         let (tool_choice, parallel) = choice(self.tool_choice.as_ref())?;
         let mut req = Request::new(Api::Messages, self.model, Input::Chat(messages), caller);
         req.enable_thinking = enable_thinking;
+        req.thinking_budget = budget.filter(|_| enable_thinking == Some(true));
         req.continue_final = prefill;
         req.tools = tool_specs(self.tools)?;
         req.tool_choice = tool_choice;
