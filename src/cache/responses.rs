@@ -194,22 +194,10 @@ impl ResponseCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::generate::FinishReason;
     use crate::scheduler::Usage;
 
     fn done() -> GenEvent {
-        GenEvent::Done(Usage {
-            prompt_tokens: 3,
-            cached_tokens: 0,
-            completion_tokens: 1,
-            finish_reason: FinishReason::Stop,
-            stop_sequence: None,
-            queue: Duration::ZERO,
-            time_to_first_token: Duration::ZERO,
-            prefill: Duration::ZERO,
-            decode: Duration::ZERO,
-            inter_token: Vec::new(),
-        })
+        GenEvent::Done(Usage::stopped(3, 1))
     }
 
     #[test]

@@ -524,24 +524,12 @@ impl SemanticCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::generate::FinishReason;
     use crate::scheduler::Usage;
 
     fn answer(text: &str) -> Vec<Vec<GenEvent>> {
         vec![vec![
             GenEvent::Text(text.into()),
-            GenEvent::Done(Usage {
-                prompt_tokens: 3,
-                cached_tokens: 0,
-                completion_tokens: 1,
-                finish_reason: FinishReason::Stop,
-                stop_sequence: None,
-                queue: Default::default(),
-                time_to_first_token: Default::default(),
-                prefill: Default::default(),
-                decode: Default::default(),
-                inter_token: Vec::new(),
-            }),
+            GenEvent::Done(Usage::stopped(3, 1)),
         ]]
     }
 

@@ -162,6 +162,19 @@ pub struct Caller {
     pub timeout: Duration,
 }
 
+#[cfg(test)]
+impl Caller {
+    /// A caller for unit tests: session `s`, both caches allowed, five seconds.
+    pub fn test() -> Self {
+        Self {
+            session: "s".into(),
+            rate_key: "k".into(),
+            cache: CacheUse::default(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 /// One request, whichever wire format it came through.
 #[derive(Debug, Clone)]
 pub struct Request {

@@ -98,13 +98,7 @@ mod tests {
     use crate::infer::{Api, Caller};
 
     fn request(input: Input) -> Request {
-        let caller = Caller {
-            session: "s".into(),
-            rate_key: "k".into(),
-            cache: Default::default(),
-            timeout: std::time::Duration::from_secs(1),
-        };
-        Request::new(Api::Chat, "m", input, caller)
+        Request::new(Api::Chat, "m", input, Caller::test())
     }
 
     #[test]

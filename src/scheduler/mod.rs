@@ -189,6 +189,25 @@ pub struct Usage {
 }
 
 #[cfg(test)]
+impl Usage {
+    /// The figures of an answer that stopped normally and took no time (unit tests' events).
+    pub fn stopped(prompt_tokens: usize, completion_tokens: usize) -> Self {
+        Self {
+            prompt_tokens,
+            cached_tokens: 0,
+            completion_tokens,
+            finish_reason: crate::engine::generate::FinishReason::Stop,
+            stop_sequence: None,
+            queue: Duration::ZERO,
+            time_to_first_token: Duration::ZERO,
+            prefill: Duration::ZERO,
+            decode: Duration::ZERO,
+            inter_token: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -160,16 +160,10 @@ pub fn deterministic(req: &Request) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infer::{Api, CacheUse, Caller};
+    use crate::infer::{Api, Caller};
 
     fn request(input: Input) -> Request {
-        let caller = Caller {
-            session: "s".into(),
-            rate_key: "k".into(),
-            cache: CacheUse::default(),
-            timeout: std::time::Duration::from_secs(5),
-        };
-        Request::new(Api::Chat, "remote/m", input, caller)
+        Request::new(Api::Chat, "remote/m", input, Caller::test())
     }
 
     #[test]

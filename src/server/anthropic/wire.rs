@@ -286,12 +286,7 @@ mod tests {
     }
 
     fn caller() -> Caller {
-        Caller {
-            session: "s".into(),
-            rate_key: "anonymous".into(),
-            cache: Default::default(),
-            timeout: std::time::Duration::from_secs(1),
-        }
+        Caller::test()
     }
 
     #[test]
