@@ -209,8 +209,9 @@ struct Loop {
     backend: Option<Arc<dyn Backend>>,
     account: Account,
     shape: Shape,
-    /// The first choice's answer so far (cut at the consistency figures' length).
-    answer: std::sync::Mutex<String>,
+    /// The first choice's answer so far (cut at the consistency figures' length), when the
+    /// monitor measures this session's answers.
+    answer: Option<std::sync::Mutex<String>>,
 }
 
 impl Infer {
@@ -313,12 +314,13 @@ impl Infer {
         limit: Duration,
     ) -> mpsc::Receiver<Event> {
         let (tx, events) = mpsc::channel(64);
+        let measured = account.monitor.measures_answers(&account.session);
         let run = Loop {
             tx,
             backend,
             account,
             shape,
-            answer: Default::default(),
+            answer: measured.then(Default::default),
         };
         tokio::spawn(
             run.drive(streams, limit)
@@ -525,8 +527,8 @@ impl Loop {
 
     /// Send text with the tokens it came from; false when the client is gone.
     async fn text(&self, choice: usize, text: String, pending: &mut Vec<TokenLogprob>) -> bool {
-        if choice == 0 {
-            let mut answer = self.answer.lock().unwrap_or_else(|e| e.into_inner());
+        if let (0, Some(answer)) = (choice, &self.answer) {
+            let mut answer = answer.lock().unwrap_or_else(|e| e.into_inner());
             if answer.len() < crate::monitor::answers::KEEP_CHARS * 4 {
                 answer.push_str(&text);
             }
@@ -544,7 +546,8 @@ impl Loop {
 
     /// Hand the first choice's answer to the monitor's consistency figures.
     fn answered(&self, usage: Option<&Usage>) {
-        let text = std::mem::take(&mut *self.answer.lock().unwrap_or_else(|e| e.into_inner()));
+        let Some(answer) = &self.answer else { return };
+        let text = std::mem::take(&mut *answer.lock().unwrap_or_else(|e| e.into_inner()));
         if text.trim().is_empty() {
             return;
         }

@@ -101,7 +101,8 @@ pub fn drift_finding(model: &str, c: &Compared, why: &[String]) -> Option<Findin
     })
 }
 
-fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
+/// The mean, None of nothing.
+pub fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
     let (n, sum) = xs.fold((0usize, 0.0), |(n, s), x| (n + 1, s + x));
     (n > 0).then(|| sum / n as f64)
 }

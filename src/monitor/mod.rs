@@ -187,11 +187,15 @@ impl Monitor {
         &self.alerts
     }
 
-    /// Queue a finished answer for its session's consistency figures (when they are on).
+    /// Whether `session`'s answers are measured for the consistency figures (the setting is on,
+    /// and it is not the drift probes' own session): asked once as a request starts.
+    pub fn measures_answers(&self, session: &str) -> bool {
+        read(&self.settings).consistency && session != drift::PROBE_SESSION
+    }
+
+    /// Queue a finished answer for its session's consistency figures.
     pub fn answered(&self, a: answers::Answered) {
-        if read(&self.settings).consistency && a.session != drift::PROBE_SESSION {
-            self.answers.push(a);
-        }
+        self.answers.push(a);
     }
 
     pub fn answers(&self) -> &answers::AnswerQueue {

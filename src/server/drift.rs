@@ -52,13 +52,9 @@ async fn answers(state: &AppState, model: &str) -> Result<Vec<ProbeAnswer>, ApiE
     Ok(out)
 }
 
+/// The mean, 0 of nothing (a run always has its probes).
 fn mean(xs: impl Iterator<Item = f64>) -> f64 {
-    let (n, sum) = xs.fold((0usize, 0.0), |(n, s), x| (n + 1, s + x));
-    if n == 0 {
-        0.0
-    } else {
-        sum / n as f64
-    }
+    crate::monitor::drift::mean(xs).unwrap_or(0.0)
 }
 
 fn refusal_rate(answers: &[ProbeAnswer]) -> f64 {
