@@ -3,11 +3,11 @@
 //! candle runs its element-wise ops either on the calling thread or on a barrier pool of its
 //! own, whose workers share the cores with the engine's pool: a residual add of a 512-token
 //! prompt then ran on one core while the other waited, or on a second set of threads. Here they
-//! run on whichever rayon pool calls them (the engine's, inside a forward pass), in chunks big
-//! enough to pay for the hand-off.
+//! run on the threads a forward pass holds (`pass_threads`), in chunks big enough to pay for the
+//! hand-off.
 
+use crate::engine::pass_threads::for_each_chunk_mut;
 use candle_core::{DType, Result, Storage, Tensor};
-use rayon::prelude::*;
 
 /// Elements per task: below this, splitting costs more than it saves.
 pub const CHUNK: usize = 1 << 14;
@@ -43,9 +43,9 @@ pub fn copy(src: &[f32]) -> Vec<f32> {
     // Zeroed memory of this size comes fresh from the system (no serial memset): each thread
     // faults in the pages it writes.
     let mut out = vec![0f32; src.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(src.par_chunks(CHUNK))
-        .for_each(|(o, s)| o.copy_from_slice(s));
+    for_each_chunk_mut(&mut out, CHUNK, |i, o| {
+        o.copy_from_slice(&src[i * CHUNK..i * CHUNK + o.len()])
+    });
     out
 }
 
@@ -78,9 +78,10 @@ pub fn zip_map(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f3
     if out.len() < 2 * CHUNK {
         run((out, (a, b)));
     } else {
-        out.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(run);
+        for_each_chunk_mut(out, CHUNK, |i, o| {
+            let at = i * CHUNK..i * CHUNK + o.len();
+            run((o, (&a[at.clone()], &b[at])))
+        });
     }
 }
 
@@ -92,13 +93,11 @@ pub fn for_rows(x: &mut [f32], row: usize, f: impl Fn(usize, &mut [f32]) + Sync 
             .for_each(|(i, r)| f(i, r));
     } else {
         let per_task = (CHUNK / row).max(1);
-        x.par_chunks_mut(per_task * row)
-            .enumerate()
-            .for_each(|(t, rows)| {
-                for (i, r) in rows.chunks_mut(row).enumerate() {
-                    f(t * per_task + i, r);
-                }
-            });
+        for_each_chunk_mut(x, per_task * row, |t, rows| {
+            for (i, r) in rows.chunks_mut(row).enumerate() {
+                f(t * per_task + i, r);
+            }
+        });
     }
 }
 

@@ -9,6 +9,7 @@ pub mod host_ops;
 pub mod kv;
 pub mod kv_rows;
 pub mod models;
+pub mod pass_threads;
 pub mod qmatmul;
 pub mod quant;
 pub mod sampler;

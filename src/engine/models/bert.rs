@@ -97,10 +97,9 @@ fn erf(x: f32) -> f32 {
 
 /// GELU with the exact (erf) form, as BERT's `hidden_act = "gelu"` means.
 fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
-    use rayon::prelude::*;
     let shape = x.shape().clone();
     let mut v = x.flatten_all()?.to_vec1::<f32>()?;
-    v.par_chunks_mut(4096).for_each(|c| {
+    crate::engine::pass_threads::for_each_chunk_mut(&mut v, 4096, |_, c| {
         for y in c {
             *y = 0.5 * *y * (1.0 + erf(*y * std::f32::consts::FRAC_1_SQRT_2));
         }
@@ -415,7 +414,9 @@ impl EmbeddingModel {
             let rows = (MAX_BATCH_POSITIONS / len).clamp(1, order.len() - start);
             let batch = &order[start..start + rows];
             let vectors = crate::engine::device::on_compute_pool(|| {
-                self.forward(&batch.iter().map(|&i| inputs[i]).collect::<Vec<_>>())
+                crate::engine::pass_threads::hold(|| {
+                    self.forward(&batch.iter().map(|&i| inputs[i]).collect::<Vec<_>>())
+                })
             })?;
             for (&i, v) in batch.iter().zip(vectors) {
                 out[i] = v;

@@ -440,28 +440,25 @@ impl GatedMlp {
     /// candle's element-wise ops run on one, which held back a prompt's scaling across cores.
     /// The activations are candle's f32 formulas, so the values are the same.
     fn gate_host(&self, gate_up: &[f32], rows: usize, device: &Device) -> Result<Tensor> {
-        use rayon::prelude::*;
         let ffn = gate_up.len() / rows.max(1) / 2;
         let mut out = vec![0f32; rows * ffn];
         let activation = self.activation;
-        out.par_chunks_mut(ffn)
-            .zip(gate_up.par_chunks(2 * ffn))
-            .for_each(|(o, row)| {
-                let (gate, up) = row.split_at(ffn);
-                // One loop per activation, so each is a straight line the compiler vectorizes.
-                match activation {
-                    Activation::Gelu => {
-                        for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                            *o = gelu_vectorizable(g) * u;
-                        }
-                    }
-                    Activation::Silu => {
-                        for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                            *o = activation.apply(g) * u;
-                        }
+        crate::engine::pass_threads::for_each_chunk_mut(&mut out, ffn, |r, o| {
+            let (gate, up) = gate_up[r * 2 * ffn..(r + 1) * 2 * ffn].split_at(ffn);
+            // One loop per activation, so each is a straight line the compiler vectorizes.
+            match activation {
+                Activation::Gelu => {
+                    for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                        *o = gelu_vectorizable(g) * u;
                     }
                 }
-            });
+                Activation::Silu => {
+                    for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                        *o = activation.apply(g) * u;
+                    }
+                }
+            }
+        });
         Tensor::from_vec(out, (rows, ffn), device)
     }
 }

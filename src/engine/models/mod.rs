@@ -130,7 +130,9 @@ impl Transformer {
     /// (rows, vocab): one row per sequence, or one per token for sequences with `all_logits`,
     /// in input order. Each cache moves on by its sequence's token count.
     pub fn forward(&self, seqs: &mut [SeqInput]) -> Result<Tensor, ModelError> {
-        crate::engine::device::on_compute_pool(|| self.forward_on_pool(seqs))
+        crate::engine::device::on_compute_pool(|| {
+            crate::engine::pass_threads::hold(|| self.forward_on_pool(seqs))
+        })
     }
 
     fn forward_on_pool(&self, seqs: &mut [SeqInput]) -> Result<Tensor, ModelError> {

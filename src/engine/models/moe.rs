@@ -108,19 +108,22 @@ impl MoeMlp {
             .zip(routes.by_expert())
             .filter(|(_, routed)| !routed.is_empty())
             .collect();
-        let outputs: Vec<Vec<f32>> = {
-            use rayon::prelude::*;
-            active
-                .par_iter()
-                .map(|(expert, routed)| {
-                    let mut rows = Vec::with_capacity(routed.len() * d);
-                    for &(t, _) in routed {
-                        rows.extend_from_slice(&input[t * d..(t + 1) * d]);
-                    }
-                    let rows = Tensor::from_vec(rows, (routed.len(), d), &Device::Cpu)?;
-                    to_f32_vec(&expert.forward(&rows.to_device(x.device())?)?)
-                })
+        let run = |a: usize| {
+            let (expert, routed) = &active[a];
+            let mut rows = Vec::with_capacity(routed.len() * d);
+            for &(t, _) in routed {
+                rows.extend_from_slice(&input[t * d..(t + 1) * d]);
+            }
+            let rows = Tensor::from_vec(rows, (routed.len(), d), &Device::Cpu)?;
+            to_f32_vec(&expert.forward(&rows.to_device(x.device())?)?)
+        };
+        // Fewer experts than threads (Mixtral's two): one after another, each on every thread.
+        let outputs: Vec<Vec<f32>> = if active.len() >= rayon::current_num_threads() {
+            crate::engine::pass_threads::map(active.len(), run)
+                .into_iter()
                 .collect::<Result<_>>()?
+        } else {
+            (0..active.len()).map(run).collect::<Result<_>>()?
         };
         // Summed expert by expert in ascending order: each token's sum runs in the same order
         // whatever else is in the batch, so batching leaves every answer as it is alone.

@@ -3,8 +3,8 @@
 //! types, Q8_K blocks of 256 (one f32 scale) for the K-quants but Q4_K (see
 //! `CpuWeights::takes_q8_k`), so Lantern's sums carry the same rounding as llama.cpp's.
 
+use crate::engine::pass_threads;
 use half::f16;
-use rayon::prelude::*;
 
 use super::kernels::Kernel;
 use super::{ActBlock, QK};
@@ -32,12 +32,12 @@ pub(super) fn q8_1(kernel: Kernel, x: &[f32]) -> Vec<ActBlock> {
     if x.len() < 2 * crate::engine::host_ops::CHUNK {
         return x.chunks_exact(QK).map(block).collect();
     }
-    let mut out = Vec::with_capacity(x.len() / QK);
-    x.par_chunks_exact(QK)
-        .with_min_len(256)
-        .map(block)
-        .collect_into_vec(&mut out);
-    out
+    let per_task = 256 * QK;
+    pass_threads::map(x.len().div_ceil(per_task), |t| {
+        let part = &x[t * per_task..((t + 1) * per_task).min(x.len())];
+        part.chunks_exact(QK).map(block).collect::<Vec<_>>()
+    })
+    .concat()
 }
 
 /// ggml's `quantize_row_q8_K_ref` (x86 uses it as is): per 256 values the one with the largest
@@ -78,10 +78,12 @@ pub(super) fn q8_k(x: &[f32]) -> Vec<ActBlock> {
     let blocks: Vec<[ActBlock; QK_K / QK]> = if x.len() < 2 * crate::engine::host_ops::CHUNK {
         x.chunks_exact(QK_K).map(block).collect()
     } else {
-        x.par_chunks_exact(QK_K)
-            .with_min_len(32)
-            .map(block)
-            .collect()
+        let per_task = 32 * QK_K;
+        pass_threads::map(x.len().div_ceil(per_task), |t| {
+            let part = &x[t * per_task..((t + 1) * per_task).min(x.len())];
+            part.chunks_exact(QK_K).map(block).collect::<Vec<_>>()
+        })
+        .concat()
     };
     blocks.into_iter().flatten().collect()
 }

@@ -10,7 +10,6 @@
 
 use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 /// Weight rows interleaved in a group, and activation rows of one tile: eight sums in flight.
 const GROUP: usize = 4;
@@ -132,7 +131,14 @@ impl FloatWeights {
     pub(super) fn matmul(&self, x: &[f32], rows: usize, k: usize, n: usize, out: &mut [f32]) {
         let kind = self.kind;
         let x: Vec<f32> = if x.len() >= 2 * crate::engine::host_ops::CHUNK {
-            x.par_iter().map(|&v| kind.round(v)).collect()
+            let chunk = crate::engine::host_ops::CHUNK;
+            let mut rounded = vec![0f32; x.len()];
+            crate::engine::pass_threads::for_each_chunk_mut(&mut rounded, chunk, |i, o| {
+                for (o, &v) in o.iter_mut().zip(&x[i * chunk..]) {
+                    *o = kind.round(v);
+                }
+            });
+            rounded
         } else {
             x.iter().map(|&v| kind.round(v)).collect()
         };
@@ -141,37 +147,35 @@ impl FloatWeights {
         let groups = n.div_ceil(GROUP);
         let per_task = groups.div_ceil(threads * 4).max(1);
         let out_ptr = super::OutPtr(out.as_mut_ptr());
-        (0..groups.div_ceil(per_task))
-            .into_par_iter()
-            .for_each(|t| {
-                let out = out_ptr;
-                let task = t * per_task..((t + 1) * per_task).min(groups);
-                // A block of groups stays in cache while every activation row meets it.
-                for b0 in task.clone().step_by(BLOCK_GROUPS) {
-                    for r0 in (0..rows).step_by(X_ROWS) {
-                        let nx = X_ROWS.min(rows - r0);
-                        let a = |i: usize| &x[(r0 + i.min(nx - 1)) * k..][..k];
-                        for g in b0..(b0 + BLOCK_GROUPS).min(task.end) {
-                            let tails = std::array::from_fn(|l| self.tail_of(g * GROUP + l));
-                            let res = match nx {
-                                1 => dot.tile::<1>(self.group(g), tails, [a(0)]),
-                                _ => dot.tile::<2>(self.group(g), tails, [a(0), a(1)]),
-                            };
-                            for (lane, sums) in res.iter().enumerate() {
-                                let j = g * GROUP + lane;
-                                if j >= n {
-                                    break;
-                                }
-                                for (xi, &v) in sums.iter().enumerate().take(nx) {
-                                    // SAFETY: group g's columns belong to this task alone, and
-                                    // r0 + xi < rows, j < n.
-                                    unsafe { *out.0.add((r0 + xi) * n + j) = v };
-                                }
+        crate::engine::pass_threads::for_each(groups.div_ceil(per_task), |t| {
+            let out = out_ptr;
+            let task = t * per_task..((t + 1) * per_task).min(groups);
+            // A block of groups stays in cache while every activation row meets it.
+            for b0 in task.clone().step_by(BLOCK_GROUPS) {
+                for r0 in (0..rows).step_by(X_ROWS) {
+                    let nx = X_ROWS.min(rows - r0);
+                    let a = |i: usize| &x[(r0 + i.min(nx - 1)) * k..][..k];
+                    for g in b0..(b0 + BLOCK_GROUPS).min(task.end) {
+                        let tails = std::array::from_fn(|l| self.tail_of(g * GROUP + l));
+                        let res = match nx {
+                            1 => dot.tile::<1>(self.group(g), tails, [a(0)]),
+                            _ => dot.tile::<2>(self.group(g), tails, [a(0), a(1)]),
+                        };
+                        for (lane, sums) in res.iter().enumerate() {
+                            let j = g * GROUP + lane;
+                            if j >= n {
+                                break;
+                            }
+                            for (xi, &v) in sums.iter().enumerate().take(nx) {
+                                // SAFETY: group g's columns belong to this task alone, and
+                                // r0 + xi < rows, j < n.
+                                unsafe { *out.0.add((r0 + xi) * n + j) = v };
                             }
                         }
                     }
                 }
-            });
+            }
+        });
     }
 }
 

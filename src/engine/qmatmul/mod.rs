@@ -15,7 +15,6 @@
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor};
-use rayon::prelude::*;
 
 const QK: usize = 32;
 /// Output rows interleaved in one group.
@@ -322,41 +321,36 @@ fn matmul_cpu(w: &CpuWeights, x: &[f32], rows: usize, k: usize, n: usize, out: &
     let per_task = groups.div_ceil(threads * 4).max(2);
     let out_ptr = OutPtr(out.as_mut_ptr());
     let row_group = kernel.row_group();
-    (0..groups.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|t| {
-            let out = out_ptr;
-            for g in t * per_task..((t + 1) * per_task).min(groups) {
-                for r0 in (0..rows).step_by(row_group) {
-                    let nr = row_group.min(rows - r0);
-                    let act = |i: usize| &acts[(r0 + i) * kb..(r0 + i + 1) * kb];
-                    let mut res = [[0f32; LANES]; ROW_GROUP];
-                    let run = |res: &mut Out| match nr {
-                        1 => group_rows::<1>(kernel, w, g, wb, act, res),
-                        2 => group_rows::<2>(kernel, w, g, wb, act, res),
-                        3 => group_rows::<3>(kernel, w, g, wb, act, res),
-                        4 => group_rows::<4>(kernel, w, g, wb, act, res),
-                        5 => group_rows::<5>(kernel, w, g, wb, act, res),
-                        6 => group_rows::<6>(kernel, w, g, wb, act, res),
-                        7 => group_rows::<7>(kernel, w, g, wb, act, res),
-                        _ => group_rows::<8>(kernel, w, g, wb, act, res),
+    crate::engine::pass_threads::for_each(groups.div_ceil(per_task), |t| {
+        let out = out_ptr;
+        for g in t * per_task..((t + 1) * per_task).min(groups) {
+            for r0 in (0..rows).step_by(row_group) {
+                let nr = row_group.min(rows - r0);
+                let act = |i: usize| &acts[(r0 + i) * kb..(r0 + i + 1) * kb];
+                let mut res = [[0f32; LANES]; ROW_GROUP];
+                let run = |res: &mut Out| match nr {
+                    1 => group_rows::<1>(kernel, w, g, wb, act, res),
+                    2 => group_rows::<2>(kernel, w, g, wb, act, res),
+                    3 => group_rows::<3>(kernel, w, g, wb, act, res),
+                    4 => group_rows::<4>(kernel, w, g, wb, act, res),
+                    5 => group_rows::<5>(kernel, w, g, wb, act, res),
+                    6 => group_rows::<6>(kernel, w, g, wb, act, res),
+                    7 => group_rows::<7>(kernel, w, g, wb, act, res),
+                    _ => group_rows::<8>(kernel, w, g, wb, act, res),
+                };
+                run(&mut res);
+                let cols = LANES.min(n - g * LANES);
+                for (r, vals) in res.iter().enumerate().take(nr) {
+                    // SAFETY: group g's columns belong to this task alone; r0 + r < rows and
+                    // g * LANES + cols <= n.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out.0.add((r0 + r) * n + g * LANES), cols)
                     };
-                    run(&mut res);
-                    let cols = LANES.min(n - g * LANES);
-                    for (r, vals) in res.iter().enumerate().take(nr) {
-                        // SAFETY: group g's columns belong to this task alone; r0 + r < rows and
-                        // g * LANES + cols <= n.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                out.0.add((r0 + r) * n + g * LANES),
-                                cols,
-                            )
-                        };
-                        dst.copy_from_slice(&vals[..cols]);
-                    }
+                    dst.copy_from_slice(&vals[..cols]);
                 }
             }
-        });
+        }
+    });
 }
 
 /// `NR` activation rows against weight group `g` (`kb` weight blocks per row).

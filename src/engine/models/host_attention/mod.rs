@@ -9,7 +9,6 @@
 //! operands, as llama.cpp's attention does.
 
 use half::f16;
-use rayon::prelude::*;
 
 use super::span::SeqSpan;
 
@@ -134,44 +133,42 @@ pub fn attend<R: Rows>(q: &[f32], spans: &[SeqSpan], history: &[(R, R)], shape: 
         }
     }
     // Each task's output: its rows × its group of heads × head_dim, scattered below.
-    let results: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|task| {
-            let span = spans[task.seq];
-            let (keys, values) = history[task.seq];
-            let mut out = vec![0f32; task.rows.len() * group * hd];
-            let visible = span.pos + span.len;
-            // Scores of the group's heads, head-major.
-            let mut scores = vec![0f32; group * visible];
-            let layout = (kv_row, task.kv_head * hd);
-            for (n, i) in task.rows.clone().enumerate() {
-                let p = span.pos + i;
-                let first = window.map_or(0, |w| (p + 1).saturating_sub(w));
-                let count = p + 1 - first;
-                let q_at = (span.start + i) * q_row + task.kv_head * group * hd;
-                let qs = &q[q_at..q_at + group * hd];
-                let keys_seen = (first, count);
-                kernels::group_scores(qs, hd, keys, layout, keys_seen, scale, &mut scores, visible);
-                let o = &mut out[n * group * hd..(n + 1) * group * hd];
-                for g in 0..group {
-                    let sc = &mut scores[g * visible..g * visible + count];
-                    if let Some(cap) = softcap {
-                        sc.iter_mut().for_each(|s| *s = cap * (*s / cap).tanh());
-                    }
-                    let max = sc.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                    let mut sum = 0f32;
-                    for s in sc.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    let inv = 1.0 / sum;
-                    sc.iter_mut().for_each(|s| *s = f16_rounded(*s * inv));
+    let results: Vec<Vec<f32>> = crate::engine::pass_threads::map(tasks.len(), |t| {
+        let task = &tasks[t];
+        let span = spans[task.seq];
+        let (keys, values) = history[task.seq];
+        let mut out = vec![0f32; task.rows.len() * group * hd];
+        let visible = span.pos + span.len;
+        // Scores of the group's heads, head-major.
+        let mut scores = vec![0f32; group * visible];
+        let layout = (kv_row, task.kv_head * hd);
+        for (n, i) in task.rows.clone().enumerate() {
+            let p = span.pos + i;
+            let first = window.map_or(0, |w| (p + 1).saturating_sub(w));
+            let count = p + 1 - first;
+            let q_at = (span.start + i) * q_row + task.kv_head * group * hd;
+            let qs = &q[q_at..q_at + group * hd];
+            let keys_seen = (first, count);
+            kernels::group_scores(qs, hd, keys, layout, keys_seen, scale, &mut scores, visible);
+            let o = &mut out[n * group * hd..(n + 1) * group * hd];
+            for g in 0..group {
+                let sc = &mut scores[g * visible..g * visible + count];
+                if let Some(cap) = softcap {
+                    sc.iter_mut().for_each(|s| *s = cap * (*s / cap).tanh());
                 }
-                kernels::group_values(&scores, visible, values, layout, keys_seen, o);
+                let max = sc.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                let mut sum = 0f32;
+                for s in sc.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let inv = 1.0 / sum;
+                sc.iter_mut().for_each(|s| *s = f16_rounded(*s * inv));
             }
-            out
-        })
-        .collect();
+            kernels::group_values(&scores, visible, values, layout, keys_seen, o);
+        }
+        out
+    });
     let mut out = vec![0f32; tokens * q_row];
     for (task, r) in tasks.iter().zip(results) {
         let span = spans[task.seq];
