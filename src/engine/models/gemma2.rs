@@ -8,37 +8,37 @@ use candle_core::Device;
 
 use super::gemma3::{capped, query_scale, SandwichBlock};
 use super::layers::{Attention, Rope, RopeStyle};
-use super::llama::MAX_CONTEXT;
 use super::{
-    attention_weights, embedding_and_head, norm, Block, Dims, Heads, Meta, ModelError, Transformer,
+    attention_weights, embedding_and_head, norm, Block, Defaults, Heads, Hparams, ModelError,
+    Transformer,
 };
 use crate::engine::gguf::GgufFile;
 
 /// Layers 0, 2, 4, ... use the sliding window.
 const SLIDING_WINDOW_PATTERN: usize = 2;
 
+/// Where a Gemma 2 file is silent.
+const DEFAULTS: Defaults = Defaults {
+    rms_eps: 1e-6,
+    rope_base: 10_000.0,
+    context_length: 8192,
+};
+
 pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError> {
-    let meta = Meta {
-        gguf,
-        prefix: "gemma2".into(),
-    };
-    let heads = meta.heads()?;
+    let hp = Hparams::read(gguf, DEFAULTS)?;
     let Heads {
         n_layers,
         d_model,
         n_heads,
         n_kv_heads,
         head_dim,
-    } = heads;
-    let ffn = meta.usize("feed_forward_length")?;
-    let eps = meta.f64_or("attention.layer_norm_rms_epsilon", 1e-6);
-    let window = meta.usize("attention.sliding_window").unwrap_or(4096);
-    let attn_cap = meta.f64_or("attn_logit_softcapping", 50.0);
-    let final_cap = meta.f64_or("final_logit_softcapping", 30.0);
-    let context_length = meta
-        .usize("context_length")
-        .unwrap_or(8192)
-        .min(MAX_CONTEXT);
+    } = hp.heads;
+    let eps = hp.rms_eps;
+    // llama.cpp's defaults for Gemma 2 files that leave these out.
+    let window = hp.sliding_window.unwrap_or(4096);
+    let attn_cap = hp.attn_softcap.unwrap_or(50.0);
+    let final_cap = hp.final_softcap.unwrap_or(30.0);
+    let context_length = hp.context_length;
     let scale = query_scale(n_layers, d_model, n_heads, head_dim);
     let rope = |base| {
         Rope::new(
@@ -50,24 +50,18 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             device,
         )
     };
-    let base = meta.f64_or("rope.freq_base", 10_000.0);
+    let base = hp.rope_base;
     let global_rope = Arc::new(rope(base)?);
-    let local_rope = match meta.f64("rope.freq_base_swa") {
-        Ok(b) if b != base => Arc::new(rope(b)?),
+    let local_rope = match hp.rope_base_swa {
+        Some(b) if b != base => Arc::new(rope(b)?),
         _ => global_rope.clone(),
     };
 
     let (embedding, head) =
         embedding_and_head(gguf, d_model, Some((d_model as f64).sqrt()), device)?;
     let vocab_size = embedding.vocab_size();
-    let dims = Dims {
-        d_model,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        ffn,
-    };
-    let sliding = meta.sliding_layers(n_layers, SLIDING_WINDOW_PATTERN);
+    let dims = hp.dims();
+    let sliding = hp.sliding_layers(gguf, SLIDING_WINDOW_PATTERN);
     let mut blocks: Vec<Box<dyn Block>> = Vec::with_capacity(n_layers);
     for (i, &local) in sliding.iter().enumerate() {
         let (qkv, wo) = attention_weights(gguf, i, &dims, device)?;
@@ -92,7 +86,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             gguf, i, &dims, attn, eps, device,
         )?));
     }
-    let info = heads.info("gemma2", context_length, vocab_size);
+    let info = hp.info(vocab_size);
     let out_norm = norm(gguf, "output_norm.weight", eps, device)?;
     let model = Transformer::assemble(info, embedding, blocks, out_norm, head, device);
     Ok(capped(model, final_cap))

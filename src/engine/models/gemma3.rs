@@ -10,10 +10,9 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 
 use super::layers::{Activation, Attention, GatedMlp, QkNorm, RmsNorm, Rope, RopeStyle, SeqSpan};
-use super::llama::MAX_CONTEXT;
 use super::{
-    attention_weights, embedding_and_head, gated_mlp, norm, Block, Dims, Heads, LogitAdjust, Meta,
-    ModelError, Transformer,
+    attention_weights, embedding_and_head, gated_mlp, norm, Block, Defaults, Dims, Heads, Hparams,
+    LogitAdjust, ModelError, Transformer,
 };
 use crate::engine::gguf::GgufFile;
 use crate::engine::host_ops::add;
@@ -93,33 +92,29 @@ impl Block for SandwichBlock {
     }
 }
 
+/// Where a Gemma 3 file is silent.
+const DEFAULTS: Defaults = Defaults {
+    rms_eps: 1e-6,
+    rope_base: 1_000_000.0,
+    context_length: 32_768,
+};
+
 pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError> {
-    let meta = Meta {
-        gguf,
-        prefix: "gemma3".into(),
-    };
-    let heads = meta.heads()?;
+    let hp = Hparams::read(gguf, DEFAULTS)?;
     let Heads {
         n_layers,
         d_model,
         n_heads,
         n_kv_heads,
         head_dim,
-    } = heads;
-    let ffn = meta.usize("feed_forward_length")?;
-    let eps = meta.f64_or("attention.layer_norm_rms_epsilon", 1e-6);
-    let window = meta
-        .usize("attention.sliding_window")
-        .ok()
-        .filter(|&w| w > 0);
+    } = hp.heads;
+    let eps = hp.rms_eps;
+    let window = hp.sliding_window;
     let sliding = match window {
-        Some(_) => meta.sliding_layers(n_layers, SLIDING_WINDOW_PATTERN),
+        Some(_) => hp.sliding_layers(gguf, SLIDING_WINDOW_PATTERN),
         None => vec![false; n_layers],
     };
-    let context_length = meta
-        .usize("context_length")
-        .unwrap_or(32_768)
-        .min(MAX_CONTEXT);
+    let context_length = hp.context_length;
     let rope = |base| {
         Rope::new(
             head_dim,
@@ -130,19 +125,13 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             device,
         )
     };
-    let global_rope = Arc::new(rope(meta.f64_or("rope.freq_base", 1_000_000.0))?);
-    let local_rope = Arc::new(rope(meta.f64_or("rope.freq_base_swa", 10_000.0))?);
+    let global_rope = Arc::new(rope(hp.rope_base)?);
+    let local_rope = Arc::new(rope(hp.rope_base_swa.unwrap_or(10_000.0))?);
 
     let (embedding, head) =
         embedding_and_head(gguf, d_model, Some((d_model as f64).sqrt()), device)?;
     let vocab_size = embedding.vocab_size();
-    let dims = Dims {
-        d_model,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        ffn,
-    };
+    let dims = hp.dims();
     let mut blocks: Vec<Box<dyn Block>> = Vec::with_capacity(n_layers);
     let scale = query_scale(n_layers, d_model, n_heads, head_dim);
     for (i, &local) in sliding.iter().enumerate() {
@@ -172,8 +161,8 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             gguf, i, &dims, attn, eps, device,
         )?));
     }
-    let info = heads.info("gemma3", context_length, vocab_size);
+    let info = hp.info(vocab_size);
     let out_norm = norm(gguf, "output_norm.weight", eps, device)?;
     let model = Transformer::assemble(info, embedding, blocks, out_norm, head, device);
-    Ok(capped(model, meta.f64_or("final_logit_softcapping", 0.0)))
+    Ok(capped(model, hp.final_softcap.unwrap_or(0.0)))
 }

@@ -14,17 +14,14 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 
 use super::layers::{Activation, Attention, QkNorm, RmsNorm, Rope, RopeStyle, SeqSpan};
-use super::moe::{self, ExpertShape, ExpertWeights, Mlp};
+use super::moe::{self, ExpertWeights, Mlp};
 use super::{
-    attention_weights, embedding_and_head, norm, Block, Dims, Heads, LogitAdjust, Meta, ModelError,
-    Transformer,
+    attention_weights, embedding_and_head, norm, Block, Defaults, Heads, Hparams, LogitAdjust,
+    ModelError, Transformer,
 };
 use crate::engine::gguf::GgufFile;
 use crate::engine::host_ops::add;
 use crate::engine::kv::KvCache;
-
-/// Rotary tables are built for at most this many positions; longer contexts are refused.
-pub const MAX_CONTEXT: usize = 32_768;
 
 struct LlamaBlock {
     attn_norm: RmsNorm,
@@ -58,47 +55,36 @@ impl Block for LlamaBlock {
     }
 }
 
+/// Where a llama-family file is silent (llama.cpp's defaults).
+const DEFAULTS: Defaults = Defaults {
+    rms_eps: 1e-5,
+    rope_base: 10_000.0,
+    context_length: 4096,
+};
+
 pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError> {
-    let arch = gguf.architecture()?.to_string();
-    let meta = Meta {
-        gguf,
-        prefix: arch.clone(),
-    };
-    let heads = meta.heads()?;
+    let hp = Hparams::read(gguf, DEFAULTS)?;
+    let arch = hp.arch.as_str();
     let Heads {
         n_layers,
         d_model,
         n_heads,
         n_kv_heads,
         head_dim,
-    } = heads;
-    let dense_ffn = meta.usize("feed_forward_length");
-    let experts = ExpertShape::read(&meta, *dense_ffn.as_ref().unwrap_or(&0))?;
-    let ffn = match (dense_ffn, experts) {
-        (Ok(ffn), _) => ffn,
-        (Err(_), Some(e)) => e.ffn,
-        (Err(e), None) => return Err(e.into()),
-    };
+    } = hp.heads;
     // Qwen3-MoE and Mixtral renormalise the chosen experts' weights; OLMoE does not.
     let expert_weights = if arch == "olmoe" {
         ExpertWeights::Raw
     } else {
         ExpertWeights::Normalized
     };
-    let eps = meta.f64_or("attention.layer_norm_rms_epsilon", 1e-5);
-    let context_length = meta
-        .usize("context_length")
-        .unwrap_or(4096)
-        .min(MAX_CONTEXT);
+    let eps = hp.rms_eps;
     if arch == "phi3" && gguf.has_tensor("rope_factors_long.weight") {
         return Err(ModelError::Unsupported(
             "phi3 with LongRoPE scaling (Phi-3.5, Phi-4-mini)".into(),
         ));
     }
-    let style = if matches!(
-        arch.as_str(),
-        "qwen2" | "qwen3" | "qwen3moe" | "phi3" | "olmoe"
-    ) {
+    let style = if matches!(arch, "qwen2" | "qwen3" | "qwen3moe" | "phi3" | "olmoe") {
         RopeStyle::Halves
     } else {
         RopeStyle::Interleaved
@@ -115,28 +101,17 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
     };
     let rope = Arc::new(Rope::new(
         head_dim,
-        meta.f64_or("rope.freq_base", 10_000.0),
-        context_length,
+        hp.rope_base,
+        hp.context_length,
         style,
         freq_factors,
         device,
     )?);
 
-    // Granite's multipliers (llama.cpp's f_embedding_scale, f_residual_scale,
-    // f_attention_scale, f_logit_scale); absent or 0 means none.
-    let granite = |key: &str| meta.f64(key).ok().filter(|&v| v != 0.0);
-    let (embedding_scale, residual_scale) = (granite("embedding_scale"), granite("residual_scale"));
-    let attention_scale = granite("attention.scale");
-    let logit_scale = granite("logit_scale");
-    let (embedding, head) = embedding_and_head(gguf, d_model, embedding_scale, device)?;
+    let scales = hp.scales;
+    let (embedding, head) = embedding_and_head(gguf, d_model, scales.embedding, device)?;
     let vocab_size = embedding.vocab_size();
-    let dims = Dims {
-        d_model,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        ffn,
-    };
+    let dims = hp.dims();
     let mut blocks: Vec<Box<dyn Block>> = Vec::with_capacity(n_layers);
     for i in 0..n_layers {
         let p = |name: &str| format!("blk.{i}.{name}");
@@ -172,7 +147,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             n_heads,
             n_kv_heads,
             head_dim,
-            scale: attention_scale.unwrap_or(1.0 / (head_dim as f64).sqrt()),
+            scale: scales.attention.unwrap_or(1.0 / (head_dim as f64).sqrt()),
             window: None,
             softcap: None,
             rope: (arch != "smollm3" || (i + 1) % SMOLLM3_NO_ROPE_EVERY != 0).then(|| rope.clone()),
@@ -181,7 +156,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             gguf,
             i,
             &dims,
-            experts,
+            hp.experts,
             expert_weights,
             Activation::Silu,
             device,
@@ -191,13 +166,13 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             attn,
             ffn_norm: norm(gguf, &p("ffn_norm.weight"), eps, device)?,
             mlp,
-            residual_scale,
+            residual_scale: scales.residual,
         }));
     }
-    let info = heads.info(&arch, context_length, vocab_size);
+    let info = hp.info(vocab_size);
     let out_norm = norm(gguf, "output_norm.weight", eps, device)?;
     let model = Transformer::assemble(info, embedding, blocks, out_norm, head, device);
-    Ok(match logit_scale {
+    Ok(match scales.logit {
         Some(s) => model.with_logit_adjust(LogitAdjust::Divide(s)),
         None => model,
     })

@@ -1,4 +1,4 @@
-//! Model code. Every architecture has one shape: a config read from GGUF metadata, `load`, and a
+//! Model code. Every architecture has one shape: its `Hparams` read from GGUF metadata, `load`, and a
 //! block `forward` over a flattened batch; the shared pieces live in `layers`.
 
 mod activation;
@@ -6,6 +6,7 @@ pub mod bert;
 pub mod gemma2;
 pub mod gemma3;
 pub mod host_attention;
+mod hparams;
 pub mod layers;
 pub mod llama;
 pub mod moe;
@@ -21,6 +22,7 @@ use super::gguf::{GgufError, GgufFile};
 use super::kv::KvCache;
 use super::kv_rows::KvType;
 use crate::engine::qmatmul::QLinear;
+pub(crate) use hparams::{Defaults, Heads, Hparams, Meta};
 use layers::{Embedding, RmsNorm, SeqSpan};
 pub(crate) use weights::{attention_weights, embedding_and_head, gated_mlp, norm, Dims};
 
@@ -186,77 +188,6 @@ impl Transformer {
     }
 }
 
-/// Metadata lookups under the architecture's prefix (`llama.block_count`, ...).
-pub(crate) struct Meta<'a> {
-    pub gguf: &'a GgufFile,
-    pub prefix: String,
-}
-
-impl Meta<'_> {
-    pub fn usize(&self, key: &str) -> Result<usize, GgufError> {
-        self.gguf.get_usize(&format!("{}.{key}", self.prefix))
-    }
-    pub fn f64(&self, key: &str) -> Result<f64, GgufError> {
-        self.gguf.get_f64(&format!("{}.{key}", self.prefix))
-    }
-    pub fn f64_or(&self, key: &str, default: f64) -> f64 {
-        self.f64(key).unwrap_or(default)
-    }
-
-    /// The attention sizes every architecture reads alike (llama.cpp's keys): KV heads default
-    /// to the heads, the head width to `d_model / heads`; checked to group and divide.
-    pub fn heads(&self) -> Result<Heads, ModelError> {
-        let n_layers = self.usize("block_count")?;
-        let d_model = self.usize("embedding_length")?;
-        let n_heads = self.usize("attention.head_count")?;
-        let n_kv_heads = self.usize("attention.head_count_kv").unwrap_or(n_heads);
-        let key_length = self.usize("attention.key_length").ok();
-        if n_heads == 0
-            || n_kv_heads == 0
-            || n_heads % n_kv_heads != 0
-            || (key_length.is_none() && d_model % n_heads != 0)
-        {
-            return Err(ModelError::Inconsistent(format!(
-                "{n_heads} heads, {n_kv_heads} KV heads, d_model {d_model}"
-            )));
-        }
-        Ok(Heads {
-            n_layers,
-            d_model,
-            n_heads,
-            n_kv_heads,
-            head_dim: key_length.unwrap_or(d_model / n_heads),
-        })
-    }
-
-    /// Which layers attend within the sliding window, as llama.cpp's `load_swa_pattern` reads
-    /// them: `attention.sliding_window_pattern` as one flag per layer, or as a period (layer `i`
-    /// is windowed unless `i % period == period - 1`; 0 means every layer), else `period`.
-    pub fn sliding_layers(&self, n_layers: usize, period: usize) -> Vec<bool> {
-        let key = format!("{}.attention.sliding_window_pattern", self.prefix);
-        if let Some(super::gguf::Value::Array(super::gguf::Array::Values(flags))) =
-            self.gguf.get(&key)
-        {
-            let flags: Vec<bool> = flags
-                .iter()
-                .filter_map(|f| match f {
-                    super::gguf::Value::Bool(b) => Some(*b),
-                    other => other.as_u64().map(|n| n != 0),
-                })
-                .collect();
-            if flags.len() == n_layers {
-                return flags;
-            }
-        }
-        let period = self
-            .usize("attention.sliding_window_pattern")
-            .unwrap_or(period);
-        (0..n_layers)
-            .map(|i| period == 0 || i % period < period - 1)
-            .collect()
-    }
-}
-
 impl Transformer {
     pub(crate) fn assemble(
         info: ModelInfo,
@@ -280,32 +211,6 @@ impl Transformer {
     pub(crate) fn with_logit_adjust(mut self, adjust: LogitAdjust) -> Self {
         self.logit_adjust = Some(adjust);
         self
-    }
-}
-
-/// The sizes `Meta::heads` reads.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Heads {
-    pub n_layers: usize,
-    pub d_model: usize,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-}
-
-impl Heads {
-    /// What users see of a model with these sizes.
-    pub fn info(self, architecture: &str, context_length: usize, vocab_size: usize) -> ModelInfo {
-        ModelInfo {
-            architecture: architecture.to_string(),
-            n_layers: self.n_layers,
-            d_model: self.d_model,
-            n_heads: self.n_heads,
-            n_kv_heads: self.n_kv_heads,
-            head_dim: self.head_dim,
-            context_length,
-            vocab_size,
-        }
     }
 }
 

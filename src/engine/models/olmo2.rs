@@ -7,10 +7,9 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 
 use super::layers::{Activation, Attention, GatedMlp, QkNorm, RmsNorm, Rope, RopeStyle, SeqSpan};
-use super::llama::MAX_CONTEXT;
 use super::{
-    attention_weights, embedding_and_head, gated_mlp, norm, Block, Dims, Heads, Meta, ModelError,
-    Transformer,
+    attention_weights, embedding_and_head, gated_mlp, norm, Block, Defaults, Heads, Hparams,
+    ModelError, Transformer,
 };
 use crate::engine::gguf::GgufFile;
 use crate::engine::host_ops::add;
@@ -37,33 +36,32 @@ impl Block for Olmo2Block {
     }
 }
 
+/// Where an OLMo 2 file is silent.
+const DEFAULTS: Defaults = Defaults {
+    rms_eps: 1e-6,
+    rope_base: 500_000.0,
+    context_length: 4096,
+};
+
 pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError> {
-    let meta = Meta {
-        gguf,
-        prefix: "olmo2".into(),
-    };
-    let heads = meta.heads()?;
+    let hp = Hparams::read(gguf, DEFAULTS)?;
     let Heads {
         n_layers,
         d_model,
         n_heads,
         n_kv_heads,
         head_dim,
-    } = heads;
-    let ffn = meta.usize("feed_forward_length")?;
-    if meta.usize("attention.sliding_window").is_ok() {
+    } = hp.heads;
+    if hp.sliding_window.is_some() {
         return Err(ModelError::Unsupported(
             "olmo2 with sliding-window layers (OLMo 3)".into(),
         ));
     }
-    let eps = meta.f64_or("attention.layer_norm_rms_epsilon", 1e-6);
-    let context_length = meta
-        .usize("context_length")
-        .unwrap_or(4096)
-        .min(MAX_CONTEXT);
+    let eps = hp.rms_eps;
+    let context_length = hp.context_length;
     let rope = Arc::new(Rope::new(
         head_dim,
-        meta.f64_or("rope.freq_base", 500_000.0),
+        hp.rope_base,
         context_length,
         RopeStyle::Halves,
         None,
@@ -71,13 +69,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
     )?);
     let (embedding, head) = embedding_and_head(gguf, d_model, None, device)?;
     let vocab_size = embedding.vocab_size();
-    let dims = Dims {
-        d_model,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        ffn,
-    };
+    let dims = hp.dims();
     let mut blocks: Vec<Box<dyn Block>> = Vec::with_capacity(n_layers);
     for i in 0..n_layers {
         let p = |name: &str| format!("blk.{i}.{name}");
@@ -105,7 +97,7 @@ pub fn load(gguf: &GgufFile, device: &Device) -> Result<Transformer, ModelError>
             post_ffn_norm: norm(gguf, &p("post_ffw_norm.weight"), eps, device)?,
         }));
     }
-    let info = heads.info("olmo2", context_length, vocab_size);
+    let info = hp.info(vocab_size);
     let out_norm = norm(gguf, "output_norm.weight", eps, device)?;
     Ok(Transformer::assemble(
         info, embedding, blocks, out_norm, head, device,
