@@ -157,7 +157,8 @@ fn post(hold: &Hold, job: &Job<'_>) {
 /// Run `f(0..n)`: on the held workers during a pass, on this thread alone inside a task, else
 /// on rayon. A panic in a task is raised here once every task has run.
 pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
-    if n <= 1 || IN_TASK.get() {
+    // One thread: no hand-off of any kind (rayon's splitting showed in a 1-thread profile).
+    if n <= 1 || IN_TASK.get() || rayon::current_num_threads() == 1 {
         (0..n).for_each(f);
         return;
     }
