@@ -6,6 +6,7 @@
 #   benches/llamacpp/build.sh                  # llama-bench
 #   benches/llamacpp/build.sh llama-server     # or TARGET=llama-server
 #   JOBS=1 benches/llamacpp/build.sh llama-server
+#   benches/llamacpp/build.sh llama-eval-callback   # prints every tensor of one pass
 #
 # Both targets share one build tree. The server needs LLAMA_BUILD_SERVER=ON; once
 # a tree has been configured with it, it stays ON (so alternating targets never
@@ -19,8 +20,8 @@ WORK="${LLAMACPP_WORKDIR:-$ROOT/benches/.work/llamacpp}"
 JOBS="${JOBS:-2}"
 TARGET="${1:-${TARGET:-llama-bench}}"
 case "$TARGET" in
-  llama-bench|llama-server) ;;
-  *) echo "unsupported target '$TARGET' (llama-bench | llama-server)" >&2; exit 2 ;;
+  llama-bench|llama-server|llama-eval-callback) ;;
+  *) echo "unsupported target '$TARGET' (llama-bench | llama-server | llama-eval-callback)" >&2; exit 2 ;;
 esac
 SRC_DIR="$WORK/llama_cpp_python-$LLAMACPP_VERSION"
 # AMX: -march=native enables ggml's AMX kernels when the CPU advertises AMX, but
@@ -75,6 +76,13 @@ if [[ "$TARGET" == "llama-server" ]] || \
   BUILD_SERVER=ON
 fi
 
+# The examples (llama-eval-callback) stay on once asked for, as the server does.
+BUILD_EXAMPLES=OFF
+if [[ "$TARGET" == "llama-eval-callback" ]] || \
+   grep -q '^LLAMA_BUILD_EXAMPLES:BOOL=ON' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null; then
+  BUILD_EXAMPLES=ON
+fi
+
 # Server extras: no web UI (neither npm nor a Hugging Face download of prebuilt
 # assets at build time; the benchmark only needs the HTTP API).
 cmake -S "$LLAMA_DIR" -B "$BUILD_DIR" \
@@ -86,7 +94,7 @@ cmake -S "$LLAMA_DIR" -B "$BUILD_DIR" \
   -DCMAKE_C_FLAGS="$EXTRA_FLAGS" \
   -DCMAKE_CXX_FLAGS="$EXTRA_FLAGS" \
   -DLLAMA_BUILD_TESTS=OFF \
-  -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_BUILD_EXAMPLES="$BUILD_EXAMPLES" \
   -DLLAMA_BUILD_SERVER="$BUILD_SERVER" \
   -DLLAMA_BUILD_UI=OFF \
   -DLLAMA_USE_PREBUILT_UI=OFF \
