@@ -67,18 +67,6 @@ fn reference_distance(llama: &[Value], exact: &[Value]) -> f64 {
     sum / n.max(1) as f64
 }
 
-fn python() -> String {
-    if let Ok(p) = std::env::var("LANTERN_PYTHON") {
-        return p;
-    }
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    if std::path::Path::new(venv).exists() {
-        venv.into()
-    } else {
-        "python3".into()
-    }
-}
-
 #[test]
 fn synthetic_models_of_each_architecture_agree_with_llama_cpp() {
     let fixture: Value = serde_json::from_str(
@@ -86,22 +74,7 @@ fn synthetic_models_of_each_architecture_agree_with_llama_cpp() {
             .unwrap(),
     )
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/make_arch_models.py"
-    );
-    let out = std::process::Command::new(python())
-        .arg(script)
-        .arg(dir.path())
-        .arg(common::model_path("smollm2"))
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{script} failed (it needs the `gguf` package):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dir = common::write_arch_models();
     let mut failures = Vec::new();
     for entry in fixture["models"].as_array().unwrap() {
         let name = entry["name"].as_str().unwrap();

@@ -62,17 +62,6 @@ impl<S: tracing::Subscriber> Layer<S> for Capture {
     }
 }
 
-fn python() -> String {
-    std::env::var("LANTERN_PYTHON").unwrap_or_else(|_| {
-        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-        if std::path::Path::new(venv).exists() {
-            venv.into()
-        } else {
-            "python3".into()
-        }
-    })
-}
-
 fn fixture(name: &str) -> Value {
     let path = common::reference_dir().join(name);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -94,22 +83,7 @@ fn each_token_goes_to_llama_cpps_experts() {
             .map(|m| m["sha256"].clone())
             .expect("the model is in the architectures fixture")
     };
-    let dir = tempfile::tempdir().unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/make_arch_models.py"
-    );
-    let out = std::process::Command::new(python())
-        .arg(script)
-        .arg(dir.path())
-        .arg(common::model_path("smollm2"))
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{script} failed (it needs the `gguf` package):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dir = common::write_arch_models();
     let mut failures = Vec::new();
     let mut compared = 0;
     for entry in experts["models"].as_array().unwrap() {

@@ -81,3 +81,39 @@ pub fn minilm() -> &'static lantern::engine::models::bert::EmbeddingModel {
             .unwrap_or_else(|e| panic!("{e} (the test setup runs models/fetch)"))
     })
 }
+
+/// Python with the `gguf` package: `$LANTERN_PYTHON`, else `.venv/bin/python` (`make test`
+/// installs it there), else `python3`.
+pub fn python() -> String {
+    if let Ok(p) = std::env::var("LANTERN_PYTHON") {
+        return p;
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    if std::path::Path::new(venv).exists() {
+        venv.into()
+    } else {
+        "python3".into()
+    }
+}
+
+/// The synthetic models of every architecture `tests/fixtures/make_arch_models.py` writes (the
+/// same bytes on every run), in a scratch directory.
+pub fn write_arch_models() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/make_arch_models.py"
+    );
+    let out = std::process::Command::new(python())
+        .arg(script)
+        .arg(dir.path())
+        .arg(model_path("smollm2"))
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{script} failed (it needs the `gguf` package):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
