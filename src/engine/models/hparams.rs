@@ -223,3 +223,105 @@ impl Heads {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::gguf_file::{self, Value};
+
+    use super::*;
+
+    /// A GGUF holding only `metadata` (no tensors: `Hparams` reads none).
+    fn file(metadata: &[(&str, Value)]) -> (tempfile::TempDir, GgufFile) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.gguf");
+        let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+        let mut out = std::fs::File::create(&path).unwrap();
+        gguf_file::write(&mut out, &meta, &[]).unwrap();
+        drop(out);
+        let gguf = GgufFile::open(&path).unwrap();
+        (dir, gguf)
+    }
+
+    const DEFAULTS: Defaults = Defaults {
+        rms_eps: 1e-5,
+        rope_base: 10_000.0,
+        context_length: 4096,
+    };
+
+    fn base(arch: &str) -> Vec<(String, Value)> {
+        let k = |key: &str| format!("{arch}.{key}");
+        vec![
+            ("general.architecture".into(), Value::String(arch.into())),
+            (k("block_count"), Value::U32(2)),
+            (k("embedding_length"), Value::U32(64)),
+            (k("attention.head_count"), Value::U32(4)),
+            (k("attention.head_count_kv"), Value::U32(2)),
+        ]
+    }
+
+    fn read(entries: Vec<(String, Value)>) -> Result<Hparams, ModelError> {
+        let pairs: Vec<(&str, Value)> = entries
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        let (_dir, gguf) = file(&pairs);
+        Hparams::read(&gguf, DEFAULTS)
+    }
+
+    #[test]
+    fn optional_keys_take_the_architectures_defaults() {
+        let mut m = base("llama");
+        m.push(("llama.feed_forward_length".into(), Value::U32(128)));
+        let hp = read(m).unwrap();
+        assert_eq!((hp.heads.head_dim, hp.heads.n_kv_heads), (16, 2));
+        assert_eq!(
+            (hp.rms_eps, hp.rope_base, hp.context_length),
+            (1e-5, 1e4, 4096)
+        );
+        assert_eq!((hp.ffn(), hp.experts.is_none()), (128, true));
+        assert!(hp.sliding_window.is_none() && hp.rope_base_swa.is_none());
+        assert!(hp.scales.embedding.is_none() && hp.attn_softcap.is_none());
+    }
+
+    #[test]
+    fn given_keys_are_read_and_a_long_context_is_capped() {
+        let mut m = base("gemma2");
+        for (k, v) in [
+            ("feed_forward_length", Value::U32(96)),
+            ("context_length", Value::U32(131_072)),
+            ("attention.layer_norm_rms_epsilon", Value::F32(1e-6)),
+            ("rope.freq_base", Value::F32(1e6)),
+            ("rope.freq_base_swa", Value::F32(1e4)),
+            ("attention.sliding_window", Value::U32(512)),
+            ("attn_logit_softcapping", Value::F32(0.0)),
+            ("final_logit_softcapping", Value::F32(30.0)),
+            ("residual_scale", Value::F32(0.0)),
+            ("logit_scale", Value::F32(8.0)),
+        ] {
+            m.push((format!("gemma2.{k}"), v));
+        }
+        let hp = read(m).unwrap();
+        assert_eq!(hp.context_length, MAX_CONTEXT);
+        assert!((hp.rms_eps - 1e-6).abs() < 1e-12);
+        assert_eq!((hp.rope_base, hp.rope_base_swa), (1e6, Some(1e4)));
+        assert_eq!(hp.sliding_window, Some(512));
+        // Soft caps as given (0 switches one off); a Granite scale of 0 is none.
+        assert_eq!((hp.attn_softcap, hp.final_softcap), (Some(0.0), Some(30.0)));
+        assert_eq!((hp.scales.residual, hp.scales.logit), (None, Some(8.0)));
+    }
+
+    #[test]
+    fn an_expert_file_needs_no_dense_width_and_a_dense_one_names_the_missing_key() {
+        let mut m = base("qwen3moe");
+        m.push(("qwen3moe.expert_count".into(), Value::U32(8)));
+        m.push(("qwen3moe.expert_used_count".into(), Value::U32(2)));
+        m.push(("qwen3moe.expert_feed_forward_length".into(), Value::U32(48)));
+        m.push(("qwen3moe.attention.sliding_window".into(), Value::U32(0)));
+        let hp = read(m).unwrap();
+        assert_eq!(hp.ffn(), 48);
+        assert_eq!(hp.experts.map(|e| (e.count, e.used)), Some((8, 2)));
+        assert!(hp.sliding_window.is_none(), "a window of 0 is none");
+        let err = read(base("llama")).unwrap_err().to_string();
+        assert!(err.contains("llama.feed_forward_length"), "{err}");
+    }
+}
