@@ -17,12 +17,8 @@
 
 mod common;
 
-use candle_core::Device;
-use lantern::engine::quant::{parse_target, requantize};
 use lantern::engine::sampler::{argmax, log_softmax};
-use lantern::ChatModel;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use common::ids;
 
@@ -78,16 +74,7 @@ fn synthetic_models_of_each_architecture_agree_with_llama_cpp() {
     let mut failures = Vec::new();
     for entry in fixture["models"].as_array().unwrap() {
         let name = entry["name"].as_str().unwrap();
-        let file = dir.path().join(entry["file"].as_str().unwrap());
-        // The K-quant models: a written model requantized as `lantern quantize` does.
-        if let Some(q) = entry.get("requantized") {
-            let from = dir.path().join(q["from"].as_str().unwrap());
-            let to = parse_target(q["to"].as_str().unwrap()).unwrap();
-            requantize(&from, &file, to, &mut |_, _| true).unwrap();
-        }
-        let sha = format!("{:x}", Sha256::digest(std::fs::read(&file).unwrap()));
-        assert_eq!(sha, entry["sha256"], "{name}: the writer made another file");
-        let model = ChatModel::load(&file, &Device::Cpu).unwrap();
+        let model = common::arch_model(dir.path(), entry, &entry["sha256"]);
         let (mut llama, mut exact, mut llama_vs_exact) = (Vec::new(), Vec::new(), Vec::new());
         for c in entry["completions"].as_array().unwrap() {
             let greedy = ids(&c["greedy_ids"]);

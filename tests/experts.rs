@@ -11,12 +11,8 @@ mod common;
 
 use std::sync::Mutex;
 
-use candle_core::Device;
 use lantern::engine::models::SeqInput;
-use lantern::engine::quant::{parse_target, requantize};
-use lantern::ChatModel;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
@@ -88,15 +84,7 @@ fn each_token_goes_to_llama_cpps_experts() {
     let mut compared = 0;
     for entry in experts["models"].as_array().unwrap() {
         let name = entry["name"].as_str().unwrap();
-        let file = dir.path().join(entry["file"].as_str().unwrap());
-        if let Some(q) = entry.get("requantized") {
-            let from = dir.path().join(q["from"].as_str().unwrap());
-            let to = parse_target(q["to"].as_str().unwrap()).unwrap();
-            requantize(&from, &file, to, &mut |_, _| true).unwrap();
-        }
-        let sha = format!("{:x}", Sha256::digest(std::fs::read(&file).unwrap()));
-        assert_eq!(sha, sha_of(entry["file"].as_str().unwrap()), "{name}");
-        let model = ChatModel::load(&file, &Device::Cpu).unwrap();
+        let model = common::arch_model(dir.path(), entry, &sha_of(entry["file"].as_str().unwrap()));
         for prompt in entry["prompts"].as_array().unwrap() {
             let tokens = ids(&prompt["prompt_ids"]);
             CHOSEN.lock().unwrap().clear();

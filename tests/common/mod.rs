@@ -117,3 +117,23 @@ pub fn write_arch_models() -> tempfile::TempDir {
     );
     dir
 }
+
+/// A fixture entry's synthetic model from `dir` (`file`; a K-quant one first requantized from
+/// `requantized.from` as `lantern quantize` does), checked against `sha256`, loaded.
+pub fn arch_model(
+    dir: &std::path::Path,
+    entry: &serde_json::Value,
+    sha256: &serde_json::Value,
+) -> ChatModel {
+    use sha2::{Digest, Sha256};
+    let name = entry["name"].as_str().unwrap();
+    let file = dir.join(entry["file"].as_str().unwrap());
+    if let Some(q) = entry.get("requantized") {
+        let from = dir.join(q["from"].as_str().unwrap());
+        let to = lantern::engine::quant::parse_target(q["to"].as_str().unwrap()).unwrap();
+        lantern::engine::quant::requantize(&from, &file, to, &mut |_, _| true).unwrap();
+    }
+    let sha = format!("{:x}", Sha256::digest(std::fs::read(&file).unwrap()));
+    assert_eq!(&sha, sha256, "{name}: the writer made another file");
+    ChatModel::load(&file, &Device::Cpu).unwrap()
+}
